@@ -1,0 +1,477 @@
+//! Client-side load balancers.
+//!
+//! Every balancer is a [`Balancer`] over one [`Strategy`] (one file per
+//! algorithm). The node set lives in an immutable [`Snapshot`] swapped whole
+//! through `arc-swap`: a pick loads the current snapshot without a lock and
+//! without allocating, and `update` / `set_available` build a new snapshot
+//! off to the side and publish it in one atomic store. Counters live in
+//! [`NodeState`]s that are carried into the next snapshot for nodes that stay.
+
+mod adaptive;
+mod consistent_hash;
+mod ewma;
+mod least_connections;
+mod node;
+mod power_of_two;
+mod random;
+mod round_robin;
+mod weighted_round_robin;
+
+pub use adaptive::Adaptive;
+pub use consistent_hash::{ConsistentHash, Ring};
+pub use ewma::PeakEwma;
+pub use least_connections::LeastConnections;
+pub use node::{NodeState, NodeStats};
+pub use power_of_two::PowerOfTwoChoices;
+pub use random::Random;
+pub use round_robin::RoundRobin;
+pub use weighted_round_robin::{smooth_schedule, WeightedRoundRobin};
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::clock;
+use crate::error::Error;
+
+/// Decay time of the latency estimate unless a balancer sets its own (Finagle's).
+pub const DEFAULT_DECAY_S: f64 = 10.0;
+
+/// One node as handed to [`Balancer::new`] or [`Balancer::update`].
+#[derive(Debug, Clone)]
+pub struct NodeSpec<T> {
+    pub id: String,
+    pub weight: f64,
+    /// `Some` sets the node's availability; `None` keeps it for a node that
+    /// stays and makes a new node available.
+    pub available: Option<bool>,
+    pub handle: T,
+}
+
+impl<T> NodeSpec<T> {
+    pub fn new(id: impl Into<String>, weight: f64, handle: T) -> Self {
+        Self {
+            id: id.into(),
+            weight,
+            available: None,
+            handle,
+        }
+    }
+}
+
+/// A node inside a snapshot: the caller's handle, its weight, its counters.
+#[derive(Debug)]
+pub struct Member<T> {
+    pub handle: T,
+    pub weight: f64,
+    pub state: Arc<NodeState>,
+}
+
+/// An immutable node set with the strategy's precomputed table.
+#[derive(Debug)]
+pub struct Snapshot<T, Table> {
+    members: Arc<Vec<Member<T>>>,
+    index: Arc<HashMap<Box<str>, usize>>,
+    /// Indices into `members` of the available nodes, in input order.
+    pub live: Vec<u32>,
+    /// True when every live node has the same weight.
+    pub uniform: bool,
+    pub table: Table,
+}
+
+impl<T, Table> Snapshot<T, Table> {
+    #[inline]
+    pub fn members(&self) -> &[Member<T>] {
+        &self.members
+    }
+
+    #[inline]
+    pub fn state(&self, member: u32) -> &NodeState {
+        &self.members[member as usize].state
+    }
+
+    #[inline]
+    pub fn weight(&self, member: u32) -> f64 {
+        self.members[member as usize].weight
+    }
+}
+
+/// One balancing algorithm: what it precomputes per node set, and how it picks.
+pub trait Strategy: Send + Sync {
+    /// Precomputed per node set (a schedule, a ring); rebuilt on every change.
+    type Table: Send + Sync;
+
+    /// Builds the table for the live members.
+    fn build<T>(&self, members: &[Member<T>], live: &[u32]) -> Self::Table;
+
+    /// Picks a member index among `snap.live`; `live` is never empty here.
+    fn choose<T>(&self, snap: &Snapshot<T, Self::Table>, key: Option<u64>) -> Result<u32, Error>;
+}
+
+/// A load balancer: a strategy over a node set that can be swapped at any time.
+pub struct Balancer<T, S: Strategy> {
+    strategy: S,
+    current: ArcSwap<Snapshot<T, S::Table>>,
+    /// Serialises writers only; readers never touch it.
+    writer: Mutex<()>,
+    total_in_flight: Arc<AtomicI64>,
+    decay_ns: f64,
+}
+
+impl<T, S: Strategy> Balancer<T, S> {
+    /// A balancer over `nodes` with the default latency decay time.
+    pub fn new(strategy: S, nodes: Vec<NodeSpec<T>>) -> Result<Self, Error> {
+        Self::with_decay(strategy, nodes, DEFAULT_DECAY_S)
+    }
+
+    /// A balancer whose latency estimates decay with time constant `decay_s`.
+    pub fn with_decay(strategy: S, nodes: Vec<NodeSpec<T>>, decay_s: f64) -> Result<Self, Error> {
+        if !(decay_s.is_finite() && decay_s > 0.0) {
+            return Err(Error::InvalidArgument {
+                name: "decay_s",
+                reason: format!("must be a positive finite number of seconds, got {decay_s}"),
+            });
+        }
+        let total = Arc::new(AtomicI64::new(0));
+        let decay_ns = decay_s * 1e9;
+        let empty = Snapshot {
+            members: Arc::new(Vec::new()),
+            index: Arc::new(HashMap::new()),
+            live: Vec::new(),
+            uniform: true,
+            table: strategy.build::<T>(&[], &[]),
+        };
+        let balancer = Self {
+            strategy,
+            current: ArcSwap::from_pointee(empty),
+            writer: Mutex::new(()),
+            total_in_flight: total,
+            decay_ns,
+        };
+        balancer.update(nodes)?;
+        Ok(balancer)
+    }
+
+    pub fn strategy(&self) -> &S {
+        &self.strategy
+    }
+
+    /// Replaces the node set in one atomic step. Nodes whose id stays keep
+    /// their counters (in flight, picks, latency). On error nothing changes.
+    pub fn update(&self, nodes: Vec<NodeSpec<T>>) -> Result<(), Error> {
+        let mut index = HashMap::with_capacity(nodes.len());
+        for (i, node) in nodes.iter().enumerate() {
+            if node.id.is_empty() {
+                return Err(Error::EmptyId { index: i });
+            }
+            if !(node.weight.is_finite() && node.weight > 0.0) {
+                return Err(Error::InvalidWeight {
+                    id: node.id.clone(),
+                    weight: node.weight,
+                });
+            }
+            if index.insert(node.id.as_str().into(), i).is_some() {
+                return Err(Error::DuplicateId { id: node.id.clone() });
+            }
+        }
+        let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.current.load_full();
+        let members: Vec<Member<T>> = nodes
+            .into_iter()
+            .map(|spec| {
+                let state = match old.index.get(spec.id.as_str()) {
+                    Some(&i) => Arc::clone(&old.members[i].state),
+                    None => Arc::new(NodeState::new(
+                        &spec.id,
+                        true,
+                        self.decay_ns,
+                        Arc::clone(&self.total_in_flight),
+                    )),
+                };
+                if let Some(available) = spec.available {
+                    state.set_available(available);
+                }
+                Member {
+                    handle: spec.handle,
+                    weight: spec.weight,
+                    state,
+                }
+            })
+            .collect();
+        self.publish(Arc::new(members), Arc::new(index));
+        Ok(())
+    }
+
+    /// Marks a node available or not. Returns whether anything changed.
+    pub fn set_available(&self, id: &str, available: bool) -> Result<bool, Error> {
+        let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let snap = self.current.load_full();
+        let &i = snap
+            .index
+            .get(id)
+            .ok_or_else(|| Error::UnknownNode { id: id.to_owned() })?;
+        if !snap.members[i].state.set_available(available) {
+            return Ok(false);
+        }
+        self.publish(Arc::clone(&snap.members), Arc::clone(&snap.index));
+        Ok(true)
+    }
+
+    /// Builds and stores a snapshot; the caller holds the writer lock.
+    fn publish(&self, members: Arc<Vec<Member<T>>>, index: Arc<HashMap<Box<str>, usize>>) {
+        let live: Vec<u32> = members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.state.is_available())
+            .map(|(i, _)| i as u32)
+            .collect();
+        let uniform = live
+            .windows(2)
+            .all(|w| members[w[0] as usize].weight == members[w[1] as usize].weight);
+        let table = self.strategy.build(&members, &live);
+        self.current.store(Arc::new(Snapshot {
+            members,
+            index,
+            live,
+            uniform,
+            table,
+        }));
+    }
+
+    /// Picks a node and hands it to `f` while the snapshot is held. No lock,
+    /// no allocation. `key` is the stable hash of the request key, if any.
+    #[inline]
+    pub fn pick_with<R>(&self, key: Option<u64>, f: impl FnOnce(&Member<T>) -> R) -> Result<R, Error> {
+        let snap = self.current.load();
+        if snap.live.is_empty() {
+            return Err(Error::NoAvailableNode);
+        }
+        let i = self.strategy.choose(&snap, key)?;
+        let member = &snap.members[i as usize];
+        member.state.count_pick();
+        Ok(f(member))
+    }
+
+    /// The counters of node `id` in the current set, if it is there.
+    pub fn state_of(&self, id: &str) -> Option<Arc<NodeState>> {
+        let snap = self.current.load();
+        snap.index.get(id).map(|&i| Arc::clone(&snap.members[i].state))
+    }
+
+    /// Counts a request in flight on node `id`.
+    pub fn begin(&self, id: &str) -> Result<(), Error> {
+        let state = self
+            .state_of(id)
+            .ok_or_else(|| Error::UnknownNode { id: id.to_owned() })?;
+        state.begin();
+        Ok(())
+    }
+
+    /// Ends a request on node `id`. A node removed meanwhile is ignored:
+    /// returns `false` and changes nothing.
+    pub fn end(&self, id: &str, latency_s: f64, ok: bool) -> Result<bool, Error> {
+        check_latency(latency_s)?;
+        match self.state_of(id) {
+            Some(state) => {
+                state.end(latency_s, ok);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Reads the node set under the current snapshot.
+    pub fn with_members<R>(&self, f: impl FnOnce(&[Member<T>]) -> R) -> R {
+        f(&self.current.load().members)
+    }
+
+    /// Number of nodes, available or not.
+    pub fn len(&self) -> usize {
+        self.current.load().members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of available nodes.
+    pub fn available_len(&self) -> usize {
+        self.current.load().live.len()
+    }
+
+    /// Requests in flight across all nodes, including nodes removed since.
+    pub fn total_in_flight(&self) -> i64 {
+        self.total_in_flight.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counters of every node, in node-set order.
+    pub fn stats(&self) -> Vec<NodeStats> {
+        let now = clock::now_ns();
+        self.current
+            .load()
+            .members
+            .iter()
+            .map(|m| m.state.stats(m.weight, now))
+            .collect()
+    }
+}
+
+/// Checks a reported latency: finite and not negative.
+pub fn check_latency(latency_s: f64) -> Result<(), Error> {
+    if latency_s.is_finite() && latency_s >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument {
+            name: "latency_s",
+            reason: format!("must be a finite number of seconds >= 0, got {latency_s}"),
+        })
+    }
+}
+
+/// Load of a node for least-loaded choices: in-flight requests per unit of weight.
+#[inline]
+pub(crate) fn load_per_weight<T, Tb>(snap: &Snapshot<T, Tb>, member: u32) -> f64 {
+    let in_flight = snap.state(member).in_flight() as f64;
+    if snap.uniform {
+        in_flight
+    } else {
+        (in_flight + 1.0) / snap.weight(member)
+    }
+}
+
+/// Two distinct uniformly random positions in `0..n` (`n >= 2`).
+#[inline]
+pub(crate) fn two_distinct(n: usize) -> (usize, usize) {
+    let a = fastrand::usize(..n);
+    let mut b = fastrand::usize(..n - 1);
+    if b >= a {
+        b += 1;
+    }
+    (a, b)
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub fn specs(ids: &[&str]) -> Vec<NodeSpec<String>> {
+        ids.iter().map(|id| NodeSpec::new(*id, 1.0, id.to_string())).collect()
+    }
+
+    pub fn weighted(pairs: &[(&str, f64)]) -> Vec<NodeSpec<String>> {
+        pairs
+            .iter()
+            .map(|(id, w)| NodeSpec::new(*id, *w, id.to_string()))
+            .collect()
+    }
+
+    pub fn pick<S: Strategy>(b: &Balancer<String, S>, key: Option<u64>) -> String {
+        b.pick_with(key, |m| m.handle.clone()).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+
+    #[test]
+    fn bad_node_sets_are_refused_and_leave_the_old_set() {
+        let b = Balancer::new(RoundRobin::default(), specs(&["a", "b"])).unwrap();
+        assert_eq!(b.update(specs(&["a", "a"])), Err(Error::DuplicateId { id: "a".into() }));
+        assert_eq!(b.update(specs(&["a", ""])), Err(Error::EmptyId { index: 1 }));
+        for w in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(matches!(
+                b.update(weighted(&[("a", w)])),
+                Err(Error::InvalidWeight { .. })
+            ));
+        }
+        assert_eq!(b.len(), 2);
+    }
+
+    #[test]
+    fn counters_survive_update_for_nodes_that_stay() {
+        let b = Balancer::new(RoundRobin::default(), specs(&["a", "b"])).unwrap();
+        b.begin("a").unwrap();
+        b.begin("a").unwrap();
+        b.update(specs(&["c", "a"])).unwrap();
+        let stats = b.stats();
+        assert_eq!(stats[1].id, "a");
+        assert_eq!(stats[1].in_flight, 2);
+        assert_eq!(stats[0].in_flight, 0);
+        assert_eq!(b.total_in_flight(), 2);
+    }
+
+    #[test]
+    fn end_for_a_removed_node_is_ignored() {
+        let b = Balancer::new(RoundRobin::default(), specs(&["a", "b"])).unwrap();
+        b.begin("b").unwrap();
+        b.update(specs(&["a"])).unwrap();
+        assert_eq!(b.end("b", 0.01, true), Ok(false));
+        assert_eq!(b.begin("b"), Err(Error::UnknownNode { id: "b".into() }));
+    }
+
+    #[test]
+    fn in_flight_never_goes_negative() {
+        let b = Balancer::new(RoundRobin::default(), specs(&["a"])).unwrap();
+        b.end("a", 0.0, true).unwrap();
+        b.end("a", 0.0, true).unwrap();
+        assert_eq!(b.stats()[0].in_flight, 0);
+        assert_eq!(b.total_in_flight(), 0);
+        b.begin("a").unwrap();
+        assert_eq!(b.stats()[0].in_flight, 1);
+    }
+
+    #[test]
+    fn bad_latency_is_refused() {
+        let b = Balancer::new(RoundRobin::default(), specs(&["a"])).unwrap();
+        for l in [-1.0, f64::NAN, f64::INFINITY] {
+            assert!(matches!(
+                b.end("a", l, true),
+                Err(Error::InvalidArgument { name: "latency_s", .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn unavailable_nodes_are_never_picked_and_come_back() {
+        let b = Balancer::new(RoundRobin::default(), specs(&["a", "b", "c"])).unwrap();
+        assert_eq!(b.set_available("b", false), Ok(true));
+        assert_eq!(b.set_available("b", false), Ok(false));
+        for _ in 0..30 {
+            assert_ne!(pick(&b, None), "b");
+        }
+        b.set_available("a", false).unwrap();
+        b.set_available("c", false).unwrap();
+        assert_eq!(b.pick_with(None, |_| ()), Err(Error::NoAvailableNode));
+        b.set_available("b", true).unwrap();
+        assert_eq!(pick(&b, None), "b");
+        assert!(matches!(b.set_available("zz", true), Err(Error::UnknownNode { .. })));
+    }
+
+    #[test]
+    fn an_empty_node_set_has_no_available_node() {
+        let b = Balancer::<String, _>::new(RoundRobin::default(), vec![]).unwrap();
+        assert_eq!(b.pick_with(None, |_| ()), Err(Error::NoAvailableNode));
+    }
+
+    #[test]
+    fn availability_given_with_the_node_set_applies() {
+        let mut nodes = specs(&["a", "b"]);
+        nodes[0].available = Some(false);
+        let b = Balancer::new(RoundRobin::default(), nodes).unwrap();
+        for _ in 0..10 {
+            assert_eq!(pick(&b, None), "b");
+        }
+    }
+
+    #[test]
+    fn decay_time_must_be_positive() {
+        assert!(matches!(
+            Balancer::with_decay(RoundRobin::default(), specs(&["a"]), 0.0),
+            Err(Error::InvalidArgument { name: "decay_s", .. })
+        ));
+    }
+}

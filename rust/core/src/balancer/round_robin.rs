@@ -1,0 +1,65 @@
+//! Round robin: one shared atomic counter over the available nodes, so picks
+//! from many threads take consecutive turns and none is lost or repeated.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::{Member, Snapshot, Strategy};
+use crate::error::Error;
+
+#[derive(Debug, Default)]
+pub struct RoundRobin {
+    next: AtomicUsize,
+}
+
+impl Strategy for RoundRobin {
+    type Table = ();
+
+    fn build<T>(&self, _members: &[Member<T>], _live: &[u32]) {}
+
+    #[inline]
+    fn choose<T>(&self, snap: &Snapshot<T, ()>, _key: Option<u64>) -> Result<u32, Error> {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        Ok(snap.live[turn % snap.live.len()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::super::Balancer;
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    #[test]
+    fn takes_nodes_in_order() {
+        let b = Balancer::new(RoundRobin::default(), specs(&["a", "b", "c"])).unwrap();
+        let seq: Vec<String> = (0..6).map(|_| pick(&b, None)).collect();
+        assert_eq!(seq, ["a", "b", "c", "a", "b", "c"]);
+    }
+
+    #[test]
+    fn threads_picking_at_once_lose_no_turn() {
+        let b = Arc::new(Balancer::new(RoundRobin::default(), specs(&["a", "b", "c", "d"])).unwrap());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let b = Arc::clone(&b);
+                std::thread::spawn(move || {
+                    let mut counts: HashMap<String, usize> = HashMap::new();
+                    for _ in 0..25_000 {
+                        *counts.entry(pick(&b, None)).or_default() += 1;
+                    }
+                    counts
+                })
+            })
+            .collect();
+        let mut total: HashMap<String, usize> = HashMap::new();
+        for t in threads {
+            for (k, v) in t.join().unwrap() {
+                *total.entry(k).or_default() += v;
+            }
+        }
+        // 100,000 turns over 4 nodes: exactly 25,000 each.
+        assert!(total.values().all(|&v| v == 25_000), "{total:?}");
+    }
+}
