@@ -1,1 +1,28 @@
+//! `langcluster._core`: the PyO3 module. Only the module declaration lives
+//! here; each wrapper lives in its own file and only converts.
 
+mod balancer;
+mod errors;
+mod keys;
+mod lease;
+mod nodes;
+
+use pyo3::prelude::*;
+
+#[pymodule(gil_used = false)]
+mod _core {
+    #[pymodule_export]
+    use crate::balancer::{
+        Adaptive, Balancer, ConsistentHash, LeastConnections, PowerOfTwoChoices, Random,
+        RoundRobin, WeightedRoundRobin,
+    };
+    #[pymodule_export]
+    use crate::lease::{Lease, Ready};
+
+    use pyo3::prelude::*;
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add("__version__", env!("CARGO_PKG_VERSION"))
+    }
+}

@@ -18,7 +18,7 @@ mod round_robin;
 mod weighted_round_robin;
 
 pub use adaptive::Adaptive;
-pub use consistent_hash::{ConsistentHash, Ring};
+pub use consistent_hash::{ConsistentHash, Ring, DEFAULT_VNODES};
 pub use ewma::PeakEwma;
 pub use least_connections::LeastConnections;
 pub use node::{NodeState, NodeStats};
@@ -102,6 +102,9 @@ impl<T, Table> Snapshot<T, Table> {
 pub trait Strategy: Send + Sync {
     /// Precomputed per node set (a schedule, a ring); rebuilt on every change.
     type Table: Send + Sync;
+
+    /// Whether picks route by the request key (and need one).
+    const ROUTES_BY_KEY: bool = false;
 
     /// Builds the table for the live members.
     fn build<T>(&self, members: &[Member<T>], live: &[u32]) -> Self::Table;

@@ -96,13 +96,9 @@ impl NodeState {
         self.total_in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Ends one request: the in-flight count drops (never below zero, so an
-    /// unmatched `end` cannot make a node look permanently idle), and the
-    /// outcome and latency are recorded.
-    ///
-    /// A failure is recorded as a latency of at least twice the node's
-    /// current cost: a node that fails fast must not look fast.
-    pub fn end(&self, latency_s: f64, ok: bool) {
+    /// Drops one request from the in-flight count (never below zero) without
+    /// recording an outcome: for requests cancelled by the caller.
+    pub fn release(&self) -> bool {
         let dropped = self
             .in_flight
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
@@ -112,6 +108,17 @@ impl NodeState {
         if dropped {
             self.total_in_flight.fetch_sub(1, Ordering::Relaxed);
         }
+        dropped
+    }
+
+    /// Ends one request: the in-flight count drops (never below zero, so an
+    /// unmatched `end` cannot make a node look permanently idle), and the
+    /// outcome and latency are recorded.
+    ///
+    /// A failure is recorded as a latency of at least twice the node's
+    /// current cost: a node that fails fast must not look fast.
+    pub fn end(&self, latency_s: f64, ok: bool) {
+        self.release();
         let latency_ns = latency_s * 1e9;
         if ok {
             self.successes.fetch_add(1, Ordering::Relaxed);

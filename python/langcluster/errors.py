@@ -1,0 +1,47 @@
+"""The exceptions langcluster raises.
+
+Every error of the library is a ``LangClusterError``; catching that one class
+catches them all. Bad arguments are reported with the built-in ``ValueError``
+or ``TypeError``, with a message that starts with the argument's name.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CacheError",
+    "CircuitOpenError",
+    "DiscoveryError",
+    "LangClusterError",
+    "NoAvailableNode",
+]
+
+
+class LangClusterError(Exception):
+    """Base class of every langcluster error."""
+
+
+class NoAvailableNode(LangClusterError):
+    """A balancer has no available node to pick (none registered, or all unavailable)."""
+
+
+class CircuitOpenError(LangClusterError):
+    """A circuit breaker refused the call.
+
+    ``name`` is the breaker's name and ``retry_after_s`` how long until it lets
+    a trial call through.
+    """
+
+    def __init__(
+        self, message: str, *, name: str | None = None, retry_after_s: float = 0.0
+    ) -> None:
+        super().__init__(message)
+        self.name = name
+        self.retry_after_s = retry_after_s
+
+
+class CacheError(LangClusterError):
+    """A cache tier failed in a way the caller must know about."""
+
+
+class DiscoveryError(LangClusterError):
+    """A service-discovery backend failed."""

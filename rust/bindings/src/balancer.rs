@@ -1,0 +1,309 @@
+//! The Python balancer classes. `Balancer` is the common base holding a
+//! type-erased core balancer; each algorithm is a subclass that only has a
+//! constructor, so every method is written once.
+
+use std::sync::Arc;
+
+use langcluster_core::balancer::{
+    self as core, check_latency, NodeSpec, NodeState, NodeStats, Strategy, DEFAULT_DECAY_S,
+};
+use langcluster_core::Error;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::errors::to_py;
+use crate::keys::{check_key, hash_key};
+use crate::lease::Lease;
+use crate::nodes::node_specs;
+
+type Handle = Py<PyAny>;
+
+/// What the Python classes need from a core balancer, whatever its strategy.
+pub(crate) trait DynBalancer: Send + Sync {
+    fn pick(&self, py: Python<'_>, key: Option<u64>) -> Result<Handle, Error>;
+    fn pick_state(&self, py: Python<'_>, key: Option<u64>) -> Result<(Handle, Arc<NodeState>), Error>;
+    fn update(&self, nodes: Vec<NodeSpec<Handle>>) -> Result<(), Error>;
+    fn set_available(&self, id: &str, available: bool) -> Result<bool, Error>;
+    fn begin(&self, id: &str) -> Result<(), Error>;
+    fn end(&self, id: &str, latency_s: f64, ok: bool) -> Result<bool, Error>;
+    fn stats(&self) -> Vec<NodeStats>;
+    fn handles(&self, py: Python<'_>) -> Vec<Handle>;
+    fn contains(&self, id: &str) -> bool;
+    fn len(&self) -> usize;
+    fn available_len(&self) -> usize;
+}
+
+impl<S: Strategy> DynBalancer for core::Balancer<Handle, S> {
+    #[inline]
+    fn pick(&self, py: Python<'_>, key: Option<u64>) -> Result<Handle, Error> {
+        self.pick_with(key, |m| m.handle.clone_ref(py))
+    }
+
+    #[inline]
+    fn pick_state(&self, py: Python<'_>, key: Option<u64>) -> Result<(Handle, Arc<NodeState>), Error> {
+        self.pick_with(key, |m| (m.handle.clone_ref(py), Arc::clone(&m.state)))
+    }
+
+    fn update(&self, nodes: Vec<NodeSpec<Handle>>) -> Result<(), Error> {
+        core::Balancer::update(self, nodes)
+    }
+
+    fn set_available(&self, id: &str, available: bool) -> Result<bool, Error> {
+        core::Balancer::set_available(self, id, available)
+    }
+
+    fn begin(&self, id: &str) -> Result<(), Error> {
+        core::Balancer::begin(self, id)
+    }
+
+    fn end(&self, id: &str, latency_s: f64, ok: bool) -> Result<bool, Error> {
+        core::Balancer::end(self, id, latency_s, ok)
+    }
+
+    fn stats(&self) -> Vec<NodeStats> {
+        core::Balancer::stats(self)
+    }
+
+    fn handles(&self, py: Python<'_>) -> Vec<Handle> {
+        self.with_members(|ms| ms.iter().map(|m| m.handle.clone_ref(py)).collect())
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.state_of(id).is_some()
+    }
+
+    fn len(&self) -> usize {
+        core::Balancer::len(self)
+    }
+
+    fn available_len(&self) -> usize {
+        core::Balancer::available_len(self)
+    }
+}
+
+/// Base class of every balancer. Not instantiable itself.
+#[pyclass(subclass, frozen, module = "langcluster._core")]
+pub struct Balancer {
+    inner: Box<dyn DynBalancer>,
+    /// Whether the strategy routes by key (consistent hashing).
+    routes_by_key: bool,
+}
+
+impl Balancer {
+    fn build<S: Strategy + 'static>(
+        strategy: S,
+        nodes: Option<&Bound<'_, PyAny>>,
+        decay_s: f64,
+    ) -> PyResult<Self> {
+        let specs = node_specs(nodes)?;
+        let inner = core::Balancer::with_decay(strategy, specs, decay_s).map_err(to_py)?;
+        Ok(Self {
+            inner: Box::new(inner),
+            routes_by_key: S::ROUTES_BY_KEY,
+        })
+    }
+
+    #[inline]
+    fn key_hash(&self, key: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>> {
+        match key {
+            None => Ok(None),
+            Some(k) if k.is_none() => Ok(None),
+            Some(k) if self.routes_by_key => hash_key(k).map(Some),
+            Some(k) => check_key(k).map(|()| None),
+        }
+    }
+
+    pub(crate) fn pick_for_lease(
+        &self,
+        py: Python<'_>,
+        key: Option<u64>,
+    ) -> PyResult<(Handle, Arc<NodeState>)> {
+        self.inner.pick_state(py, key).map_err(to_py)
+    }
+}
+
+#[pymethods]
+impl Balancer {
+    /// Picks a node and returns the node object itself.
+    #[pyo3(signature = (key=None))]
+    #[inline]
+    fn pick(&self, py: Python<'_>, key: Option<&Bound<'_, PyAny>>) -> PyResult<Handle> {
+        let hash = self.key_hash(key)?;
+        self.inner.pick(py, hash).map_err(to_py)
+    }
+
+    /// A context manager (sync and async) that picks a node on entry, counts
+    /// the request in flight, and on exit reports its latency and outcome.
+    #[pyo3(signature = (key=None))]
+    fn acquire(slf: &Bound<'_, Self>, key: Option<&Bound<'_, PyAny>>) -> PyResult<Lease> {
+        let hash = slf.get().key_hash(key)?;
+        Ok(Lease::new(slf.clone().unbind(), hash))
+    }
+
+    /// Counts one request in flight on `node_id`.
+    fn begin(&self, node_id: &str) -> PyResult<()> {
+        self.inner.begin(node_id).map_err(to_py)
+    }
+
+    /// Ends one request on `node_id` with its latency and outcome. Returns
+    /// False, changing nothing, when the node has been removed meanwhile.
+    #[pyo3(signature = (node_id, latency_s, ok=true))]
+    fn end(&self, node_id: &str, latency_s: f64, ok: bool) -> PyResult<bool> {
+        check_latency(latency_s).map_err(to_py)?;
+        self.inner.end(node_id, latency_s, ok).map_err(to_py)
+    }
+
+    /// Replaces the node set atomically; nodes that stay keep their counters.
+    fn update(&self, nodes: &Bound<'_, PyAny>) -> PyResult<()> {
+        let specs = node_specs(Some(nodes))?;
+        self.inner.update(specs).map_err(to_py)
+    }
+
+    /// Takes a node out of rotation or puts it back. Returns whether it changed.
+    fn set_available(&self, node_id: &str, available: bool) -> PyResult<bool> {
+        self.inner.set_available(node_id, available).map_err(to_py)
+    }
+
+    /// Per-node counters: `{id: {"picks", "in_flight", "successes",
+    /// "failures", "ewma_latency_s", "available", "weight"}}`.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        for s in self.inner.stats() {
+            let d = PyDict::new(py);
+            d.set_item("picks", s.picks)?;
+            d.set_item("in_flight", s.in_flight)?;
+            d.set_item("successes", s.successes)?;
+            d.set_item("failures", s.failures)?;
+            d.set_item("ewma_latency_s", s.ewma_latency_s)?;
+            d.set_item("available", s.available)?;
+            d.set_item("weight", s.weight)?;
+            out.set_item(s.id, d)?;
+        }
+        Ok(out)
+    }
+
+    /// The current node objects, available or not, in the order given.
+    #[getter]
+    fn nodes(&self, py: Python<'_>) -> Vec<Handle> {
+        self.inner.handles(py)
+    }
+
+    /// How many nodes are available.
+    #[getter]
+    fn available_count(&self) -> usize {
+        self.inner.available_len()
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn __contains__(&self, node_id: &Bound<'_, PyAny>) -> bool {
+        node_id
+            .extract::<&str>()
+            .map(|id| self.inner.contains(id))
+            .unwrap_or(false)
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let name = slf.get_type().name()?;
+        let this = slf.get();
+        Ok(format!(
+            "{name}(nodes={}, available={})",
+            this.inner.len(),
+            this.inner.available_len()
+        ))
+    }
+}
+
+macro_rules! simple_balancer {
+    ($(#[$doc:meta])* $name:ident, $strategy:expr) => {
+        $(#[$doc])*
+        #[pyclass(extends = Balancer, frozen, module = "langcluster._core")]
+        pub struct $name;
+
+        #[pymethods]
+        impl $name {
+            #[new]
+            #[pyo3(signature = (nodes=None))]
+            fn new(nodes: Option<&Bound<'_, PyAny>>) -> PyResult<PyClassInitializer<Self>> {
+                let base = Balancer::build($strategy, nodes, DEFAULT_DECAY_S)?;
+                Ok(PyClassInitializer::from(base).add_subclass($name))
+            }
+        }
+    };
+}
+
+simple_balancer!(
+    /// Round robin over the available nodes; exact under concurrency.
+    RoundRobin,
+    core::RoundRobin::default()
+);
+simple_balancer!(
+    /// Smooth weighted round robin on a precomputed schedule.
+    WeightedRoundRobin,
+    core::WeightedRoundRobin::default()
+);
+simple_balancer!(
+    /// Fewest requests in flight (per unit of weight); ties broken at random.
+    LeastConnections,
+    core::LeastConnections
+);
+simple_balancer!(
+    /// A random available node, weighted when weights differ.
+    Random,
+    core::Random
+);
+simple_balancer!(
+    /// The less loaded of two random nodes.
+    PowerOfTwoChoices,
+    core::PowerOfTwoChoices
+);
+
+/// Power of two choices over peak-EWMA latency × (in flight + 1).
+#[pyclass(extends = Balancer, frozen, module = "langcluster._core")]
+pub struct Adaptive;
+
+#[pymethods]
+impl Adaptive {
+    #[new]
+    #[pyo3(signature = (nodes=None, *, decay_s=DEFAULT_DECAY_S))]
+    fn new(nodes: Option<&Bound<'_, PyAny>>, decay_s: f64) -> PyResult<PyClassInitializer<Self>> {
+        let base = Balancer::build(core::Adaptive, nodes, decay_s)?;
+        Ok(PyClassInitializer::from(base).add_subclass(Adaptive))
+    }
+}
+
+/// Consistent hashing on a ring of virtual nodes, with optional bounded load.
+#[pyclass(extends = Balancer, frozen, module = "langcluster._core")]
+pub struct ConsistentHash {
+    vnodes: u32,
+    load_factor: Option<f64>,
+}
+
+#[pymethods]
+impl ConsistentHash {
+    #[new]
+    #[pyo3(signature = (nodes=None, *, vnodes=core::DEFAULT_VNODES, load_factor=None))]
+    fn new(
+        nodes: Option<&Bound<'_, PyAny>>,
+        vnodes: u32,
+        load_factor: Option<f64>,
+    ) -> PyResult<PyClassInitializer<Self>> {
+        let strategy = core::ConsistentHash::new(vnodes, load_factor).map_err(to_py)?;
+        let base = Balancer::build(strategy, nodes, DEFAULT_DECAY_S)?;
+        Ok(PyClassInitializer::from(base).add_subclass(ConsistentHash { vnodes, load_factor }))
+    }
+
+    /// Virtual nodes per node of mean weight.
+    #[getter]
+    fn vnodes(&self) -> u32 {
+        self.vnodes
+    }
+
+    /// The bounded-load factor, or None when load is not bounded.
+    #[getter]
+    fn load_factor(&self) -> Option<f64> {
+        self.load_factor
+    }
+}

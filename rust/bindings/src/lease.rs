@@ -1,0 +1,127 @@
+//! `Balancer.acquire()`: a context manager, sync and async, that holds one
+//! request in flight on the node it picked and reports the outcome on exit.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use langcluster_core::balancer::NodeState;
+use pyo3::exceptions::{PyException, PyRuntimeError, PyStopIteration};
+use pyo3::prelude::*;
+use pyo3::types::PyType;
+
+use crate::balancer::Balancer;
+
+struct Held {
+    state: Arc<NodeState>,
+    started: Instant,
+}
+
+/// Returned by `acquire()`. Entering picks a node and returns it; leaving
+/// ends the request: success without an exception, failure with an
+/// `Exception`, and neither (the count is released, no outcome recorded) for
+/// a `BaseException` such as `asyncio.CancelledError` or `KeyboardInterrupt`.
+#[pyclass(frozen, module = "langcluster._core")]
+pub struct Lease {
+    balancer: Py<Balancer>,
+    key: Option<u64>,
+    /// Only this lease's own enter/exit touch it; never held across Python code.
+    held: Mutex<Option<Held>>,
+}
+
+impl Lease {
+    pub fn new(balancer: Py<Balancer>, key: Option<u64>) -> Self {
+        Self {
+            balancer,
+            key,
+            held: Mutex::new(None),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Option<Held>> {
+        // No code that can panic runs under this lock, so a poisoned lock
+        // still holds consistent data.
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[pymethods]
+impl Lease {
+    fn __enter__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        if self.held().is_some() {
+            return Err(PyRuntimeError::new_err(
+                "acquire: this lease is already entered; call acquire() once per request",
+            ));
+        }
+        let (node, state) = self.balancer.get().pick_for_lease(py, self.key)?;
+        state.begin();
+        *self.held() = Some(Held {
+            state,
+            started: Instant::now(),
+        });
+        Ok(node)
+    }
+
+    #[pyo3(signature = (exc_type=None, _exc_value=None, _traceback=None))]
+    fn __exit__(
+        &self,
+        exc_type: Option<&Bound<'_, PyType>>,
+        _exc_value: Option<&Bound<'_, PyAny>>,
+        _traceback: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let Some(held) = self.held().take() else {
+            return Ok(false);
+        };
+        let latency_s = held.started.elapsed().as_secs_f64();
+        match exc_type {
+            None => held.state.end(latency_s, true),
+            Some(t) if t.is_subclass_of::<PyException>()? => held.state.end(latency_s, false),
+            Some(_) => {
+                held.state.release();
+            }
+        }
+        Ok(false)
+    }
+
+    fn __aenter__(&self, py: Python<'_>) -> PyResult<Ready> {
+        Ok(Ready {
+            value: self.__enter__(py)?,
+        })
+    }
+
+    #[pyo3(signature = (exc_type=None, exc_value=None, traceback=None))]
+    fn __aexit__(
+        &self,
+        py: Python<'_>,
+        exc_type: Option<&Bound<'_, PyType>>,
+        exc_value: Option<&Bound<'_, PyAny>>,
+        traceback: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Ready> {
+        let suppress = self.__exit__(exc_type, exc_value, traceback)?;
+        Ok(Ready {
+            value: pyo3::types::PyBool::new(py, suppress).to_owned().into_any().unbind(),
+        })
+    }
+}
+
+/// An awaitable that is already done: `await` returns `value` at once.
+/// Lets `async with balancer.acquire()` work without a coroutine per call.
+#[pyclass(frozen, module = "langcluster._core")]
+pub struct Ready {
+    value: Py<PyAny>,
+}
+
+#[pymethods]
+impl Ready {
+    fn __await__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        // Wrapped in a 1-tuple so a tuple value is not unpacked as arguments.
+        Err(PyStopIteration::new_err((self.value.clone_ref(py),)))
+    }
+}
