@@ -1,1 +1,98 @@
-fn main() {}
+//! Native pick cost of every balancer (criterion). The Go design this
+//! library descends from reported 25 / 80 / 50 / 100 / 120 ns per op for
+//! round robin / weighted / least connections / consistent hash / adaptive.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use langcluster_core::balancer::{
+    Adaptive, Balancer, ConsistentHash, LeastConnections, NodeSpec, PowerOfTwoChoices, Random,
+    RoundRobin, Strategy, WeightedRoundRobin,
+};
+use langcluster_core::hash::hash_bytes;
+
+fn nodes(n: usize, weighted: bool) -> Vec<NodeSpec<u32>> {
+    (0..n)
+        .map(|i| {
+            let w = if weighted { 1.0 + (i % 4) as f64 } else { 1.0 };
+            NodeSpec::new(format!("node-{i}"), w, i as u32)
+        })
+        .collect()
+}
+
+fn bench_pick<S: Strategy>(c: &mut Criterion, name: &str, b: Balancer<u32, S>, key: Option<u64>) {
+    c.bench_function(name, |bench| {
+        bench.iter(|| b.pick_with(black_box(key), |m| m.handle).unwrap())
+    });
+}
+
+fn warm<S: Strategy>(b: &Balancer<u32, S>) {
+    for i in 0..b.len() {
+        let id = format!("node-{i}");
+        b.begin(&id).unwrap();
+        b.end(&id, 0.001 * (1 + i % 5) as f64, true).unwrap();
+    }
+}
+
+fn picks(c: &mut Criterion) {
+    bench_pick(
+        c,
+        "round_robin/8",
+        Balancer::new(RoundRobin::default(), nodes(8, false)).unwrap(),
+        None,
+    );
+    bench_pick(
+        c,
+        "weighted_round_robin/8",
+        Balancer::new(WeightedRoundRobin::default(), nodes(8, true)).unwrap(),
+        None,
+    );
+    bench_pick(
+        c,
+        "least_connections/8",
+        Balancer::new(LeastConnections, nodes(8, false)).unwrap(),
+        None,
+    );
+    bench_pick(
+        c,
+        "power_of_two/8",
+        Balancer::new(PowerOfTwoChoices, nodes(8, false)).unwrap(),
+        None,
+    );
+    bench_pick(
+        c,
+        "random/8",
+        Balancer::new(Random, nodes(8, false)).unwrap(),
+        None,
+    );
+    let adaptive = Balancer::new(Adaptive, nodes(8, false)).unwrap();
+    warm(&adaptive);
+    bench_pick(c, "adaptive/8", adaptive, None);
+    let key = Some(hash_bytes(b"user-12345"));
+    bench_pick(
+        c,
+        "consistent_hash/100",
+        Balancer::new(ConsistentHash::default(), nodes(100, false)).unwrap(),
+        key,
+    );
+    bench_pick(
+        c,
+        "consistent_hash_bounded/100",
+        Balancer::new(
+            ConsistentHash::new(160, Some(1.25)).unwrap(),
+            nodes(100, false),
+        )
+        .unwrap(),
+        key,
+    );
+    c.bench_function("hash_key/10B", |b| {
+        b.iter(|| hash_bytes(black_box(b"user-12345")))
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2));
+    targets = picks
+}
+criterion_main!(benches);

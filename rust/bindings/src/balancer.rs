@@ -21,7 +21,11 @@ type Handle = Py<PyAny>;
 /// What the Python classes need from a core balancer, whatever its strategy.
 pub(crate) trait DynBalancer: Send + Sync {
     fn pick(&self, py: Python<'_>, key: Option<u64>) -> Result<Handle, Error>;
-    fn pick_state(&self, py: Python<'_>, key: Option<u64>) -> Result<(Handle, Arc<NodeState>), Error>;
+    fn pick_state(
+        &self,
+        py: Python<'_>,
+        key: Option<u64>,
+    ) -> Result<(Handle, Arc<NodeState>), Error>;
     fn update(&self, nodes: Vec<NodeSpec<Handle>>) -> Result<(), Error>;
     fn set_available(&self, id: &str, available: bool) -> Result<bool, Error>;
     fn begin(&self, id: &str) -> Result<(), Error>;
@@ -40,7 +44,11 @@ impl<S: Strategy> DynBalancer for core::Balancer<Handle, S> {
     }
 
     #[inline]
-    fn pick_state(&self, py: Python<'_>, key: Option<u64>) -> Result<(Handle, Arc<NodeState>), Error> {
+    fn pick_state(
+        &self,
+        py: Python<'_>,
+        key: Option<u64>,
+    ) -> Result<(Handle, Arc<NodeState>), Error> {
         self.pick_with(key, |m| (m.handle.clone_ref(py), Arc::clone(&m.state)))
     }
 
@@ -292,7 +300,10 @@ impl ConsistentHash {
     ) -> PyResult<PyClassInitializer<Self>> {
         let strategy = core::ConsistentHash::new(vnodes, load_factor).map_err(to_py)?;
         let base = Balancer::build(strategy, nodes, DEFAULT_DECAY_S)?;
-        Ok(PyClassInitializer::from(base).add_subclass(ConsistentHash { vnodes, load_factor }))
+        Ok(PyClassInitializer::from(base).add_subclass(ConsistentHash {
+            vnodes,
+            load_factor,
+        }))
     }
 
     /// Virtual nodes per node of mean weight.

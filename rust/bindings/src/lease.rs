@@ -98,7 +98,10 @@ impl Lease {
     ) -> PyResult<Ready> {
         let suppress = self.__exit__(exc_type, exc_value, traceback)?;
         Ok(Ready {
-            value: pyo3::types::PyBool::new(py, suppress).to_owned().into_any().unbind(),
+            value: pyo3::types::PyBool::new(py, suppress)
+                .to_owned()
+                .into_any()
+                .unbind(),
         })
     }
 }

@@ -37,22 +37,32 @@ fn node_spec(i: usize, node: &Bound<'_, PyAny>) -> PyResult<NodeSpec<Py<PyAny>>>
     let id: String = id
         .cast::<PyString>()
         .map_err(|_| {
-            PyTypeError::new_err(format!("nodes[{i}].id: must be a str, got {}", type_name(&id)))
+            PyTypeError::new_err(format!(
+                "nodes[{i}].id: must be a str, got {}",
+                type_name(&id)
+            ))
         })?
         .to_str()?
         .to_owned();
     if id.is_empty() {
-        return Err(PyValueError::new_err(format!("nodes[{i}].id: must be a non-empty string")));
+        return Err(PyValueError::new_err(format!(
+            "nodes[{i}].id: must be a non-empty string"
+        )));
     }
     let weight = match node.getattr_opt(intern!(py, "weight"))? {
         None => 1.0,
         Some(w) if w.is_none() => 1.0,
         Some(w) => {
             if w.is_instance_of::<PyBool>() {
-                return Err(PyTypeError::new_err(format!("nodes[{i}].weight: must be a number, got bool")));
+                return Err(PyTypeError::new_err(format!(
+                    "nodes[{i}].weight: must be a number, got bool"
+                )));
             }
             let value: f64 = w.extract().map_err(|_| {
-                PyTypeError::new_err(format!("nodes[{i}].weight: must be a number, got {}", type_name(&w)))
+                PyTypeError::new_err(format!(
+                    "nodes[{i}].weight: must be a number, got {}",
+                    type_name(&w)
+                ))
             })?;
             if !(value.is_finite() && value > 0.0) {
                 return Err(PyValueError::new_err(format!(

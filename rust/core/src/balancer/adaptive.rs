@@ -122,7 +122,11 @@ mod tests {
         }
         assert_eq!(fresh_picks.len(), 1, "flooded: {fresh_picks:?}");
         // An idle unsampled node wins every draw it is in (half of them).
-        assert!(fresh_picks[0] < 20, "starved until round {}", fresh_picks[0]);
+        assert!(
+            fresh_picks[0] < 20,
+            "starved until round {}",
+            fresh_picks[0]
+        );
     }
 
     #[test]

@@ -55,7 +55,10 @@ impl ConsistentHash {
                 });
             }
         }
-        Ok(Self { vnodes, load_factor })
+        Ok(Self {
+            vnodes,
+            load_factor,
+        })
     }
 
     pub fn vnodes(&self) -> u32 {
@@ -284,9 +287,17 @@ mod tests {
             }
             let mean = keys as f64 / n as f64;
             let max = *counts.values().max().unwrap() as f64;
-            let var = counts.values().map(|&c| (c as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+            let var = counts
+                .values()
+                .map(|&c| (c as f64 - mean).powi(2))
+                .sum::<f64>()
+                / n as f64;
             let stddev = var.sqrt() / mean;
-            println!("ring_balance nodes={n} max/mean={:.3} stddev={:.3}", max / mean, stddev);
+            println!(
+                "ring_balance nodes={n} max/mean={:.3} stddev={:.3}",
+                max / mean,
+                stddev
+            );
             assert_eq!(counts.len(), n);
             assert!(max / mean < 1.35, "n={n}: {}", max / mean);
         }
@@ -299,7 +310,9 @@ mod tests {
             weighted(&[("heavy", 3.0), ("light", 1.0)]),
         )
         .unwrap();
-        let heavy = (0..40_000).filter(|&k| pick(&b, Some(key_hash(k))) == "heavy").count();
+        let heavy = (0..40_000)
+            .filter(|&k| pick(&b, Some(key_hash(k))) == "heavy")
+            .count();
         let share = heavy as f64 / 40_000.0;
         assert!((0.68..0.82).contains(&share), "{share}");
     }
@@ -328,10 +341,16 @@ mod tests {
 
     #[test]
     fn bad_options_are_refused_by_name() {
-        assert!(matches!(ConsistentHash::new(0, None), Err(Error::InvalidArgument { name: "vnodes", .. })));
+        assert!(matches!(
+            ConsistentHash::new(0, None),
+            Err(Error::InvalidArgument { name: "vnodes", .. })
+        ));
         assert!(matches!(
             ConsistentHash::new(10, Some(0.9)),
-            Err(Error::InvalidArgument { name: "load_factor", .. })
+            Err(Error::InvalidArgument {
+                name: "load_factor",
+                ..
+            })
         ));
     }
 }

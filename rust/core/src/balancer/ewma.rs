@@ -35,7 +35,11 @@ impl PeakEwma {
     /// Lock-free: a compare-and-swap loop on the cost. Two samples racing may
     /// both be applied in either order, which is within the estimate's noise.
     pub fn observe(&self, rtt_ns: f64, now: u64) {
-        let rtt_ns = if rtt_ns.is_finite() { rtt_ns.max(0.0) } else { 0.0 };
+        let rtt_ns = if rtt_ns.is_finite() {
+            rtt_ns.max(0.0)
+        } else {
+            0.0
+        };
         let last = self.stamp_ns.swap(now, Ordering::AcqRel);
         let elapsed = now.saturating_sub(last) as f64;
         let w = (-elapsed / self.decay_ns).exp();

@@ -1,25 +1,24 @@
 //! Round robin: one shared atomic counter over the available nodes, so picks
 //! from many threads take consecutive turns and none is lost or repeated.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-use super::{Member, Snapshot, Strategy};
+use super::{Cycle, Member, Snapshot, Strategy, Turns};
 use crate::error::Error;
 
 #[derive(Debug, Default)]
 pub struct RoundRobin {
-    next: AtomicUsize,
+    turns: Turns,
 }
 
 impl Strategy for RoundRobin {
-    type Table = ();
+    type Table = Cycle;
 
-    fn build<T>(&self, _members: &[Member<T>], _live: &[u32]) {}
+    fn build<T>(&self, _members: &[Member<T>], live: &[u32]) -> Cycle {
+        Cycle::new(live.len())
+    }
 
     #[inline]
-    fn choose<T>(&self, snap: &Snapshot<T, ()>, _key: Option<u64>) -> Result<u32, Error> {
-        let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        Ok(snap.live[turn % snap.live.len()])
+    fn choose<T>(&self, snap: &Snapshot<T, Cycle>, _key: Option<u64>) -> Result<u32, Error> {
+        Ok(snap.live[self.turns.take(snap.table)])
     }
 }
 
@@ -40,7 +39,8 @@ mod tests {
 
     #[test]
     fn threads_picking_at_once_lose_no_turn() {
-        let b = Arc::new(Balancer::new(RoundRobin::default(), specs(&["a", "b", "c", "d"])).unwrap());
+        let b =
+            Arc::new(Balancer::new(RoundRobin::default(), specs(&["a", "b", "c", "d"])).unwrap());
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let b = Arc::clone(&b);

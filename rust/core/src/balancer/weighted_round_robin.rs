@@ -14,9 +14,7 @@
 //! 2^24 steps the weights are scaled down proportionally, so a rebuild costs
 //! at most a few milliseconds.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-use super::{Member, Snapshot, Strategy};
+use super::{Cycle, Member, Snapshot, Strategy, Turns};
 use crate::error::Error;
 
 const BUILD_BUDGET: u64 = 1 << 24;
@@ -24,24 +22,34 @@ const FRACTION_SCALE: f64 = 10_000.0;
 
 #[derive(Debug, Default)]
 pub struct WeightedRoundRobin {
-    next: AtomicUsize,
+    turns: Turns,
+}
+
+/// One cycle of the schedule, as member indices.
+#[derive(Debug)]
+pub struct Schedule {
+    slots: Vec<u32>,
+    cycle: Cycle,
 }
 
 impl Strategy for WeightedRoundRobin {
-    type Table = Vec<u32>;
+    type Table = Schedule;
 
-    fn build<T>(&self, members: &[Member<T>], live: &[u32]) -> Vec<u32> {
+    fn build<T>(&self, members: &[Member<T>], live: &[u32]) -> Schedule {
         let weights: Vec<f64> = live.iter().map(|&i| members[i as usize].weight).collect();
-        smooth_schedule(&weights)
+        let slots: Vec<u32> = smooth_schedule(&weights)
             .into_iter()
             .map(|slot| live[slot as usize])
-            .collect()
+            .collect();
+        Schedule {
+            cycle: Cycle::new(slots.len()),
+            slots,
+        }
     }
 
     #[inline]
-    fn choose<T>(&self, snap: &Snapshot<T, Vec<u32>>, _key: Option<u64>) -> Result<u32, Error> {
-        let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        Ok(snap.table[turn % snap.table.len()])
+    fn choose<T>(&self, snap: &Snapshot<T, Schedule>, _key: Option<u64>) -> Result<u32, Error> {
+        Ok(snap.table.slots[self.turns.take(snap.table.cycle)])
     }
 }
 
@@ -157,7 +165,10 @@ mod tests {
         // Smoothness: a node of weight w out of total W is picked at least
         // once in every window of ceil(W / w) + 1 picks.
         let weights = [("a", 9.0), ("b", 3.0), ("c", 1.0)];
-        let seq: Vec<String> = names(&weights, 13 * 6).split(' ').map(String::from).collect();
+        let seq: Vec<String> = names(&weights, 13 * 6)
+            .split(' ')
+            .map(String::from)
+            .collect();
         for (id, w) in weights {
             let window = (13.0 / w).ceil() as usize + 1;
             for start in 0..seq.len() - window {
