@@ -31,12 +31,17 @@ impl Strategy for Adaptive {
     fn build<T>(&self, _members: &[Member<T>], _live: &[u32]) {}
 
     #[inline]
-    fn choose<T>(&self, snap: &Snapshot<T, ()>, _key: Option<u64>) -> Result<u32, Error> {
+    fn choose<T>(
+        &self,
+        snap: &Snapshot<T, ()>,
+        _key: Option<u64>,
+        rng: &mut fastrand::Rng,
+    ) -> Result<u32, Error> {
         let n = snap.live.len();
         if n == 1 {
             return Ok(snap.live[0]);
         }
-        let (i, j) = two_distinct(n);
+        let (i, j) = two_distinct(rng, n);
         let (a, b) = (snap.live[i], snap.live[j]);
         let (wa, wb) = if snap.uniform {
             (1.0, 1.0)

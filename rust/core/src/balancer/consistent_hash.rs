@@ -169,7 +169,12 @@ impl Strategy for ConsistentHash {
     }
 
     #[inline]
-    fn choose<T>(&self, snap: &Snapshot<T, Ring>, key: Option<u64>) -> Result<u32, Error> {
+    fn choose<T>(
+        &self,
+        snap: &Snapshot<T, Ring>,
+        key: Option<u64>,
+        _rng: &mut fastrand::Rng,
+    ) -> Result<u32, Error> {
         let hash = key.ok_or(Error::KeyRequired)?;
         let ring = &snap.table;
         let start = ring.locate(hash);

@@ -17,7 +17,12 @@ impl Strategy for LeastConnections {
     fn build<T>(&self, _members: &[Member<T>], _live: &[u32]) {}
 
     #[inline]
-    fn choose<T>(&self, snap: &Snapshot<T, ()>, _key: Option<u64>) -> Result<u32, Error> {
+    fn choose<T>(
+        &self,
+        snap: &Snapshot<T, ()>,
+        _key: Option<u64>,
+        rng: &mut fastrand::Rng,
+    ) -> Result<u32, Error> {
         let mut best = snap.live[0];
         let mut best_load = load_per_weight(snap, best);
         let mut ties = 1usize;
@@ -29,7 +34,7 @@ impl Strategy for LeastConnections {
                 ties = 1;
             } else if load == best_load {
                 ties += 1;
-                if fastrand::usize(..ties) == 0 {
+                if rng.usize(..ties) == 0 {
                     best = m;
                 }
             }

@@ -119,17 +119,31 @@ pub trait Strategy: Send + Sync {
     fn build<T>(&self, members: &[Member<T>], live: &[u32]) -> Self::Table;
 
     /// Picks a member index among `snap.live`; `live` is never empty here.
-    fn choose<T>(&self, snap: &Snapshot<T, Self::Table>, key: Option<u64>) -> Result<u32, Error>;
+    /// `rng` is the calling thread's own generator.
+    fn choose<T>(
+        &self,
+        snap: &Snapshot<T, Self::Table>,
+        key: Option<u64>,
+        rng: &mut fastrand::Rng,
+    ) -> Result<u32, Error>;
 }
 
 type SnapshotCache<T, Table> = Cache<Arc<ArcSwap<Snapshot<T, Table>>>, Arc<Snapshot<T, Table>>>;
+
+/// What each thread keeps per balancer: its view of the snapshot and its own
+/// random generator (one thread-local lookup per pick, which matters inside
+/// a shared library where each lookup is a call).
+struct Local<T, Table> {
+    snapshot: SnapshotCache<T, Table>,
+    rng: fastrand::Rng,
+}
 
 /// A load balancer: a strategy over a node set that can be swapped at any time.
 pub struct Balancer<T: Send + Sync, S: Strategy> {
     strategy: S,
     current: Arc<ArcSwap<Snapshot<T, S::Table>>>,
     /// Each thread's cached view of `current` (see the module doc).
-    local: ThreadLocal<RefCell<SnapshotCache<T, S::Table>>>,
+    local: ThreadLocal<RefCell<Local<T, S::Table>>>,
     /// Serialises writers only; readers never touch it.
     writer: Mutex<()>,
     total_in_flight: Arc<AtomicI64>,
@@ -267,14 +281,26 @@ impl<T: Send + Sync, S: Strategy> Balancer<T, S> {
         key: Option<u64>,
         f: impl FnOnce(&Member<T>) -> R,
     ) -> Result<R, Error> {
-        let cell = self
-            .local
-            .get_or(|| RefCell::new(Cache::new(Arc::clone(&self.current))));
+        let cell = self.local.get_or(|| {
+            RefCell::new(Local {
+                snapshot: Cache::new(Arc::clone(&self.current)),
+                rng: fastrand::Rng::new(),
+            })
+        });
         match cell.try_borrow_mut() {
-            Ok(mut cache) => Self::pick_from(&self.strategy, cache.load(), key, f),
+            Ok(mut local) => {
+                let Local { snapshot, rng } = &mut *local;
+                Self::pick_from(&self.strategy, snapshot.load(), key, rng, f)
+            }
             // Re-entered on this thread (a destructor run while swapping the
             // cached snapshot picked again): read the shared one directly.
-            Err(_) => Self::pick_from(&self.strategy, &self.current.load(), key, f),
+            Err(_) => Self::pick_from(
+                &self.strategy,
+                &self.current.load(),
+                key,
+                &mut fastrand::Rng::new(),
+                f,
+            ),
         }
     }
 
@@ -283,12 +309,13 @@ impl<T: Send + Sync, S: Strategy> Balancer<T, S> {
         strategy: &S,
         snap: &Snapshot<T, S::Table>,
         key: Option<u64>,
+        rng: &mut fastrand::Rng,
         f: impl FnOnce(&Member<T>) -> R,
     ) -> Result<R, Error> {
         if snap.live.is_empty() {
             return Err(Error::NoAvailableNode);
         }
-        let i = strategy.choose(snap, key)?;
+        let i = strategy.choose(snap, key, rng)?;
         let member = &snap.members[i as usize];
         member.state.count_pick();
         Ok(f(member))
@@ -424,9 +451,9 @@ impl Turns {
 
 /// Two distinct uniformly random positions in `0..n` (`n >= 2`).
 #[inline]
-pub(crate) fn two_distinct(n: usize) -> (usize, usize) {
-    let a = fastrand::usize(..n);
-    let mut b = fastrand::usize(..n - 1);
+pub(crate) fn two_distinct(rng: &mut fastrand::Rng, n: usize) -> (usize, usize) {
+    let a = rng.usize(..n);
+    let mut b = rng.usize(..n - 1);
     if b >= a {
         b += 1;
     }

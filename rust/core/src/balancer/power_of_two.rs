@@ -16,12 +16,17 @@ impl Strategy for PowerOfTwoChoices {
     fn build<T>(&self, _members: &[Member<T>], _live: &[u32]) {}
 
     #[inline]
-    fn choose<T>(&self, snap: &Snapshot<T, ()>, _key: Option<u64>) -> Result<u32, Error> {
+    fn choose<T>(
+        &self,
+        snap: &Snapshot<T, ()>,
+        _key: Option<u64>,
+        rng: &mut fastrand::Rng,
+    ) -> Result<u32, Error> {
         let n = snap.live.len();
         if n == 1 {
             return Ok(snap.live[0]);
         }
-        let (i, j) = two_distinct(n);
+        let (i, j) = two_distinct(rng, n);
         let (a, b) = (snap.live[i], snap.live[j]);
         Ok(if load_per_weight(snap, b) < load_per_weight(snap, a) {
             b

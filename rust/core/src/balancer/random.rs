@@ -29,12 +29,17 @@ impl Strategy for Random {
     }
 
     #[inline]
-    fn choose<T>(&self, snap: &Snapshot<T, Vec<f64>>, _key: Option<u64>) -> Result<u32, Error> {
+    fn choose<T>(
+        &self,
+        snap: &Snapshot<T, Vec<f64>>,
+        _key: Option<u64>,
+        rng: &mut fastrand::Rng,
+    ) -> Result<u32, Error> {
         let n = snap.live.len();
         if snap.table.is_empty() {
-            return Ok(snap.live[fastrand::usize(..n)]);
+            return Ok(snap.live[rng.usize(..n)]);
         }
-        let target = fastrand::f64() * snap.table[n - 1];
+        let target = rng.f64() * snap.table[n - 1];
         let slot = snap.table.partition_point(|&c| c <= target).min(n - 1);
         Ok(snap.live[slot])
     }

@@ -17,7 +17,12 @@ impl Strategy for RoundRobin {
     }
 
     #[inline]
-    fn choose<T>(&self, snap: &Snapshot<T, Cycle>, _key: Option<u64>) -> Result<u32, Error> {
+    fn choose<T>(
+        &self,
+        snap: &Snapshot<T, Cycle>,
+        _key: Option<u64>,
+        _rng: &mut fastrand::Rng,
+    ) -> Result<u32, Error> {
         Ok(snap.live[self.turns.take(snap.table)])
     }
 }

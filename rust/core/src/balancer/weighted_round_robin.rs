@@ -48,7 +48,12 @@ impl Strategy for WeightedRoundRobin {
     }
 
     #[inline]
-    fn choose<T>(&self, snap: &Snapshot<T, Schedule>, _key: Option<u64>) -> Result<u32, Error> {
+    fn choose<T>(
+        &self,
+        snap: &Snapshot<T, Schedule>,
+        _key: Option<u64>,
+        _rng: &mut fastrand::Rng,
+    ) -> Result<u32, Error> {
         Ok(snap.table.slots[self.turns.take(snap.table.cycle)])
     }
 }
