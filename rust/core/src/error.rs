@@ -25,13 +25,13 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::EmptyId { index } => write!(f, "nodes[{index}].id: must be a non-empty string"),
-            Error::DuplicateId { id } => write!(f, "nodes: duplicate node id {id:?}"),
+            Error::DuplicateId { id } => write!(f, "nodes: duplicate node id '{id}'"),
             Error::InvalidWeight { id, weight } => write!(
                 f,
-                "nodes: weight of node {id:?} must be a positive finite number, got {weight}"
+                "nodes: weight of node '{id}' must be a positive finite number, got {weight}"
             ),
             Error::InvalidArgument { name, reason } => write!(f, "{name}: {reason}"),
-            Error::UnknownNode { id } => write!(f, "node_id: no node with id {id:?}"),
+            Error::UnknownNode { id } => write!(f, "node_id: no node with id '{id}'"),
             Error::NoAvailableNode => write!(f, "no available node"),
             Error::KeyRequired => write!(
                 f,

@@ -1,0 +1,124 @@
+"""Shared fixtures: real servers on free loopback ports, and the rule that a
+missing server fails the run instead of skipping when
+LANGCLUSTER_REQUIRE_SERVICES=1 (CI sets it)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("default", deadline=None)
+settings.register_profile(
+    "ci", deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+REQUIRE_SERVICES = os.environ.get("LANGCLUSTER_REQUIRE_SERVICES") == "1"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip locally; fail when the run requires every service."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason} (LANGCLUSTER_REQUIRE_SERVICES=1 turns this skip into a failure)")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout_s}s")
+
+
+def find_binary(name: str) -> str | None:
+    # Debian installs etcd under /usr/bin; sbin paths are absent from some PATHs.
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+
+
+@dataclass
+class Server:
+    host: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Server]:
+    """A fresh redis-server on a free loopback port, without persistence."""
+    binary = find_binary("redis-server")
+    if binary is None:
+        skip_or_fail("redis-server is not installed (apt-get install -y redis-server)")
+    assert binary is not None
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="langcluster-redis-") as workdir:
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", workdir],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for_port(port, proc)
+            yield Server("127.0.0.1", port, proc)
+        finally:
+            _stop(proc)
+
+
+@pytest.fixture
+def etcd_server() -> Iterator[Server]:
+    """A fresh single-member etcd on free loopback ports (client and peer)."""
+    binary = find_binary("etcd")
+    if binary is None:
+        skip_or_fail("etcd is not installed (apt-get install -y etcd-server)")
+    assert binary is not None
+    client, peer = free_port(), free_port()
+    with tempfile.TemporaryDirectory(prefix="langcluster-etcd-") as datadir:
+        proc = subprocess.Popen(
+            [binary, "--name", "test", "--data-dir", datadir,
+             "--listen-client-urls", f"http://127.0.0.1:{client}",
+             "--advertise-client-urls", f"http://127.0.0.1:{client}",
+             "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+             "--initial-cluster", f"test=http://127.0.0.1:{peer}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for_port(client, proc, timeout_s=20.0)
+            yield Server("127.0.0.1", client, proc)
+        finally:
+            _stop(proc)
