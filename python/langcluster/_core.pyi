@@ -4,7 +4,22 @@ from collections.abc import Generator, Iterable
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar, final, type_check_only
 
+from typing_extensions import disjoint_base
+
 __version__: str
+__all__ = [
+    "Adaptive",
+    "Balancer",
+    "ConsistentHash",
+    "Lease",
+    "LeastConnections",
+    "PowerOfTwoChoices",
+    "Random",
+    "Ready",
+    "RoundRobin",
+    "WeightedRoundRobin",
+    "__version__",
+]
 
 _T_co = TypeVar("_T_co", covariant=True)
 
@@ -15,6 +30,7 @@ class _NodeLike(Protocol):
 
 _Key = str | bytes | int
 
+@disjoint_base
 class Balancer:
     """Base class of every balancer; not instantiable itself."""
 
@@ -34,7 +50,7 @@ class Balancer:
     @property
     def available_count(self) -> int: ...
     def __len__(self) -> int: ...
-    def __contains__(self, node_id: object) -> bool: ...
+    def __contains__(self, key: object, /) -> bool: ...
 
 @final
 class RoundRobin(Balancer):

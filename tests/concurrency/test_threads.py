@@ -57,31 +57,28 @@ def test_acquire_from_many_threads_leaves_nothing_in_flight():
     assert sum(s["successes"] for s in stats.values()) == THREADS * 5_000
 
 
-def test_updates_racing_with_picks_never_return_a_stale_node():
-    generations = [[Node(f"g{g}-{i}", "h") for i in range(5)] for g in range(50)]
+def test_a_pick_after_update_returns_never_sees_an_older_node_set():
+    generations = [[Node(f"g{g}-{i}", "h") for i in range(5)] for g in range(200)]
     b = lc.Adaptive(generations[0])
-    current = {id(n) for n in generations[0]}
-    seen_bad: list[Node] = []
+    published = [0]  # the newest generation whose update() has returned
+    stale: list[tuple[int, str]] = []
     stop = threading.Event()
 
     def picker() -> None:
         while not stop.is_set():
-            valid_before = set(allowed[0])
+            floor = published[0]
             node = b.pick()
-            if id(node) not in valid_before | allowed[0]:
-                seen_bad.append(node)
+            generation = int(node.id.split("-")[0][1:])
+            if generation < floor:
+                stale.append((floor, node.id))
 
-    # allowed[0] holds the ids of the set being published and the previous
-    # one: a pick racing with update may return either, never an older one.
-    allowed = [current]
     threads = [threading.Thread(target=picker) for _ in range(3)]
     for t in threads:
         t.start()
-    for prev, nxt in zip(generations, generations[1:]):
-        allowed[0] = {id(n) for n in prev} | {id(n) for n in nxt}
-        b.update(nxt)
-        allowed[0] = {id(n) for n in nxt} | {id(n) for n in prev}
+    for g in range(1, len(generations)):
+        b.update(generations[g])
+        published[0] = g
     stop.set()
     for t in threads:
         t.join(timeout=30)
-    assert not seen_bad
+    assert not stale

@@ -31,8 +31,11 @@ def nodes_of(names: list[str]) -> list[Node]:
     cls=st.sampled_from(CLASSES),
     first=id_sets,
     updates=st.lists(id_sets, min_size=1, max_size=5),
-    keys=st.lists(st.one_of(st.text(max_size=8), st.integers(), st.binary(max_size=8)),
-                  min_size=1, max_size=20),
+    keys=st.lists(
+        st.one_of(st.text(max_size=8), st.integers(), st.binary(max_size=8)),
+        min_size=1,
+        max_size=20,
+    ),
 )
 def test_a_removed_node_is_never_returned_after_update(cls, first, updates, keys):
     b = cls(nodes_of(first))
@@ -47,8 +50,10 @@ def test_a_removed_node_is_never_returned_after_update(cls, first, updates, keys
             assert id(got) in allowed
 
 
-@given(names=st.lists(ids, min_size=1, max_size=10, unique=True),
-       picks=st.integers(min_value=1, max_value=60))
+@given(
+    names=st.lists(ids, min_size=1, max_size=10, unique=True),
+    picks=st.integers(min_value=1, max_value=60),
+)
 def test_round_robin_is_exact(names, picks):
     nodes = nodes_of(names)
     b = lc.RoundRobin(nodes)
@@ -67,8 +72,7 @@ def test_weighted_round_robin_gives_each_node_its_weight_per_cycle(weights):
         assert seq.count(f"n{i}") == 3 * w
 
 
-@given(names=st.lists(ids, min_size=2, max_size=10, unique=True),
-       down=st.data())
+@given(names=st.lists(ids, min_size=2, max_size=10, unique=True), down=st.data())
 def test_consistent_hash_moves_only_the_keys_of_a_node_taken_out(names, down):
     victim = down.draw(st.sampled_from(names))
     b = lc.ConsistentHash(nodes_of(names))
@@ -81,8 +85,7 @@ def test_consistent_hash_moves_only_the_keys_of_a_node_taken_out(names, down):
         assert after != victim
 
 
-@given(ops=st.lists(st.tuples(st.sampled_from(["begin", "end"]), st.integers(0, 3)),
-                    max_size=60))
+@given(ops=st.lists(st.tuples(st.sampled_from(["begin", "end"]), st.integers(0, 3)), max_size=60))
 def test_in_flight_matches_a_counter_model_and_never_goes_negative(ops):
     b = lc.LeastConnections(nodes_of(["a", "b", "c", "d"]))
     model = dict.fromkeys("abcd", 0)

@@ -275,7 +275,8 @@ pub struct Adaptive;
 #[pymethods]
 impl Adaptive {
     #[new]
-    #[pyo3(signature = (nodes=None, *, decay_s=DEFAULT_DECAY_S))]
+    // The literal (equal to DEFAULT_DECAY_S) shows in the Python signature.
+    #[pyo3(signature = (nodes=None, *, decay_s=10.0))]
     fn new(nodes: Option<&Bound<'_, PyAny>>, decay_s: f64) -> PyResult<PyClassInitializer<Self>> {
         let base = Balancer::build(core::Adaptive, nodes, decay_s)?;
         Ok(PyClassInitializer::from(base).add_subclass(Adaptive))
@@ -292,7 +293,8 @@ pub struct ConsistentHash {
 #[pymethods]
 impl ConsistentHash {
     #[new]
-    #[pyo3(signature = (nodes=None, *, vnodes=core::DEFAULT_VNODES, load_factor=None))]
+    // The literal (equal to DEFAULT_VNODES) shows in the Python signature.
+    #[pyo3(signature = (nodes=None, *, vnodes=160, load_factor=None))]
     fn new(
         nodes: Option<&Bound<'_, PyAny>>,
         vnodes: u32,

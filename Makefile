@@ -1,0 +1,82 @@
+# langcluster: `make help` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+PYTHON    ?= python3
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+# Debian packages of the servers the integration tests start themselves.
+SERVER_PACKAGES := redis-server etcd-server
+
+.PHONY: help
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "maturin>=1.9,<2"
+	touch $@
+
+.PHONY: venv
+venv: $(VENV)/.deps ## Create .venv with maturin
+
+.PHONY: dev
+dev: $(VENV)/.deps ## Build the extension (release) into .venv, with the test/bench/lint tools
+	$(VENV)/bin/maturin develop --release --quiet --extras test,bench,lint
+
+.PHONY: servers
+servers: ## Make sure redis-server and etcd are installed (installs them as root)
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
+	command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || missing="$$missing etcd-server"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing$$missing from Debian's archive"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SERVER_PACKAGES) >/dev/null; \
+		else \
+			echo "missing:$$missing. Install them with:"; \
+			echo "  sudo apt-get install -y $(SERVER_PACKAGES)"; \
+			exit 1; \
+		fi; \
+	fi
+
+.PHONY: test
+test: dev servers ## Build, then run the Rust and Python test suites
+	cargo test --workspace --release --quiet
+	$(PY) -m pytest
+
+.PHONY: demo
+demo: dev ## Run the main demo on embedded defaults (no Redis or Consul needed)
+	$(PY) examples/balancer_demo.py
+
+.PHONY: lint
+lint: dev ## cargo fmt, clippy -D warnings, ruff, mypy --strict, stubtest
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --release -- -D warnings
+	$(VENV)/bin/ruff check python tests benches examples
+	$(VENV)/bin/ruff format --check python tests benches examples
+	$(VENV)/bin/mypy
+	$(PY) -m mypy.stubtest langcluster._core --allowlist .stubtest-allowlist
+
+.PHONY: bench
+bench: dev ## Benchmarks: pytest-benchmark vs floor and peers, then criterion
+	$(PY) -m pytest benches/python -p no:randomly --benchmark-only \
+		--benchmark-columns=min,median,mean,ops --benchmark-sort=name -q
+	$(PY) benches/python/report.py
+	cargo bench -p langcluster-core --bench balancers
+
+.PHONY: fmt
+fmt: ## Format Rust and Python sources
+	cargo fmt --all
+	$(VENV)/bin/ruff format python tests benches examples
+	$(VENV)/bin/ruff check --fix python tests benches examples
+
+.PHONY: clean
+clean: ## Remove build outputs and the virtualenv
+	cargo clean
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks
