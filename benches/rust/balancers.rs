@@ -66,6 +66,16 @@ fn picks(c: &mut Criterion) {
     let adaptive = Balancer::new(Adaptive, nodes(8, false)).unwrap();
     warm(&adaptive);
     bench_pick(c, "adaptive/8", adaptive, None);
+    // Last samples seconds apart: the exponential decay path of every comparison.
+    let spread = Balancer::new(Adaptive, nodes(8, false)).unwrap();
+    let now = langcluster_core::clock::now_ns() + 10_000_000_000;
+    for i in 0..8u64 {
+        let state = spread.state_of(&format!("node-{i}")).unwrap();
+        state
+            .latency()
+            .observe(1e6 * (1 + i % 5) as f64, now - i * 1_000_000_000);
+    }
+    bench_pick(c, "adaptive_samples_seconds_apart/8", spread, None);
     let key = Some(hash_bytes(b"user-12345"));
     bench_pick(
         c,

@@ -19,6 +19,8 @@ pub struct PeakEwma {
     stamp_ns: AtomicU64,
     /// Decay time constant tau, in nanoseconds.
     decay_ns: f64,
+    /// 1 / tau, so picks multiply instead of divide.
+    inverse_decay_ns: f64,
 }
 
 impl PeakEwma {
@@ -27,6 +29,7 @@ impl PeakEwma {
             cost_bits: AtomicU64::new(UNSET),
             stamp_ns: AtomicU64::new(0),
             decay_ns,
+            inverse_decay_ns: 1.0 / decay_ns,
         }
     }
 
@@ -80,6 +83,11 @@ impl PeakEwma {
     #[inline]
     pub fn decay_ns(&self) -> f64 {
         self.decay_ns
+    }
+
+    #[inline]
+    pub fn inverse_decay_ns(&self) -> f64 {
+        self.inverse_decay_ns
     }
 }
 
