@@ -65,7 +65,7 @@ lint: dev ## cargo fmt, clippy -D warnings, ruff, mypy --strict, stubtest
 
 .PHONY: bench
 bench: dev ## Benchmarks: pytest-benchmark vs floor and peers, then criterion
-	$(PY) -m pytest benches/python -p no:randomly --benchmark-only \
+	$(PY) -m pytest benches/python --benchmark-only \
 		--benchmark-columns=min,median,mean,ops --benchmark-sort=name -q
 	$(PY) benches/python/report.py
 	cargo bench -p langcluster-core --bench balancers
