@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -67,13 +68,20 @@ class Server:
         return f"{self.host}:{self.port}"
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
+@contextmanager
+def running(command: list[str], port: int, *, timeout_s: float = 10.0) -> Iterator[Server]:
+    """Starts `command`, waits until it listens on `port`, and always stops it."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        wait_for_port(port, proc, timeout_s)
+        yield Server("127.0.0.1", port, proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture
@@ -85,28 +93,10 @@ def redis_server() -> Iterator[Server]:
     assert binary is not None
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="langcluster-redis-") as workdir:
-        proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                workdir,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_for_port(port, proc)
-            yield Server("127.0.0.1", port, proc)
-        finally:
-            _stop(proc)
+        command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                   "--appendonly", "no", "--dir", workdir]  # fmt: skip
+        with running(command, port) as server:
+            yield server
 
 
 @pytest.fixture
@@ -118,29 +108,13 @@ def etcd_server() -> Iterator[Server]:
     assert binary is not None
     client, peer = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="langcluster-etcd-") as datadir:
-        proc = subprocess.Popen(
-            [
-                binary,
-                "--name",
-                "test",
-                "--data-dir",
-                datadir,
-                "--listen-client-urls",
-                f"http://127.0.0.1:{client}",
-                "--advertise-client-urls",
-                f"http://127.0.0.1:{client}",
-                "--listen-peer-urls",
-                f"http://127.0.0.1:{peer}",
-                "--initial-advertise-peer-urls",
-                f"http://127.0.0.1:{peer}",
-                "--initial-cluster",
-                f"test=http://127.0.0.1:{peer}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_for_port(client, proc, timeout_s=20.0)
-            yield Server("127.0.0.1", client, proc)
-        finally:
-            _stop(proc)
+        command = [
+            binary, "--name", "test", "--data-dir", datadir,
+            "--listen-client-urls", f"http://127.0.0.1:{client}",
+            "--advertise-client-urls", f"http://127.0.0.1:{client}",
+            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-cluster", f"test=http://127.0.0.1:{peer}",
+        ]  # fmt: skip
+        with running(command, client, timeout_s=20.0) as server:
+            yield server
