@@ -91,7 +91,7 @@ fn fast_exp(x: f64) -> f64 {
     let f = t - n;
     // Taylor coefficients of 2^f = e^(f ln 2), Horner form.
     let p = 1.0
-        + f * (0.693_147_180_559_945_3
+        + f * (std::f64::consts::LN_2
             + f * (0.240_226_506_959_100_7
                 + f * (0.055_504_108_664_821_58
                     + f * (0.009_618_129_107_628_477
