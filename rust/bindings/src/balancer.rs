@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use langcluster_core::balancer::{
-    self as core, check_latency, NodeSpec, NodeState, NodeStats, Strategy, DEFAULT_DECAY_S,
+    self as core, NodeSpec, NodeState, NodeStats, Strategy, DEFAULT_DECAY_S,
 };
 use langcluster_core::Error;
 use pyo3::prelude::*;
@@ -157,7 +157,6 @@ impl Balancer {
     /// False, changing nothing, when the node has been removed meanwhile.
     #[pyo3(signature = (node_id, latency_s, ok=true))]
     fn end(&self, node_id: &str, latency_s: f64, ok: bool) -> PyResult<bool> {
-        check_latency(latency_s).map_err(to_py)?;
         self.inner.end(node_id, latency_s, ok).map_err(to_py)
     }
 
