@@ -52,9 +52,14 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 1
     raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout_s}s")
 
 
-def find_binary(name: str) -> str | None:
+def require_binary(name: str, package: str) -> str:
+    """The server binary's path; skips the test (fails it in CI) when absent."""
     # Debian installs etcd under /usr/bin; sbin paths are absent from some PATHs.
-    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    binary = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if binary is None:
+        skip_or_fail(f"{name} is not installed (apt-get install -y {package})")
+    assert binary is not None
+    return binary
 
 
 @dataclass
@@ -87,10 +92,7 @@ def running(command: list[str], port: int, *, timeout_s: float = 10.0) -> Iterat
 @pytest.fixture
 def redis_server() -> Iterator[Server]:
     """A fresh redis-server on a free loopback port, without persistence."""
-    binary = find_binary("redis-server")
-    if binary is None:
-        skip_or_fail("redis-server is not installed (apt-get install -y redis-server)")
-    assert binary is not None
+    binary = require_binary("redis-server", "redis-server")
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="langcluster-redis-") as workdir:
         command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
@@ -102,10 +104,7 @@ def redis_server() -> Iterator[Server]:
 @pytest.fixture
 def etcd_server() -> Iterator[Server]:
     """A fresh single-member etcd on free loopback ports (client and peer)."""
-    binary = find_binary("etcd")
-    if binary is None:
-        skip_or_fail("etcd is not installed (apt-get install -y etcd-server)")
-    assert binary is not None
+    binary = require_binary("etcd", "etcd-server")
     client, peer = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="langcluster-etcd-") as datadir:
         command = [
