@@ -160,7 +160,7 @@ impl Now {
 enum Policy {
     Lru(Lru),
     Fifo(Fifo),
-    Lfu(Lfu),
+    Lfu(Box<Lfu>),
     TinyLfu(Box<TinyLfu>),
 }
 
@@ -181,7 +181,7 @@ impl<K, V> Shard<K, V> {
         let policy = match kind {
             PolicyKind::Lru => Policy::Lru(Lru::new()),
             PolicyKind::Fifo => Policy::Fifo(Fifo::new()),
-            PolicyKind::Lfu => Policy::Lfu(Lfu::new(capacity)),
+            PolicyKind::Lfu => Policy::Lfu(Box::new(Lfu::new(capacity))),
             PolicyKind::TinyLfu => Policy::TinyLfu(Box::new(TinyLfu::new(capacity))),
         };
         Shard {
@@ -351,8 +351,10 @@ impl<K, V> Shard<K, V> {
 #[repr(align(128))]
 struct Padded<T>(T);
 
+type Shards<K, V> = Box<[Padded<Mutex<Shard<K, V>>>]>;
+
 pub struct Cache<K, V> {
-    shards: Box<[Padded<Mutex<Shard<K, V>>>]>,
+    shards: Shards<K, V>,
     capacity: usize,
     policy: PolicyKind,
     ttl_ns: u64,
