@@ -1,6 +1,7 @@
 """langcluster: cluster machinery for applications that talk to many model servers.
 
-Load balancers run in a lock-free Rust core; see the README for what is built.
+Load balancers and the memory cache run in a Rust core; see the README for
+what is built.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from langcluster._core import (
     WeightedRoundRobin,
     __version__,
 )
+from langcluster.cache import CachedFunction, MemoryCache, cached
 from langcluster.errors import (
     CacheError,
     CircuitOpenError,
@@ -30,12 +32,14 @@ __all__ = [
     "Adaptive",
     "Balancer",
     "CacheError",
+    "CachedFunction",
     "CircuitOpenError",
     "ConsistentHash",
     "DiscoveryError",
     "LangClusterError",
     "Lease",
     "LeastConnections",
+    "MemoryCache",
     "NoAvailableNode",
     "Node",
     "NodeStatus",
@@ -44,4 +48,5 @@ __all__ = [
     "RoundRobin",
     "WeightedRoundRobin",
     "__version__",
+    "cached",
 ]

@@ -110,7 +110,7 @@ impl Lease {
 /// Lets `async with balancer.acquire()` work without a coroutine per call.
 #[pyclass(frozen, module = "langcluster._core")]
 pub struct Ready {
-    value: Py<PyAny>,
+    pub(crate) value: Py<PyAny>,
 }
 
 #[pymethods]

@@ -2,6 +2,9 @@
 //! here; each wrapper lives in its own file and only converts.
 
 mod balancer;
+mod cache;
+mod cache_keys;
+mod cached;
 mod errors;
 mod keys;
 mod lease;
@@ -16,6 +19,10 @@ mod _core {
         Adaptive, Balancer, ConsistentHash, LeastConnections, PowerOfTwoChoices, Random,
         RoundRobin, WeightedRoundRobin,
     };
+    #[pymodule_export]
+    use crate::cache::MemoryCache;
+    #[pymodule_export]
+    use crate::cached::{CachedFunction, CallKey};
     #[pymodule_export]
     use crate::lease::{Lease, Ready};
 

@@ -6,7 +6,8 @@
 //! so keys need neither `Hash` nor `Eq`.
 //!
 //! Design:
-//! - `shards` independent shards, each behind its own mutex, selected by
+//! - `shards` independent shards, each behind its own lock (a one-flag spin
+//!   lock, see `lock.rs`), selected by
 //!   bits 24..56 of the hash (the hash table itself uses the low bits and the
 //!   top 7). The capacity is split exactly: the shard sizes sum to it.
 //! - Every value or key that leaves the cache while a shard is locked (an
@@ -24,6 +25,7 @@
 mod expiry;
 mod fifo;
 mod lfu;
+mod lock;
 mod lru;
 mod sketch;
 mod store;
@@ -31,7 +33,6 @@ mod tinylfu;
 
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use smallvec::SmallVec;
 
 use crate::clock::now_ns;
@@ -39,6 +40,7 @@ use crate::error::Error;
 use expiry::ExpiryQueue;
 use fifo::Fifo;
 use lfu::Lfu;
+use lock::SpinMutex as Mutex;
 use lru::Lru;
 use store::Store;
 use tinylfu::TinyLfu;
@@ -433,7 +435,7 @@ impl<K, V> Cache<K, V> {
 
     /// Looks the key up and, on a hit, returns `read(value)`; counts a hit or
     /// a miss.
-    #[inline]
+    #[inline(always)]
     pub fn get<R>(
         &self,
         hash: u64,
@@ -458,6 +460,24 @@ impl<K, V> Cache<K, V> {
                 None
             }
         }
+    }
+
+    /// Like [`Cache::get`], but counts nothing and leaves the policy's order
+    /// alone: for a second look at a key just counted as a miss.
+    pub fn peek<R>(
+        &self,
+        hash: u64,
+        eq: impl FnMut(&K) -> bool,
+        read: impl FnOnce(&V) -> R,
+        out: &mut Removed<K, V>,
+    ) -> Option<R> {
+        let mut now = Now(0);
+        let mut shard = self.shard(hash).lock();
+        let index = shard.lookup(hash, eq, &mut now, out)?;
+        shard.store.slots[index as usize]
+            .entry
+            .as_ref()
+            .map(|(_, v)| read(v))
     }
 
     /// Whether a live entry holds the key; counts nothing, moves nothing.

@@ -1,0 +1,173 @@
+"""The in-memory cache and the ``cached`` decorator.
+
+``MemoryCache`` lives in the Rust core. ``cached`` wraps a function in a
+``CachedFunction`` whose hit path is Rust too; only a miss comes back here,
+to :class:`_Flights`, which makes sure that concurrent callers of one missing
+key compute it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import threading
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar, cast
+
+from langcluster._core import CachedFunction, CallKey, MemoryCache
+
+__all__ = ["CachedFunction", "MemoryCache", "cached"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_MISSING: Any = object()
+
+
+class _LeaderGone(Exception):
+    """The task computing a key was cancelled; a waiter takes over."""
+
+
+class _Flight:
+    __slots__ = ("done", "error", "owner", "value")
+
+    def __init__(self, owner: int) -> None:
+        self.owner = owner
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+class _Flights:
+    """Single flight for one decorated function.
+
+    Threads: the first caller of a missing key computes it; the others wait
+    on an event (outside the GIL) and get its value or its exception.
+    Asyncio: the same with a future per key and event loop; a waiter that is
+    cancelled leaves the computation running for the others, and if the
+    computing task itself is cancelled a waiter starts over. A call that
+    comes back to its own key while computing it (recursion) computes
+    directly instead of waiting on itself. Exceptions are never cached.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._threads: dict[CallKey, _Flight] = {}
+        self._loops: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[CallKey, tuple[asyncio.Future[Any], asyncio.Task[Any]]]
+        ] = weakref.WeakKeyDictionary()
+
+    def run(self, fn: Callable[..., Any], token: CallKey, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> Any:
+        me = threading.get_ident()
+        with self._lock:
+            flight = self._threads.get(token)
+            leader = flight is None
+            if flight is None:
+                flight = self._threads[token] = _Flight(me)
+        if not leader:
+            if flight.owner == me:
+                return fn(*args, **(kwargs or {}))
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            return flight.value
+        try:
+            value = token.lookup(_MISSING)
+            if value is _MISSING:
+                value = fn(*args, **(kwargs or {}))
+                token.store(value)
+            flight.value = value
+            return value
+        except BaseException as error:
+            flight.error = error
+            raise
+        finally:
+            with self._lock:
+                del self._threads[token]
+            flight.done.set()
+
+    async def arun(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        token: CallKey,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        me = asyncio.current_task()
+        while True:
+            flights = self._loops.setdefault(loop, {})
+            found = flights.get(token)
+            if found is None:
+                break
+            future, owner = found
+            if owner is me:
+                return await fn(*args, **(kwargs or {}))
+            try:
+                return await asyncio.shield(future)
+            except _LeaderGone:
+                continue
+        future = loop.create_future()
+        flights[token] = (future, cast("asyncio.Task[Any]", me))
+        try:
+            value = token.lookup(_MISSING)
+            if value is _MISSING:
+                value = await fn(*args, **(kwargs or {}))
+                token.store(value)
+        except asyncio.CancelledError:
+            future.set_exception(_LeaderGone())
+            future.exception()  # retrieved: no "never retrieved" warning
+            raise
+        except BaseException as error:
+            future.set_exception(error)
+            future.exception()
+            raise
+        else:
+            future.set_result(value)
+            return value
+        finally:
+            del flights[token]
+
+
+def cached(
+    cache: MemoryCache,
+    *,
+    ttl: float | None = None,
+    key: Callable[..., Any] | None = None,
+) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Caches a function's results in ``cache``, keyed by its arguments.
+
+    Works on plain and ``async def`` functions. Arguments must be str, bytes,
+    int, float, bool, None or tuples of them (``f(1)`` and ``f(True)`` are
+    different calls; keyword arguments are sorted, so their order does not
+    matter); for anything else pass ``key``, a function of the same
+    arguments that returns such a value. ``ttl`` (seconds) overrides the
+    cache's default for these entries.
+
+    Concurrent calls with the same missing arguments run the function once
+    and share its result; an exception is not cached and is raised in every
+    caller that waited for it. The wrapper has ``invalidate(*args, **kwargs)``
+    and ``cache``. Methods are not supported directly: use ``key`` and a
+    plain function, since ``self`` is not a valid key.
+    """
+    if not isinstance(cache, MemoryCache):
+        raise TypeError(f"cache: must be a MemoryCache, got {type(cache).__name__}")
+    if key is not None and not callable(key):
+        raise TypeError("key: must be callable or None")
+
+    def decorate(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+        if not callable(fn):
+            raise TypeError(f"cached: expected a function, got {type(fn).__name__}")
+        wrapper = CachedFunction(
+            fn,
+            cache,
+            _Flights(),
+            ttl=ttl,
+            key=key,
+            is_async=inspect.iscoroutinefunction(fn),
+        )
+        functools.update_wrapper(wrapper, fn)  # type: ignore[arg-type]
+        return cast("Callable[_P, _R]", wrapper)
+
+    return decorate
