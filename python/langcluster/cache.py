@@ -58,7 +58,13 @@ class _Flights:
             asyncio.AbstractEventLoop, dict[CallKey, tuple[asyncio.Future[Any], asyncio.Task[Any]]]
         ] = weakref.WeakKeyDictionary()
 
-    def run(self, fn: Callable[..., Any], token: CallKey, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> Any:
+    def run(
+        self,
+        fn: Callable[..., Any],
+        token: CallKey,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+    ) -> Any:
         me = threading.get_ident()
         with self._lock:
             flight = self._threads.get(token)
@@ -167,7 +173,7 @@ def cached(
             key=key,
             is_async=inspect.iscoroutinefunction(fn),
         )
-        functools.update_wrapper(wrapper, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(wrapper, fn)
         return cast("Callable[_P, _R]", wrapper)
 
     return decorate

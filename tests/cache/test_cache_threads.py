@@ -1,4 +1,4 @@
-"""Four threads × 100k mixed operations leave the cache consistent."""
+"""Four threads x 100k mixed operations leave the cache consistent."""
 
 from __future__ import annotations
 

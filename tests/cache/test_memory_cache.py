@@ -49,9 +49,7 @@ def test_str_bytes_and_int_keys_are_distinct(cache: MemoryCache) -> None:
         "big",
         "min",
     ]
-    assert sorted(map(repr, cache.keys())) == sorted(
-        map(repr, ["1", b"1", 1, 2**80, -(2**63)])
-    )
+    assert sorted(map(repr, cache.keys())) == sorted(map(repr, ["1", b"1", 1, 2**80, -(2**63)]))
 
 
 def test_equal_keys_built_separately_find_the_same_entry(cache: MemoryCache) -> None:
@@ -76,7 +74,7 @@ def test_subclass_keys_are_stored_as_their_base_type(cache: MemoryCache) -> None
     assert cache["red"] == "from enum"
     cache[Level.HIGH] = "from int enum"
     assert cache[3] == "from int enum"
-    assert {type(k) for k in cache.keys()} == {str, int}
+    assert {type(k) for k in cache} == {str, int}
 
 
 def test_mapping_methods(cache: MemoryCache) -> None:
@@ -100,7 +98,8 @@ def test_mapping_methods(cache: MemoryCache) -> None:
     cache["e"] = 5
     assert list(cache) == ["e"]
     cache.clear()
-    assert len(cache) == 0 and cache.keys() == []
+    assert len(cache) == 0
+    assert cache.keys() == []
 
 
 def test_stats_count_hits_misses_and_reset(cache: MemoryCache) -> None:
@@ -262,7 +261,9 @@ def test_properties_and_repr() -> None:
         ({"capacity": 10, "on_evict": 5}, TypeError, "on_evict"),
     ],
 )
-def test_bad_arguments_are_named(kwargs: dict[str, object], error: type[Exception], names: str) -> None:
+def test_bad_arguments_are_named(
+    kwargs: dict[str, object], error: type[Exception], names: str
+) -> None:
     with pytest.raises(error, match=names):
         MemoryCache(**kwargs)  # type: ignore[arg-type]
 
