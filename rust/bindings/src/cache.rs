@@ -109,7 +109,7 @@ impl MemoryCache {
         hit
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn store(
         &self,
         py: Python<'_>,
@@ -119,15 +119,17 @@ impl MemoryCache {
         ttl: Option<Duration>,
     ) {
         let mut out = Out::new();
-        self.inner.insert(
+        let replaced = self.inner.insert(
             hash,
-            probe.to_key(),
+            || probe.to_key(),
             value,
             ttl,
             |k| probe.matches(k),
             &mut out,
         );
         self.after(py, out);
+        // The old value is dropped here, after the shard lock is released.
+        drop(replaced);
     }
 
     pub fn forget(&self, py: Python<'_>, hash: u64, probe: &Probe<'_, '_>) -> Option<Value> {
@@ -154,9 +156,6 @@ impl MemoryCache {
             return;
         };
         for (key, value, cause) in removed {
-            if cause == Cause::Replaced {
-                continue;
-            }
             let result =
                 key_to_py(py, key).and_then(|key| callback.call1(py, (key, value, cause.name())));
             if let Err(err) = result {

@@ -92,9 +92,6 @@ pub enum Cause {
     Size,
     /// Its TTL ran out.
     Expired,
-    /// A `set` of the same key replaced it. The key in the [`Removed`] item
-    /// is the caller's new key object; the cache keeps the original.
-    Replaced,
 }
 
 impl Cause {
@@ -102,7 +99,6 @@ impl Cause {
         match self {
             Cause::Size => "size",
             Cause::Expired => "expired",
-            Cause::Replaced => "replaced",
         }
     }
 }
@@ -487,18 +483,20 @@ impl<K, V> Cache<K, V> {
         shard.lookup(hash, eq, &mut now, out).is_some()
     }
 
-    /// Stores the value under the key, replacing any value it had. `ttl`
-    /// overrides the cache's default TTL for this entry.
+    /// Stores the value under the key and returns the value it replaces, for
+    /// the caller to drop once the lock is released. `make_key` runs only if
+    /// the key is new (a replacement keeps the stored key). `ttl` overrides
+    /// the cache's default TTL for this entry.
     #[inline]
     pub fn insert(
         &self,
         hash: u64,
-        key: K,
+        make_key: impl FnOnce() -> K,
         value: V,
         ttl: Option<Duration>,
         eq: impl FnMut(&K) -> bool,
         out: &mut Removed<K, V>,
-    ) {
+    ) -> Option<V> {
         let mut now = Now(0);
         let ttl_ns = ttl.map_or(self.ttl_ns, duration_ns);
         let deadline = if ttl_ns == 0 {
@@ -511,18 +509,18 @@ impl<K, V> Cache<K, V> {
         if let Some(index) = shard.lookup(hash, eq, &mut now, out) {
             shard.set_deadline(index, deadline);
             shard.touch(index, false);
-            if let Some((_, slot_value)) = shard.store.slots[index as usize].entry.as_mut() {
-                let old = std::mem::replace(slot_value, value);
-                out.push((key, old, Cause::Replaced));
-            }
-            return;
+            return shard.store.slots[index as usize]
+                .entry
+                .as_mut()
+                .map(|(_, slot_value)| std::mem::replace(slot_value, value));
         }
         if shard.store.len() >= shard.capacity {
             shard.make_room(&mut now, out);
         }
-        let index = shard.store.insert(hash, key, value, 0);
+        let index = shard.store.insert(hash, make_key(), value, 0);
         shard.set_deadline(index, deadline);
         shard.link(index);
+        None
     }
 
     /// Removes the key and returns its entry; an expired entry counts as

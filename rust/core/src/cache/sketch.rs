@@ -2,86 +2,85 @@
 //! behind a doorkeeper Bloom filter, halved periodically so it tracks recent
 //! popularity rather than all of history.
 //!
-//! - Counters are packed 16 to a `u64`; the table has a power-of-two number
-//!   of words, at least the capacity, so about 16 counters per entry.
-//! - Each key touches one counter in each of 4 words (depth 4); within a word
-//!   depth `i` uses counter `4 i + (hash & 3)`, so the four counters of a key
-//!   never share a nibble even when two of its words coincide.
+//! - Counters are packed 16 to a `u64`, and the table is cut into 64-byte
+//!   blocks of 8 words, one cache line each. All four counters of a key
+//!   (depth 4) live in one block: a lookup or an increment touches one cache
+//!   line, not four (the layout of Caffeine's block sketch). Depth `i` uses
+//!   word `2 i` or `2 i + 1` of the block, so no two depths share a counter.
+//! - The table has a power-of-two number of words, at least the capacity:
+//!   about 16 counters per entry.
 //! - The doorkeeper absorbs the first sighting of a key: one-hit wonders, most
 //!   keys of a long-tailed workload, never reach the counters, which keeps
-//!   them accurate for keys that recur. A key's estimate is the smallest of
-//!   its counters plus one if the doorkeeper has seen it.
-//! - After `10 × capacity` recorded accesses every counter is halved and the
+//!   them accurate for keys that recur. It is a blocked Bloom filter (two bits
+//!   in one word), 8 bits per entry. A key's estimate is the smallest of its
+//!   counters plus one if the doorkeeper has seen it.
+//! - After `10 x capacity` recorded accesses every counter is halved and the
 //!   doorkeeper cleared (the "reset" of the TinyLFU paper).
 
-const SEEDS: [u64; 4] = [
-    0xc3a5_c85c_97cb_3127,
-    0xb492_b66f_be98_f273,
-    0x9ae1_6a3b_2f90_404f,
-    0xcbf2_9ce4_8422_2325,
-];
-const ODD_MULT: u64 = 0x9e37_79b9_7f4a_7c15;
+const BLOCK_MULT: u64 = 0x9e37_79b9_7f4a_7c15;
+const COUNTER_MULT: u64 = 0xc2b2_ae3d_27d4_eb4f;
+const DOOR_MULT: u64 = 0x1656_67b1_9e37_79f9;
 const RESET_MASK: u64 = 0x7777_7777_7777_7777;
 pub(crate) const SAMPLE_FACTOR: u64 = 10;
 
 pub(crate) struct Sketch {
     table: Vec<u64>,
-    mask: usize,
+    block_mask: usize,
     door: Vec<u64>,
-    door_mask: u64,
+    door_mask: usize,
     additions: u64,
     sample: u64,
 }
 
 impl Sketch {
     pub fn new(capacity: usize) -> Self {
-        let width = capacity.max(8).next_power_of_two();
-        let door_bits = (capacity.max(8) * 8).next_power_of_two();
+        let words = capacity.max(8).next_power_of_two();
+        let door_words = (capacity.max(8) * 8 / 64).next_power_of_two();
         Sketch {
-            table: vec![0; width],
-            mask: width - 1,
-            door: vec![0; door_bits / 64],
-            door_mask: door_bits as u64 - 1,
+            table: vec![0; words],
+            block_mask: words / 8 - 1,
+            door: vec![0; door_words],
+            door_mask: door_words - 1,
             additions: 0,
             sample: capacity.max(1) as u64 * SAMPLE_FACTOR,
         }
     }
 
+    /// The four (word, bit shift) positions of a key's counters.
     #[inline]
-    fn slot(&self, hash: u64, depth: usize) -> (usize, u32) {
-        let h = (hash ^ SEEDS[depth]).wrapping_mul(ODD_MULT);
-        let h = h ^ (h >> 32);
-        let word = h as usize & self.mask;
-        let counter = (depth as u32) * 4 + (hash & 3) as u32;
-        (word, counter * 4)
+    fn slots(&self, hash: u64) -> [(usize, u32); 4] {
+        let block_hash = hash.wrapping_mul(BLOCK_MULT);
+        let block = ((block_hash >> 32) as usize & self.block_mask) << 3;
+        let counter_hash = hash.wrapping_mul(COUNTER_MULT);
+        std::array::from_fn(|depth| {
+            let h = (counter_hash >> (depth << 3)) as u32;
+            let word = block + ((depth << 1) | (h & 1) as usize);
+            let nibble = (h >> 1) & 15;
+            (word, nibble << 2)
+        })
     }
 
+    /// The doorkeeper's word and its two bits for a key.
     #[inline]
-    fn door_bits(&self, hash: u64) -> [u64; 2] {
-        let spread = hash.wrapping_mul(ODD_MULT);
-        [hash & self.door_mask, (spread >> 17) & self.door_mask]
-    }
-
-    #[inline]
-    fn door_contains(&self, hash: u64) -> bool {
-        self.door_bits(hash)
-            .iter()
-            .all(|&bit| self.door[(bit >> 6) as usize] & (1 << (bit & 63)) != 0)
+    fn door_bits(&self, hash: u64) -> (usize, u64) {
+        let h = hash.wrapping_mul(DOOR_MULT);
+        let word = (h >> 40) as usize & self.door_mask;
+        let bits = (1u64 << (h & 63)) | (1u64 << ((h >> 6) & 63));
+        (word, bits)
     }
 
     /// Records one access to the key with this hash.
+    #[inline]
     pub fn increment(&mut self, hash: u64) {
-        if self.door_contains(hash) {
-            for depth in 0..4 {
-                let (word, shift) = self.slot(hash, depth);
+        let (word, bits) = self.door_bits(hash);
+        if self.door[word] & bits == bits {
+            for (word, shift) in self.slots(hash) {
                 if (self.table[word] >> shift) & 0xf < 15 {
                     self.table[word] += 1 << shift;
                 }
             }
         } else {
-            for bit in self.door_bits(hash) {
-                self.door[(bit >> 6) as usize] |= 1 << (bit & 63);
-            }
+            self.door[word] |= bits;
         }
         self.additions += 1;
         if self.additions >= self.sample {
@@ -91,12 +90,14 @@ impl Sketch {
 
     /// The estimated number of recent accesses, from 0 to 16.
     pub fn frequency(&self, hash: u64) -> u32 {
-        let mut min = 15;
-        for depth in 0..4 {
-            let (word, shift) = self.slot(hash, depth);
-            min = min.min(((self.table[word] >> shift) & 0xf) as u32);
-        }
-        min + u32::from(self.door_contains(hash))
+        let min = self
+            .slots(hash)
+            .iter()
+            .map(|&(word, shift)| ((self.table[word] >> shift) & 0xf) as u32)
+            .min()
+            .unwrap_or(0);
+        let (word, bits) = self.door_bits(hash);
+        min + u32::from(self.door[word] & bits == bits)
     }
 
     fn reset(&mut self) {
