@@ -68,7 +68,9 @@ bench: dev ## Benchmarks: pytest-benchmark vs floor and peers, then criterion
 	$(PY) -m pytest benches/python --benchmark-only \
 		--benchmark-columns=min,median,mean,ops --benchmark-sort=name -q
 	$(PY) benches/python/report.py
-	cargo bench -p langcluster-core --bench balancers
+	$(PY) benches/python/cache_report.py
+	$(PY) benches/hit_ratio.py
+	cargo bench -p langcluster-core --bench balancers --bench cache
 
 .PHONY: fmt
 fmt: ## Format Rust and Python sources

@@ -196,7 +196,7 @@ impl<K, V> Shard<K, V> {
     }
 
     /// A hit, or an update of an existing key (`hit == false`).
-    #[inline]
+    #[inline(always)]
     fn touch(&mut self, index: u32, hit: bool) {
         let slots = &mut self.store.slots;
         match &mut self.policy {
@@ -272,7 +272,7 @@ impl<K, V> Shard<K, V> {
     }
 
     /// The live slot holding the key; an expired one is freed on the way.
-    #[inline]
+    #[inline(always)]
     fn lookup(
         &mut self,
         hash: u64,

@@ -45,7 +45,7 @@ impl<K, V> Store<K, V> {
     }
 
     /// The slot holding a key equal to the probe, if any.
-    #[inline]
+    #[inline(always)]
     pub fn find(&self, hash: u64, mut eq: impl FnMut(&K) -> bool) -> Option<u32> {
         let slots = &self.slots;
         self.table
