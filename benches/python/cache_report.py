@@ -167,7 +167,8 @@ def main() -> None:
         f"{platform.machine()}; best of {r} x {n:,} calls\n"
     )
     rows = []
-    for name, (_, get, set_) in caches().items():
+    found = caches()
+    for name, (_, get, set_) in found.items():
         hit = ns("f(k)", {"f": get, "k": HIT}, n, r)
         miss = ns("f(k)", {"f": get, "k": MISS}, n, r)
         store = ns("f(k, 1)", {"f": set_, "k": HIT}, n, r)
@@ -194,6 +195,19 @@ def main() -> None:
         print(
             f"cachetools LRU / langcluster tinylfu: get {ct[0] / ours[0]:.1f}x, "
             f"set {ct[1] / ours[1]:.1f}x"
+        )
+
+    print("\n| subscript syntax | `c[k]` hit ns | x `d[k]` | `c[k] = v` ns | x `d[k] = v` |")
+    print("|---|---:|---:|---:|---:|")
+    subscript = [name for name in found if name.startswith(("floor", "langcluster", "cachebox"))]
+    base = None
+    for name in subscript:
+        c = found[name][0]
+        read = ns("c[k]", {"c": c, "k": HIT}, n, r)
+        write = ns("c[k] = 1", {"c": c, "k": HIT}, n, r)
+        base = base or (read, write)
+        print(
+            f"| {name} | {read:.1f} | {read / base[0]:.2f} | {write:.1f} | {write / base[1]:.2f} |"
         )
 
     print("\n| decorated call, hit | ns | ns above the bare call |")

@@ -72,15 +72,17 @@ impl Sketch {
     /// Records one access to the key with this hash.
     #[inline]
     pub fn increment(&mut self, hash: u64) {
-        let (word, bits) = self.door_bits(hash);
-        if self.door[word] & bits == bits {
+        let (door_word, bits) = self.door_bits(hash);
+        let door = self.door[door_word];
+        if door & bits == bits {
             for (word, shift) in self.slots(hash) {
-                if (self.table[word] >> shift) & 0xf < 15 {
-                    self.table[word] += 1 << shift;
-                }
+                // Branch-free saturating increment of one 4-bit counter.
+                let w = self.table[word];
+                let below_max = u64::from((w >> shift) & 0xf != 0xf);
+                self.table[word] = w + (below_max << shift);
             }
         } else {
-            self.door[word] |= bits;
+            self.door[door_word] = door | bits;
         }
         self.additions += 1;
         if self.additions >= self.sample {
