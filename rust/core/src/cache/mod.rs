@@ -207,6 +207,14 @@ impl<K, V> Shard<K, V> {
         }
     }
 
+    #[inline(always)]
+    fn read<R>(&self, index: u32, read: impl FnOnce(&V) -> R) -> Option<R> {
+        self.store.slots[index as usize]
+            .entry
+            .as_ref()
+            .map(|(_, v)| read(v))
+    }
+
     #[inline]
     fn on_miss(&mut self) {
         self.misses += 1;
@@ -446,10 +454,7 @@ impl<K, V> Cache<K, V> {
             Some(index) => {
                 shard.hits += 1;
                 shard.touch(index, true);
-                shard.store.slots[index as usize]
-                    .entry
-                    .as_ref()
-                    .map(|(_, v)| read(v))
+                shard.read(index, read)
             }
             None => {
                 shard.on_miss();
@@ -470,10 +475,7 @@ impl<K, V> Cache<K, V> {
         let mut now = Now(0);
         let mut shard = self.shard(hash).lock();
         let index = shard.lookup(hash, eq, &mut now, out)?;
-        shard.store.slots[index as usize]
-            .entry
-            .as_ref()
-            .map(|(_, v)| read(v))
+        shard.read(index, read)
     }
 
     /// Whether a live entry holds the key; counts nothing, moves nothing.
