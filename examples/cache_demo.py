@@ -51,9 +51,8 @@ async def main() -> None:
     print(f"{REQUESTS} requests, {distinct} distinct prompts, cache of {cache.capacity}")
     print(f"model calls: {model_calls} (without the cache: {REQUESTS})")
     print(f"hit ratio: {stats['hit_ratio']:.1%}, evictions: {stats['evictions']}")
-    print(
-        f"elapsed: {elapsed:.2f} s (uncached, at this concurrency: {REQUESTS * 0.02 / CONCURRENCY:.2f} s)"
-    )
+    uncached_s = REQUESTS * 0.02 / CONCURRENCY
+    print(f"elapsed: {elapsed:.2f} s (uncached, at this concurrency: {uncached_s:.2f} s)")
     assert model_calls < REQUESTS
 
 
