@@ -10,6 +10,9 @@ contender sees the same requests:
 - loop: keys 0..999 cycled, capacity 500 (LRU and FIFO always miss).
 - zipf+scans: Zipf s=0.99 over 100k keys, capacity 5k; every 20k requests a
   scan of 10k keys never seen before or again.
+- zipf-shift: Zipf s=0.99 over 100k keys whose popularity order is redrawn
+  over fresh keys every n/10 requests, capacity 2k: the case where LFU
+  without aging collapses (yesterday's favourites keep their counts).
 - recency: recency-heavy traffic (most requests revisit one of the last few
   hundred distinct keys, geometrically weighted towards the newest),
   capacity 500: the case where LRU is hard to beat.
@@ -58,6 +61,18 @@ def zipf_with_scans(requests: int, seed: int = 2) -> list[int]:
         if i % 20_000 == 19_999:
             out.extend(range(fresh, fresh + 10_000))
             fresh += 10_000
+    return out
+
+
+def zipf_shifting(requests: int, period: int, seed: int = 5) -> list[int]:
+    rng = random.Random(seed)
+    keys = 100_000
+    weights = list(itertools.accumulate(1.0 / (rank**0.99) for rank in range(1, keys + 1)))
+    out: list[int] = []
+    for start in range(0, requests, period):
+        ids = list(range(start * 10, start * 10 + keys))
+        rng.shuffle(ids)
+        out += [ids[r] for r in rng.choices(range(keys), cum_weights=weights, k=period)]
     return out
 
 
@@ -156,6 +171,7 @@ def traces(n: int, run: int) -> list[tuple[str, int, list[int]]]:
         ("zipf-100k", 100_000, zipf_trace),
         ("loop", 500, loop(1000, n // 2)),
         ("zipf+scans", 5_000, zipf_with_scans(n // 2, seed=2 + 10 * run)),
+        ("zipf-shift", 2_000, zipf_shifting(n // 2, n // 10, seed=5 + 10 * run)),
         ("recency", 500, recency(n // 2, seed=3 + 10 * run)),
     ]
 
@@ -184,7 +200,7 @@ def main() -> None:
         values = results[(name, contender)]
         return sum(values) / len(values)
 
-    print(f"requests per trace: {n:,} (loop, scans and recency: {n // 2:,}); mean of {runs} runs\n")
+    print(f"requests per trace: {n:,} (the last four: {n // 2:,}); mean of {runs} runs\n")
     print("| trace | capacity | " + " | ".join(c.name for c in contenders) + " |")
     print("|---|---:|" + "---:|" * len(contenders))
     for name, capacity in names:
@@ -203,6 +219,8 @@ def main() -> None:
             print(f"- {name}: tinylfu {gap:+.1f} vs the better of theine/moka-py ({verdict})")
     gap = mean("recency", ours) - mean("recency", "langcluster lru")
     print(f"- recency: tinylfu {gap:+.1f} vs LRU ({'met' if gap >= -3.0 else 'MISSED'})")
+    gap = mean("zipf-shift", "langcluster lfu") - mean("zipf-shift", "langcluster lru")
+    print(f"- zipf-shift: lfu {gap:+.1f} vs LRU (aging keeps LFU from collapsing)")
 
 
 if __name__ == "__main__":
