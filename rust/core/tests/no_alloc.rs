@@ -1,5 +1,6 @@
-//! A pick allocates nothing: counted by a global allocator wrapper, on the
-//! calling thread only, after the thread's first pick has set up its cache.
+//! A pick, a cache hit and a cache update allocate nothing: counted by a
+//! global allocator wrapper, on the calling thread only, after the thread's
+//! first pick has set up its cache.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -8,7 +9,8 @@ use langcluster_core::balancer::{
     Adaptive, Balancer, ConsistentHash, LeastConnections, NodeSpec, PowerOfTwoChoices, Random,
     RoundRobin, Strategy, WeightedRoundRobin,
 };
-use langcluster_core::hash::hash_bytes;
+use langcluster_core::cache::{Cache, Config, PolicyKind, Removed};
+use langcluster_core::hash::{hash_bytes, hash_i64};
 
 struct Counting;
 
@@ -117,4 +119,48 @@ fn begin_and_end_by_state_do_not_allocate() {
         state.end(0.002, true);
     }
     assert_eq!(allocations() - before, 0);
+}
+
+#[test]
+fn cache_hits_and_updates_do_not_allocate() {
+    for policy in [
+        PolicyKind::TinyLfu,
+        PolicyKind::Lru,
+        PolicyKind::Lfu,
+        PolicyKind::Fifo,
+    ] {
+        let cache: Cache<u64, u64> = Cache::new(Config {
+            capacity: 1_000,
+            policy,
+            shards: Some(4),
+            ttl: None,
+        })
+        .unwrap();
+        let mut out = Removed::new();
+        for k in 0..500u64 {
+            cache.insert(hash_i64(k as i64), || k, k, None, |x| *x == k, &mut out);
+        }
+        let before = allocations();
+        let mut sum = 0;
+        for i in 0..10_000u64 {
+            let k = i % 500;
+            let h = hash_i64(k as i64);
+            let mut out = Removed::new();
+            sum += cache.get(h, |x| *x == k, |v| *v, &mut out).unwrap_or(0);
+            cache.insert(h, || k, i, None, |x| *x == k, &mut out);
+            let missing = k + 1_000_000;
+            let _ = cache.get(
+                hash_i64(missing as i64),
+                |x| *x == missing,
+                |v| *v,
+                &mut out,
+            );
+        }
+        assert_eq!(
+            allocations() - before,
+            0,
+            "{policy:?} allocated on a hit, a miss or an update"
+        );
+        assert!(sum > 0);
+    }
 }

@@ -8,7 +8,7 @@
 //! `AGING_PERIOD` × capacity hits, every count is halved (O(n), amortised to
 //! O(1) per hit), and a shift in popularity is followed within a few periods.
 
-use super::store::{List, Slot};
+use super::store::{List, Slot, NIL};
 
 pub(crate) const MAX_FREQ: u8 = 63;
 const AGING_PERIOD: u64 = 10;
@@ -86,9 +86,13 @@ impl Lfu {
         let old = std::mem::replace(&mut self.buckets, [List::new(); MAX_FREQ as usize + 1]);
         self.nonempty = 0;
         for freq in 1..=MAX_FREQ {
-            let members: Vec<u32> = old[freq as usize].iter(slots).collect();
-            for &index in members.iter().rev() {
-                self.push(slots, index, (freq / 2).max(1));
+            // Walk the old list from its tail, reading each link before the
+            // slot is relinked into its new list: no allocation.
+            let mut at = old[freq as usize].tail;
+            while at != NIL {
+                let prev = slots[at as usize].prev;
+                self.push(slots, at, (freq / 2).max(1));
+                at = prev;
             }
         }
     }
