@@ -108,6 +108,47 @@ def test_unsupported_arguments_name_their_position(arg: object) -> None:
         f("ok", arg)
 
 
+def test_a_key_function_returning_a_bad_key_is_named() -> None:
+    @cached(MemoryCache(10), key=lambda request: [request])
+    def handle(request: str) -> str:
+        return request
+
+    with pytest.raises(TypeError, match="key: the key function returned a list"):
+        handle("x")
+
+
+def test_threads_hammering_many_keys_get_right_answers() -> None:
+    cache = MemoryCache(64, shards=4)  # far fewer entries than keys: constant eviction
+    calls = 0
+    lock = threading.Lock()
+
+    @cached(cache)
+    def square(x: int) -> int:
+        nonlocal calls
+        with lock:
+            calls += 1
+        return x * x
+
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        try:
+            for i in range(20_000):
+                x = (i * 7919 + seed) % 500
+                assert square(x) == x * x
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(cache) <= 64
+    assert calls < 4 * 20_000
+
+
 def test_decorator_arguments_are_checked() -> None:
     with pytest.raises(TypeError, match="cache"):
         cached({})  # type: ignore[arg-type]

@@ -9,11 +9,12 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
 use crate::cache::{ttl_arg, MemoryCache};
-use crate::cache_keys::{Key, Probe};
+use crate::cache_keys::{type_name, Key, Probe};
 use crate::lease::Ready;
 
 /// Function ids with keyword arguments in the key set this bit, so that
@@ -95,6 +96,31 @@ impl CachedFunction {
     }
 }
 
+impl CachedFunction {
+    /// Hashes a call's key tuple. A key function's result that is not a
+    /// valid key is reported as the key function's fault.
+    fn probe<'a, 'py>(
+        &self,
+        id: u32,
+        key_args: &'a Bound<'py, PyTuple>,
+        seed: u64,
+    ) -> PyResult<(u64, Probe<'a, 'py>)> {
+        Probe::call(id, key_args, seed).map_err(|err| match &self.key_fn {
+            Some(_) if err.is_instance_of::<PyTypeError>(key_args.py()) => {
+                let returned = key_args
+                    .get_item(0)
+                    .map(|item| type_name(&item))
+                    .unwrap_or_default();
+                PyTypeError::new_err(format!(
+                    "key: the key function returned a {returned}; it must return str, bytes, \
+                     int, float, bool, None or a tuple of them"
+                ))
+            }
+            _ => err,
+        })
+    }
+}
+
 #[pymethods]
 impl CachedFunction {
     #[new]
@@ -135,7 +161,7 @@ impl CachedFunction {
     ) -> PyResult<Py<PyAny>> {
         let (id, built) = self.key_args(py, args, kwargs)?;
         let cache = self.cache.get();
-        let (hash, probe) = Probe::call(id, built.as_ref().unwrap_or(args), cache.seed())?;
+        let (hash, probe) = self.probe(id, built.as_ref().unwrap_or(args), cache.seed())?;
         if let Some(value) = cache.lookup(py, hash, &probe) {
             return if self.is_async {
                 Ok(Py::new(py, Ready { value })?.into_any())
@@ -165,7 +191,7 @@ impl CachedFunction {
     ) -> PyResult<bool> {
         let (id, built) = self.key_args(py, args, kwargs)?;
         let cache = self.cache.get();
-        let (hash, probe) = Probe::call(id, built.as_ref().unwrap_or(args), cache.seed())?;
+        let (hash, probe) = self.probe(id, built.as_ref().unwrap_or(args), cache.seed())?;
         Ok(cache.forget(py, hash, &probe).is_some())
     }
 

@@ -206,6 +206,7 @@ impl List {
     }
 
     /// Indices from head to tail.
+    #[cfg(test)]
     pub fn iter<'a, K, V>(&self, slots: &'a [Slot<K, V>]) -> impl Iterator<Item = u32> + 'a {
         let mut at = self.head;
         std::iter::from_fn(move || {
