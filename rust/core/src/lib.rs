@@ -5,6 +5,7 @@
 //! benchmarked with plain `cargo test` / `cargo bench`.
 
 pub mod balancer;
+pub mod breaker;
 pub mod cache;
 pub mod clock;
 pub mod error;

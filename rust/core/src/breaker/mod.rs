@@ -1,0 +1,572 @@
+//! A circuit breaker after Resilience4j's model, lock-free.
+//!
+//! - It judges by a sliding window (the last N calls, or the calls of the
+//!   last N seconds) and opens when, with at least `minimum_calls` in the
+//!   window, the failure rate or the slow-call rate reaches its threshold.
+//! - Open, it refuses calls until its deadline; the first caller after the
+//!   deadline moves it to half-open, which admits at most
+//!   `half_open_max_calls` trial calls at once. When that many trials have
+//!   reported, their failure and slow-call rates close or reopen it.
+//! - Each reopening in a row doubles the open time, up to
+//!   `max_open_timeout`, with jitter (80-100 %) so that many clients do not
+//!   come back at the same instant. Without `max_open_timeout` the open time
+//!   is fixed and exact.
+//!
+//! All state lives in two atomic words: the state word (state, a transition
+//! counter and the open deadline, so a reader never pairs a state with a
+//! stale deadline) and the trial word (the half-open period it belongs to,
+//! permits out, and trial outcomes). A transition is one compare-exchange,
+//! so exactly one caller performs it and reports it. Time is passed in by
+//! the caller (`now_ns`), which makes the state machine testable with a
+//! fake clock.
+
+mod window;
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::error::Error;
+pub use window::Totals;
+use window::{CountWindow, TimeWindow};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowKind {
+    Count,
+    Time,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Closed,
+    Open,
+    HalfOpen,
+    ForcedOpen,
+    Disabled,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half_open",
+            State::ForcedOpen => "forced_open",
+            State::Disabled => "disabled",
+        }
+    }
+
+    fn from_bits(bits: u64) -> State {
+        match bits & STATE_MASK {
+            0 => State::Closed,
+            1 => State::Open,
+            2 => State::HalfOpen,
+            3 => State::ForcedOpen,
+            _ => State::Disabled,
+        }
+    }
+
+    fn bits(self) -> u64 {
+        match self {
+            State::Closed => 0,
+            State::Open => 1,
+            State::HalfOpen => 2,
+            State::ForcedOpen => 3,
+            State::Disabled => 4,
+        }
+    }
+}
+
+/// A change of state, reported once, by the call that made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub from: State,
+    pub to: State,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BreakerConfig {
+    pub failure_rate_threshold: f64,
+    pub slow_call_rate_threshold: f64,
+    pub slow_call_duration: Option<Duration>,
+    pub window: WindowKind,
+    pub window_size: u32,
+    pub minimum_calls: u32,
+    pub open_timeout: Duration,
+    pub half_open_max_calls: u32,
+    pub max_open_timeout: Option<Duration>,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_rate_threshold: 0.5,
+            slow_call_rate_threshold: 1.0,
+            slow_call_duration: None,
+            window: WindowKind::Count,
+            window_size: 100,
+            minimum_calls: 10,
+            open_timeout: Duration::from_secs(30),
+            half_open_max_calls: 5,
+            max_open_timeout: None,
+        }
+    }
+}
+
+fn invalid(name: &'static str, reason: String) -> Error {
+    Error::InvalidArgument { name, reason }
+}
+
+impl BreakerConfig {
+    pub fn validate(&self) -> Result<(), Error> {
+        for (name, rate) in [
+            ("failure_rate_threshold", self.failure_rate_threshold),
+            ("slow_call_rate_threshold", self.slow_call_rate_threshold),
+        ] {
+            if !(rate > 0.0 && rate <= 1.0) {
+                return Err(invalid(name, format!("must be in (0, 1], got {rate}")));
+            }
+        }
+        if self.window_size == 0 || self.window_size > MAX_WINDOW {
+            return Err(invalid(
+                "window_size",
+                format!(
+                    "must be between 1 and {MAX_WINDOW}, got {}",
+                    self.window_size
+                ),
+            ));
+        }
+        if self.minimum_calls == 0 {
+            return Err(invalid("minimum_calls", "must be at least 1, got 0".into()));
+        }
+        if self.window == WindowKind::Count && self.minimum_calls > self.window_size {
+            return Err(invalid(
+                "minimum_calls",
+                format!(
+                    "a count window of {} calls never holds {}; use at most window_size",
+                    self.window_size, self.minimum_calls
+                ),
+            ));
+        }
+        if self.half_open_max_calls == 0 || self.half_open_max_calls > MAX_TRIALS {
+            return Err(invalid(
+                "half_open_max_calls",
+                format!(
+                    "must be between 1 and {MAX_TRIALS}, got {}",
+                    self.half_open_max_calls
+                ),
+            ));
+        }
+        if self.open_timeout.is_zero() {
+            return Err(invalid("open_timeout_s", "must be positive".into()));
+        }
+        if let Some(max) = self.max_open_timeout {
+            if max < self.open_timeout {
+                return Err(invalid(
+                    "max_open_timeout_s",
+                    "must be at least open_timeout_s".into(),
+                ));
+            }
+        }
+        if self.slow_call_duration.is_some_and(|d| d.is_zero()) {
+            return Err(invalid("slow_call_duration_s", "must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The answer to "may this call go ahead?".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Go ahead; `trial` when the call is one of half-open's trial calls.
+    Allowed { trial: bool },
+    /// Refused; half-open may be tried in this many nanoseconds (0 when the
+    /// breaker is forced open or its trial permits are all out).
+    Refused { retry_after_ns: u64 },
+}
+
+const MAX_WINDOW: u32 = 1_000_000;
+const MAX_TRIALS: u32 = 4095;
+
+// State word: state (3 bits) | transition counter (21 bits) | deadline in ms (40 bits).
+const STATE_MASK: u64 = 0b111;
+const EPOCH_SHIFT: u32 = 3;
+const EPOCH_MASK: u64 = (1 << 21) - 1;
+const DEADLINE_SHIFT: u32 = 24;
+
+fn pack(state: State, epoch: u64, deadline_ms: u64) -> u64 {
+    state.bits() | ((epoch & EPOCH_MASK) << EPOCH_SHIFT) | (deadline_ms << DEADLINE_SHIFT)
+}
+
+fn epoch_of(word: u64) -> u64 {
+    (word >> EPOCH_SHIFT) & EPOCH_MASK
+}
+
+fn deadline_ns(word: u64) -> u64 {
+    (word >> DEADLINE_SHIFT).saturating_mul(1_000_000)
+}
+
+// Trial word: half-open period (16 bits) | permits out | successes | failures | slow (12 bits each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Trials {
+    period: u64,
+    out: u64,
+    ok: u64,
+    failed: u64,
+    slow: u64,
+}
+
+impl Trials {
+    fn unpack(w: u64) -> Trials {
+        Trials {
+            period: w >> 48,
+            out: (w >> 36) & 0xfff,
+            ok: (w >> 24) & 0xfff,
+            failed: (w >> 12) & 0xfff,
+            slow: w & 0xfff,
+        }
+    }
+
+    fn pack(self) -> u64 {
+        (self.period << 48) | (self.out << 36) | (self.ok << 24) | (self.failed << 12) | self.slow
+    }
+
+    fn fresh(period: u64) -> Trials {
+        Trials {
+            period,
+            out: 0,
+            ok: 0,
+            failed: 0,
+            slow: 0,
+        }
+    }
+}
+
+enum Window {
+    Count(CountWindow),
+    Time(TimeWindow),
+}
+
+pub struct CircuitBreaker {
+    config: BreakerConfig,
+    word: AtomicU64,
+    trials: AtomicU64,
+    reopened: AtomicU32,
+    window: Window,
+}
+
+/// A snapshot for `metrics()`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Metrics {
+    pub state: State,
+    pub calls: u64,
+    pub failures: u64,
+    pub slow: u64,
+    pub failure_rate: Option<f64>,
+    pub slow_call_rate: Option<f64>,
+    pub retry_after_ns: u64,
+}
+
+impl CircuitBreaker {
+    pub fn new(config: BreakerConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let size = config.window_size as usize;
+        Ok(CircuitBreaker {
+            window: match config.window {
+                WindowKind::Count => Window::Count(CountWindow::new(size)),
+                WindowKind::Time => Window::Time(TimeWindow::new(size)),
+            },
+            config,
+            word: AtomicU64::new(pack(State::Closed, 0, 0)),
+            trials: AtomicU64::new(Trials::fresh(0).pack()),
+            reopened: AtomicU32::new(0),
+        })
+    }
+
+    pub fn config(&self) -> &BreakerConfig {
+        &self.config
+    }
+
+    pub fn state(&self) -> State {
+        State::from_bits(self.word.load(Ordering::Acquire))
+    }
+
+    /// Moves from the state in `word` to `to`; `None` if another caller
+    /// changed the state first.
+    fn transition(&self, word: u64, to: State, now_ns: u64) -> Option<Transition> {
+        let from = State::from_bits(word);
+        let deadline_ms = if to == State::Open {
+            // A reopening after failed trials backs off further; a first
+            // opening (from closed, or forced) starts from open_timeout.
+            let reopenings = if from == State::HalfOpen {
+                self.reopened.load(Ordering::Acquire) + 1
+            } else {
+                0
+            };
+            now_ns
+                .saturating_add(self.open_time_ns(reopenings))
+                .div_ceil(1_000_000)
+        } else {
+            0
+        };
+        let epoch = epoch_of(word) + 1;
+        let next = pack(to, epoch, deadline_ms);
+        if to == State::HalfOpen {
+            // Trials of this period are told apart by the epoch's low bits:
+            // permits or outcomes of an older period cannot leak in. Set
+            // before the state is published; a caller racing to make the
+            // same transition finds the period already set and leaves the
+            // permits the winner's callers may have taken.
+            let period = epoch & 0xffff;
+            let _ = self
+                .trials
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                    (Trials::unpack(w).period != period).then(|| Trials::fresh(period).pack())
+                });
+        }
+        self.word
+            .compare_exchange(word, next, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        match (from, to) {
+            (State::HalfOpen, State::Open) => {
+                self.reopened.fetch_add(1, Ordering::AcqRel);
+            }
+            (_, State::Closed) => {
+                self.reopened.store(0, Ordering::Release);
+                self.reset_window();
+            }
+            _ => {}
+        }
+        Some(Transition { from, to })
+    }
+
+    /// How long the next open period lasts: doubling per reopening in a
+    /// row, capped, with jitter, when `max_open_timeout` is set.
+    fn open_time_ns(&self, reopenings: u32) -> u64 {
+        let base = self.config.open_timeout.as_nanos() as u64;
+        let Some(max) = self.config.max_open_timeout else {
+            return base;
+        };
+        let max = max.as_nanos() as u64;
+        let grown = base.saturating_mul(1 << reopenings.min(62)).min(max);
+        (grown as f64 * (0.8 + 0.2 * fastrand::f64())) as u64
+    }
+
+    fn reset_window(&self) {
+        match &self.window {
+            Window::Count(w) => w.reset(),
+            Window::Time(w) => w.reset(),
+        }
+    }
+
+    /// Asks to make a call. An allowed call must later be reported with
+    /// [`CircuitBreaker::on_success`], [`CircuitBreaker::on_failure`] or
+    /// [`CircuitBreaker::release`] (for an outcome that counts as neither).
+    pub fn try_acquire(&self, now_ns: u64) -> (Admission, Option<Transition>) {
+        let mut transition = None;
+        loop {
+            let word = self.word.load(Ordering::Acquire);
+            match State::from_bits(word) {
+                State::Closed | State::Disabled => {
+                    return (Admission::Allowed { trial: false }, transition)
+                }
+                State::ForcedOpen => return (Admission::Refused { retry_after_ns: 0 }, transition),
+                State::Open => {
+                    let deadline = deadline_ns(word);
+                    if now_ns < deadline {
+                        let wait = deadline - now_ns;
+                        return (
+                            Admission::Refused {
+                                retry_after_ns: wait,
+                            },
+                            transition,
+                        );
+                    }
+                    if let Some(t) = self.transition(word, State::HalfOpen, now_ns) {
+                        transition = Some(t);
+                    }
+                }
+                State::HalfOpen => {
+                    let period = epoch_of(word) & 0xffff;
+                    let max = u64::from(self.config.half_open_max_calls);
+                    let taken = self
+                        .trials
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                            let t = Trials::unpack(w);
+                            let t = if t.period == period {
+                                t
+                            } else {
+                                Trials::fresh(period)
+                            };
+                            (t.out + t.ok + t.failed < max).then(|| {
+                                Trials {
+                                    out: t.out + 1,
+                                    ..t
+                                }
+                                .pack()
+                            })
+                        })
+                        .is_ok();
+                    return if taken {
+                        (Admission::Allowed { trial: true }, transition)
+                    } else {
+                        (Admission::Refused { retry_after_ns: 0 }, transition)
+                    };
+                }
+            }
+        }
+    }
+
+    fn is_slow(&self, latency: Option<Duration>) -> bool {
+        matches!((self.config.slow_call_duration, latency), (Some(limit), Some(l)) if l >= limit)
+    }
+
+    pub fn on_success(&self, now_ns: u64, latency: Option<Duration>) -> Option<Transition> {
+        self.record(now_ns, false, self.is_slow(latency))
+    }
+
+    pub fn on_failure(&self, now_ns: u64, latency: Option<Duration>) -> Option<Transition> {
+        self.record(now_ns, true, self.is_slow(latency))
+    }
+
+    /// Gives back an admitted call's permit without an outcome (an ignored
+    /// exception, a cancelled call).
+    pub fn release(&self) {
+        let word = self.word.load(Ordering::Acquire);
+        if State::from_bits(word) != State::HalfOpen {
+            return;
+        }
+        let period = epoch_of(word) & 0xffff;
+        let _ = self
+            .trials
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                let t = Trials::unpack(w);
+                (t.period == period && t.out > 0).then(|| {
+                    Trials {
+                        out: t.out - 1,
+                        ..t
+                    }
+                    .pack()
+                })
+            });
+    }
+
+    fn tripped(&self, calls: u64, failures: u64, slow: u64) -> bool {
+        let calls_f = calls as f64;
+        failures as f64 >= self.config.failure_rate_threshold * calls_f
+            || (self.config.slow_call_duration.is_some()
+                && slow as f64 >= self.config.slow_call_rate_threshold * calls_f)
+    }
+
+    fn record(&self, now_ns: u64, failed: bool, slow: bool) -> Option<Transition> {
+        let word = self.word.load(Ordering::Acquire);
+        match State::from_bits(word) {
+            State::Closed => {
+                let t = match &self.window {
+                    Window::Count(w) => w.record(failed, slow),
+                    Window::Time(w) => w.record(now_ns, failed, slow),
+                };
+                if t.calls >= u64::from(self.config.minimum_calls)
+                    && self.tripped(t.calls, t.failures, t.slow)
+                {
+                    return self.transition(word, State::Open, now_ns);
+                }
+                None
+            }
+            State::HalfOpen => {
+                let period = epoch_of(word) & 0xffff;
+                let before = self
+                    .trials
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                        let t = Trials::unpack(w);
+                        if t.period != period {
+                            return None;
+                        }
+                        Some(
+                            Trials {
+                                out: t.out.saturating_sub(1),
+                                ok: t.ok + u64::from(!failed),
+                                failed: t.failed + u64::from(failed),
+                                slow: t.slow + u64::from(slow),
+                                ..t
+                            }
+                            .pack(),
+                        )
+                    })
+                    .ok()?;
+                let before = Trials::unpack(before);
+                let done = before.ok + before.failed + 1;
+                if done < u64::from(self.config.half_open_max_calls) {
+                    return None;
+                }
+                let failures = before.failed + u64::from(failed);
+                let slow = before.slow + u64::from(slow);
+                let to = if self.tripped(done, failures, slow) {
+                    State::Open
+                } else {
+                    State::Closed
+                };
+                self.transition(word, to, now_ns)
+            }
+            // Outcomes of calls admitted before the breaker opened, or while
+            // it is forced open or disabled, do not count.
+            State::Open | State::ForcedOpen | State::Disabled => None,
+        }
+    }
+
+    /// Holds the breaker open until [`CircuitBreaker::reset`].
+    pub fn force_open(&self, now_ns: u64) -> Option<Transition> {
+        self.force(State::ForcedOpen, now_ns)
+    }
+
+    /// Lets every call through and records nothing until `reset`.
+    pub fn disable(&self, now_ns: u64) -> Option<Transition> {
+        self.force(State::Disabled, now_ns)
+    }
+
+    /// Back to closed with an empty window and no backoff history.
+    pub fn reset(&self, now_ns: u64) -> Option<Transition> {
+        let t = self.force(State::Closed, now_ns);
+        self.reopened.store(0, Ordering::Release);
+        self.reset_window();
+        t
+    }
+
+    fn force(&self, to: State, now_ns: u64) -> Option<Transition> {
+        loop {
+            let word = self.word.load(Ordering::Acquire);
+            if State::from_bits(word) == to {
+                return None;
+            }
+            if let Some(t) = self.transition(word, to, now_ns) {
+                return Some(t);
+            }
+        }
+    }
+
+    pub fn metrics(&self, now_ns: u64) -> Metrics {
+        let word = self.word.load(Ordering::Acquire);
+        let state = State::from_bits(word);
+        let t = match &self.window {
+            Window::Count(w) => w.totals(),
+            Window::Time(w) => w.totals(now_ns),
+        };
+        let enough = t.calls >= u64::from(self.config.minimum_calls);
+        let rate = |n: u64| enough.then(|| n as f64 / t.calls as f64);
+        Metrics {
+            state,
+            calls: t.calls,
+            failures: t.failures,
+            slow: t.slow,
+            failure_rate: rate(t.failures),
+            slow_call_rate: rate(t.slow),
+            retry_after_ns: if state == State::Open {
+                deadline_ns(word).saturating_sub(now_ns)
+            } else {
+                0
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
