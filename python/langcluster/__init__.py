@@ -18,6 +18,7 @@ from langcluster._core import (
     WeightedRoundRobin,
     __version__,
 )
+from langcluster.breaker import CircuitBreaker
 from langcluster.cache import CachedFunction, MemoryCache, cached
 from langcluster.errors import (
     CacheError,
@@ -33,6 +34,7 @@ __all__ = [
     "Balancer",
     "CacheError",
     "CachedFunction",
+    "CircuitBreaker",
     "CircuitOpenError",
     "ConsistentHash",
     "DiscoveryError",

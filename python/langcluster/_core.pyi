@@ -4,7 +4,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar, final, type_check_only
 
-from typing_extensions import disjoint_base
+from typing_extensions import Self, disjoint_base
 
 __version__: str
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "Balancer",
     "CachedFunction",
     "CallKey",
+    "CircuitBreaker",
     "ConsistentHash",
     "Lease",
     "LeastConnections",
@@ -25,6 +26,8 @@ __all__ = [
 ]
 
 _T_co = TypeVar("_T_co", covariant=True)
+_T = TypeVar("_T")
+_F = TypeVar("_F", bound=Callable[[str, str], object])
 
 @type_check_only
 class _NodeLike(Protocol):
@@ -189,3 +192,43 @@ class CallKey:
     def __eq__(self, other: object, /) -> bool: ...
     def lookup(self, default: Any) -> Any: ...
     def store(self, value: Any) -> None: ...
+
+@disjoint_base
+class CircuitBreaker:
+    """The breaker's Rust core; use ``langcluster.CircuitBreaker``."""
+
+    def __new__(
+        cls,
+        name: str | None = None,
+        *,
+        failure_rate_threshold: float = 0.5,
+        slow_call_rate_threshold: float = 1.0,
+        slow_call_duration_s: float | None = None,
+        window: str = "count",
+        window_size: int | None = None,
+        minimum_calls: int | None = None,
+        open_timeout_s: float | None = None,
+        half_open_max_calls: int | None = None,
+        max_open_timeout_s: float | None = None,
+        record: type[BaseException] | Iterable[type[BaseException]] | None = None,
+        ignore: type[BaseException] | Iterable[type[BaseException]] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> Self: ...
+    def allow(self) -> bool: ...
+    def record_success(self, latency_s: float | None = None) -> None: ...
+    def record_failure(self, latency_s: float | None = None) -> None: ...
+    def release(self) -> None: ...
+    def call(self, func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T: ...
+    def _report(self, error: BaseException | None = None, latency_s: float | None = None) -> None: ...
+    def _admit(self) -> None: ...
+    @property
+    def _timed(self) -> bool: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def name(self) -> str | None: ...
+    def metrics(self) -> dict[str, Any]: ...
+    def force_open(self) -> None: ...
+    def disable(self) -> None: ...
+    def reset(self) -> None: ...
+    def on_state_change(self, callback: _F) -> _F: ...

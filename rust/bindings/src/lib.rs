@@ -2,6 +2,7 @@
 //! here; each wrapper lives in its own file and only converts.
 
 mod balancer;
+mod breaker;
 mod cache;
 mod cache_keys;
 mod cached;
@@ -19,6 +20,8 @@ mod _core {
         Adaptive, Balancer, ConsistentHash, LeastConnections, PowerOfTwoChoices, Random,
         RoundRobin, WeightedRoundRobin,
     };
+    #[pymodule_export]
+    use crate::breaker::CircuitBreaker;
     #[pymodule_export]
     use crate::cache::MemoryCache;
     #[pymodule_export]

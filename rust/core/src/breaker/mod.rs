@@ -17,8 +17,10 @@
 //! stale deadline) and the trial word (the half-open period it belongs to,
 //! permits out, and trial outcomes). A transition is one compare-exchange,
 //! so exactly one caller performs it and reports it. Time is passed in by
-//! the caller (`now_ns`), which makes the state machine testable with a
-//! fake clock.
+//! the caller as a function returning monotonic nanoseconds, called only
+//! when the answer depends on it (an open breaker's deadline, a time
+//! window, a transition to open): a closed breaker with a count window
+//! never reads the clock. A fake clock makes the state machine testable.
 
 mod window;
 
@@ -292,7 +294,7 @@ impl CircuitBreaker {
 
     /// Moves from the state in `word` to `to`; `None` if another caller
     /// changed the state first.
-    fn transition(&self, word: u64, to: State, now_ns: u64) -> Option<Transition> {
+    fn transition(&self, word: u64, to: State, now: impl Fn() -> u64) -> Option<Transition> {
         let from = State::from_bits(word);
         let deadline_ms = if to == State::Open {
             // A reopening after failed trials backs off further; a first
@@ -302,7 +304,7 @@ impl CircuitBreaker {
             } else {
                 0
             };
-            now_ns
+            now()
                 .saturating_add(self.open_time_ns(reopenings))
                 .div_ceil(1_000_000)
         } else {
@@ -361,7 +363,7 @@ impl CircuitBreaker {
     /// Asks to make a call. An allowed call must later be reported with
     /// [`CircuitBreaker::on_success`], [`CircuitBreaker::on_failure`] or
     /// [`CircuitBreaker::release`] (for an outcome that counts as neither).
-    pub fn try_acquire(&self, now_ns: u64) -> (Admission, Option<Transition>) {
+    pub fn try_acquire(&self, now: impl Fn() -> u64) -> (Admission, Option<Transition>) {
         let mut transition = None;
         loop {
             let word = self.word.load(Ordering::Acquire);
@@ -372,6 +374,7 @@ impl CircuitBreaker {
                 State::ForcedOpen => return (Admission::Refused { retry_after_ns: 0 }, transition),
                 State::Open => {
                     let deadline = deadline_ns(word);
+                    let now_ns = now();
                     if now_ns < deadline {
                         let wait = deadline - now_ns;
                         return (
@@ -381,7 +384,7 @@ impl CircuitBreaker {
                             transition,
                         );
                     }
-                    if let Some(t) = self.transition(word, State::HalfOpen, now_ns) {
+                    if let Some(t) = self.transition(word, State::HalfOpen, || now_ns) {
                         transition = Some(t);
                     }
                 }
@@ -420,12 +423,20 @@ impl CircuitBreaker {
         matches!((self.config.slow_call_duration, latency), (Some(limit), Some(l)) if l >= limit)
     }
 
-    pub fn on_success(&self, now_ns: u64, latency: Option<Duration>) -> Option<Transition> {
-        self.record(now_ns, false, self.is_slow(latency))
+    pub fn on_success(
+        &self,
+        now: impl Fn() -> u64,
+        latency: Option<Duration>,
+    ) -> Option<Transition> {
+        self.record(now, false, self.is_slow(latency))
     }
 
-    pub fn on_failure(&self, now_ns: u64, latency: Option<Duration>) -> Option<Transition> {
-        self.record(now_ns, true, self.is_slow(latency))
+    pub fn on_failure(
+        &self,
+        now: impl Fn() -> u64,
+        latency: Option<Duration>,
+    ) -> Option<Transition> {
+        self.record(now, true, self.is_slow(latency))
     }
 
     /// Gives back an admitted call's permit without an outcome (an ignored
@@ -457,18 +468,18 @@ impl CircuitBreaker {
                 && slow as f64 >= self.config.slow_call_rate_threshold * calls_f)
     }
 
-    fn record(&self, now_ns: u64, failed: bool, slow: bool) -> Option<Transition> {
+    fn record(&self, now: impl Fn() -> u64, failed: bool, slow: bool) -> Option<Transition> {
         let word = self.word.load(Ordering::Acquire);
         match State::from_bits(word) {
             State::Closed => {
                 let t = match &self.window {
                     Window::Count(w) => w.record(failed, slow),
-                    Window::Time(w) => w.record(now_ns, failed, slow),
+                    Window::Time(w) => w.record(now(), failed, slow),
                 };
                 if t.calls >= u64::from(self.config.minimum_calls)
                     && self.tripped(t.calls, t.failures, t.slow)
                 {
-                    return self.transition(word, State::Open, now_ns);
+                    return self.transition(word, State::Open, now);
                 }
                 None
             }
@@ -505,7 +516,7 @@ impl CircuitBreaker {
                 } else {
                     State::Closed
                 };
-                self.transition(word, to, now_ns)
+                self.transition(word, to, now)
             }
             // Outcomes of calls admitted before the breaker opened, or while
             // it is forced open or disabled, do not count.
@@ -514,30 +525,30 @@ impl CircuitBreaker {
     }
 
     /// Holds the breaker open until [`CircuitBreaker::reset`].
-    pub fn force_open(&self, now_ns: u64) -> Option<Transition> {
-        self.force(State::ForcedOpen, now_ns)
+    pub fn force_open(&self, now: impl Fn() -> u64) -> Option<Transition> {
+        self.force(State::ForcedOpen, now)
     }
 
     /// Lets every call through and records nothing until `reset`.
-    pub fn disable(&self, now_ns: u64) -> Option<Transition> {
-        self.force(State::Disabled, now_ns)
+    pub fn disable(&self, now: impl Fn() -> u64) -> Option<Transition> {
+        self.force(State::Disabled, now)
     }
 
     /// Back to closed with an empty window and no backoff history.
-    pub fn reset(&self, now_ns: u64) -> Option<Transition> {
-        let t = self.force(State::Closed, now_ns);
+    pub fn reset(&self, now: impl Fn() -> u64) -> Option<Transition> {
+        let t = self.force(State::Closed, now);
         self.reopened.store(0, Ordering::Release);
         self.reset_window();
         t
     }
 
-    fn force(&self, to: State, now_ns: u64) -> Option<Transition> {
+    fn force(&self, to: State, now: impl Fn() -> u64) -> Option<Transition> {
         loop {
             let word = self.word.load(Ordering::Acquire);
             if State::from_bits(word) == to {
                 return None;
             }
-            if let Some(t) = self.transition(word, to, now_ns) {
+            if let Some(t) = self.transition(word, to, &now) {
                 return Some(t);
             }
         }

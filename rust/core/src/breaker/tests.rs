@@ -19,16 +19,20 @@ fn breaker(f: impl FnOnce(&mut BreakerConfig)) -> CircuitBreaker {
 }
 
 fn allowed(b: &CircuitBreaker, now: u64) -> bool {
-    matches!(b.try_acquire(now).0, Admission::Allowed { .. })
+    matches!(b.try_acquire(|| now).0, Admission::Allowed { .. })
 }
 
 #[test]
 fn opens_at_the_failure_rate_once_minimum_calls_are_in() {
     let b = breaker(|_| {});
-    assert_eq!(b.on_failure(0, None), None);
-    assert_eq!(b.on_failure(0, None), None);
-    assert_eq!(b.on_failure(0, None), None, "3 calls: below minimum_calls");
-    let t = b.on_success(0, None);
+    assert_eq!(b.on_failure(|| 0, None), None);
+    assert_eq!(b.on_failure(|| 0, None), None);
+    assert_eq!(
+        b.on_failure(|| 0, None),
+        None,
+        "3 calls: below minimum_calls"
+    );
+    let t = b.on_success(|| 0, None);
     assert_eq!(
         t,
         Some(Transition {
@@ -39,7 +43,7 @@ fn opens_at_the_failure_rate_once_minimum_calls_are_in() {
     );
     assert!(!allowed(&b, 500 * MS));
     assert_eq!(
-        b.try_acquire(500 * MS).0,
+        b.try_acquire(|| 500 * MS).0,
         Admission::Refused {
             retry_after_ns: 500 * MS
         }
@@ -51,9 +55,9 @@ fn stays_closed_below_the_threshold() {
     let b = breaker(|_| {});
     for i in 0..100 {
         let t = if i % 3 == 2 {
-            b.on_failure(0, None)
+            b.on_failure(|| 0, None)
         } else {
-            b.on_success(0, None)
+            b.on_success(|| 0, None)
         };
         assert_eq!(t, None);
     }
@@ -64,10 +68,10 @@ fn stays_closed_below_the_threshold() {
 fn half_open_admits_exactly_the_trial_permits_and_closes_on_success() {
     let b = breaker(|_| {});
     for _ in 0..4 {
-        b.on_failure(0, None);
+        b.on_failure(|| 0, None);
     }
     assert_eq!(b.state(), State::Open);
-    let (first, t) = b.try_acquire(S);
+    let (first, t) = b.try_acquire(|| S);
     assert_eq!(first, Admission::Allowed { trial: true });
     assert_eq!(
         t,
@@ -78,9 +82,9 @@ fn half_open_admits_exactly_the_trial_permits_and_closes_on_success() {
     );
     assert!(allowed(&b, S));
     assert!(!allowed(&b, S), "a third trial is refused");
-    assert_eq!(b.on_success(S, None), None);
+    assert_eq!(b.on_success(|| S, None), None);
     assert_eq!(
-        b.on_success(S, None),
+        b.on_success(|| S, None),
         Some(Transition {
             from: State::HalfOpen,
             to: State::Closed
@@ -93,12 +97,12 @@ fn half_open_admits_exactly_the_trial_permits_and_closes_on_success() {
 fn a_failed_trial_reopens_and_backoff_grows_with_jitter() {
     let b = breaker(|c| c.max_open_timeout = Some(Duration::from_secs(3)));
     for _ in 0..4 {
-        b.on_failure(0, None);
+        b.on_failure(|| 0, None);
     }
     let mut now = 0;
     let mut opens = Vec::new();
     for _ in 0..4 {
-        let retry = match b.try_acquire(now).0 {
+        let retry = match b.try_acquire(|| now).0 {
             Admission::Refused { retry_after_ns } => retry_after_ns,
             other => panic!("expected refusal, got {other:?}"),
         };
@@ -106,8 +110,8 @@ fn a_failed_trial_reopens_and_backoff_grows_with_jitter() {
         now += retry;
         assert!(allowed(&b, now));
         assert!(allowed(&b, now));
-        b.on_failure(now, None);
-        b.on_failure(now, None);
+        b.on_failure(|| now, None);
+        b.on_failure(|| now, None);
         assert_eq!(b.state(), State::Open);
     }
     // 1 s, 2 s, then capped at 3 s; each between 80 % and 100 % (+1 ms rounding).
@@ -123,7 +127,7 @@ fn a_failed_trial_reopens_and_backoff_grows_with_jitter() {
 fn ignored_calls_give_their_permit_back() {
     let b = breaker(|c| c.half_open_max_calls = 1);
     for _ in 0..4 {
-        b.on_failure(0, None);
+        b.on_failure(|| 0, None);
     }
     assert!(allowed(&b, S));
     assert!(!allowed(&b, S));
@@ -138,11 +142,11 @@ fn slow_calls_trip_the_slow_call_rate() {
         c.slow_call_rate_threshold = 0.5;
     });
     let slow = Some(Duration::from_millis(150));
-    b.on_success(0, slow);
-    b.on_success(0, slow);
-    b.on_success(0, Some(Duration::from_millis(10)));
+    b.on_success(|| 0, slow);
+    b.on_success(|| 0, slow);
+    b.on_success(|| 0, Some(Duration::from_millis(10)));
     assert_eq!(b.state(), State::Closed);
-    b.on_success(0, None);
+    b.on_success(|| 0, None);
     assert_eq!(b.state(), State::Open, "2 of 4 slow: 50 %");
 }
 
@@ -152,11 +156,11 @@ fn time_window_counts_only_recent_seconds() {
         c.window = WindowKind::Time;
         c.window_size = 2;
     });
-    b.on_failure(0, None);
-    b.on_failure(0, None);
-    b.on_failure(0, None);
+    b.on_failure(|| 0, None);
+    b.on_failure(|| 0, None);
+    b.on_failure(|| 0, None);
     // Five seconds later the old failures have left the window.
-    b.on_failure(5 * S, None);
+    b.on_failure(|| 5 * S, None);
     assert_eq!(b.state(), State::Closed);
     assert_eq!(b.metrics(5 * S).calls, 1);
 }
@@ -164,23 +168,23 @@ fn time_window_counts_only_recent_seconds() {
 #[test]
 fn forced_states_and_reset() {
     let b = breaker(|_| {});
-    assert!(b.force_open(0).is_some());
+    assert!(b.force_open(|| 0).is_some());
     assert!(!allowed(&b, 100 * S));
-    assert_eq!(b.on_success(0, None), None);
-    assert!(b.disable(0).is_some());
+    assert_eq!(b.on_success(|| 0, None), None);
+    assert!(b.disable(|| 0).is_some());
     for _ in 0..20 {
-        b.on_failure(0, None);
+        b.on_failure(|| 0, None);
     }
     assert!(allowed(&b, 0));
     assert_eq!(b.state(), State::Disabled);
     assert_eq!(
-        b.reset(0),
+        b.reset(|| 0),
         Some(Transition {
             from: State::Disabled,
             to: State::Closed
         })
     );
-    assert_eq!(b.reset(0), None, "already closed");
+    assert_eq!(b.reset(|| 0), None, "already closed");
 }
 
 #[test]
@@ -205,7 +209,7 @@ fn bad_configs_name_the_argument() {
 fn concurrent_half_open_never_admits_more_than_the_permits() {
     let b = Arc::new(breaker(|c| c.half_open_max_calls = 3));
     for _ in 0..4 {
-        b.on_failure(0, None);
+        b.on_failure(|| 0, None);
     }
     let admitted: usize = (0..8)
         .map(|_| {
