@@ -81,10 +81,8 @@ class CircuitBreaker(_core.CircuitBreaker):
 
             return cast("Callable[_P, _R]", guarded_async)
 
-        @functools.wraps(fn)
-        def guarded(*args: Any, **kwargs: Any) -> Any:
-            return self.call(fn, *args, **kwargs)
-
+        guarded = self._guard(fn)
+        functools.update_wrapper(guarded, fn)
         return cast("Callable[_P, _R]", guarded)
 
     def _enter(self) -> None:

@@ -242,6 +242,30 @@ impl CircuitBreaker {
         self.inner.config().slow_call_duration.is_some()
     }
 
+    /// The permit, the call and the outcome, in one crossing.
+    fn guarded_call(
+        &self,
+        py: Python<'_>,
+        func: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        self.admit(py)?;
+        let started = self.timed().then(Instant::now);
+        let result = func.call(args, kwargs);
+        let latency = started.map(|s| s.elapsed());
+        match result {
+            Ok(value) => {
+                self.report(py, None, latency);
+                Ok(value.unbind())
+            }
+            Err(err) => {
+                self.report(py, Some(&err), latency);
+                Err(err)
+            }
+        }
+    }
+
     fn latency_s(value: Option<f64>) -> PyResult<Option<Duration>> {
         match value {
             None => Ok(None),
@@ -379,20 +403,13 @@ impl CircuitBreaker {
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
-        self.admit(py)?;
-        let started = self.timed().then(Instant::now);
-        let result = func.call(args, kwargs);
-        let latency = started.map(|s| s.elapsed());
-        match result {
-            Ok(value) => {
-                self.report(py, None, latency);
-                Ok(value.unbind())
-            }
-            Err(err) => {
-                self.report(py, Some(&err), latency);
-                Err(err)
-            }
-        }
+        self.guarded_call(py, func, args, kwargs)
+    }
+
+    /// Wraps a plain function so that every call goes through `call`
+    /// (the `@breaker` decorator for sync functions).
+    fn _guard(slf: Py<Self>, func: Py<PyAny>) -> Guarded {
+        Guarded { breaker: slf, func }
     }
 
     /// Reports the outcome of a call admitted by `_admit` (used by the
@@ -484,5 +501,37 @@ impl CircuitBreaker {
             ),
             None => format!("CircuitBreaker(state='{}')", self.inner.state().name()),
         }
+    }
+}
+
+/// A function wrapped by `@breaker`: calling it calls the function through
+/// the breaker.
+#[pyclass(frozen, dict, module = "langcluster._core")]
+pub struct Guarded {
+    breaker: Py<CircuitBreaker>,
+    func: Py<PyAny>,
+}
+
+#[pymethods]
+impl Guarded {
+    #[pyo3(signature = (*args, **kwargs))]
+    fn __call__(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        self.breaker
+            .get()
+            .guarded_call(py, self.func.bind(py), args, kwargs)
+    }
+
+    #[getter]
+    fn breaker(&self, py: Python<'_>) -> Py<CircuitBreaker> {
+        self.breaker.clone_ref(py)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!("<guarded {}>", self.func.bind(py).repr()?))
     }
 }

@@ -21,7 +21,7 @@ mod _core {
         RoundRobin, WeightedRoundRobin,
     };
     #[pymodule_export]
-    use crate::breaker::CircuitBreaker;
+    use crate::breaker::{CircuitBreaker, Guarded};
     #[pymodule_export]
     use crate::cache::MemoryCache;
     #[pymodule_export]
