@@ -27,17 +27,22 @@ from langcluster.errors import (
     LangClusterError,
     NoAvailableNode,
 )
+from langcluster.failover import Backoff, BreakerConfig, FailoverEvent, FailoverManager
 from langcluster.node import Node, NodeStatus
 
 __all__ = [
     "Adaptive",
+    "Backoff",
     "Balancer",
+    "BreakerConfig",
     "CacheError",
     "CachedFunction",
     "CircuitBreaker",
     "CircuitOpenError",
     "ConsistentHash",
     "DiscoveryError",
+    "FailoverEvent",
+    "FailoverManager",
     "LangClusterError",
     "Lease",
     "LeastConnections",

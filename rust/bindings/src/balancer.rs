@@ -30,6 +30,7 @@ pub(crate) trait DynBalancer: Send + Sync {
     fn set_available(&self, id: &str, available: bool) -> Result<bool, Error>;
     fn begin(&self, id: &str) -> Result<(), Error>;
     fn end(&self, id: &str, latency_s: f64, ok: bool) -> Result<bool, Error>;
+    fn release(&self, id: &str) -> bool;
     fn stats(&self) -> Vec<NodeStats>;
     fn handles(&self, py: Python<'_>) -> Vec<Handle>;
     fn contains(&self, id: &str) -> bool;
@@ -66,6 +67,10 @@ impl<S: Strategy> DynBalancer for core::Balancer<Handle, S> {
 
     fn end(&self, id: &str, latency_s: f64, ok: bool) -> Result<bool, Error> {
         core::Balancer::end(self, id, latency_s, ok)
+    }
+
+    fn release(&self, id: &str) -> bool {
+        core::Balancer::release(self, id)
     }
 
     fn stats(&self) -> Vec<NodeStats> {
@@ -158,6 +163,13 @@ impl Balancer {
     #[pyo3(signature = (node_id, latency_s, ok=true))]
     fn end(&self, node_id: &str, latency_s: f64, ok: bool) -> PyResult<bool> {
         self.inner.end(node_id, latency_s, ok).map_err(to_py)
+    }
+
+    /// Ends one request on `node_id` without an outcome (a cancelled
+    /// request): the in-flight count drops, no latency or failure is
+    /// recorded. Returns False when the node has been removed meanwhile.
+    fn release(&self, node_id: &str) -> bool {
+        self.inner.release(node_id)
     }
 
     /// Replaces the node set atomically; nodes that stay keep their counters.

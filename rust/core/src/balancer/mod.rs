@@ -351,6 +351,18 @@ impl<T: Send + Sync, S: Strategy> Balancer<T, S> {
         }
     }
 
+    /// Ends a request on node `id` without an outcome (it was cancelled):
+    /// only the in-flight count drops. A node removed meanwhile is ignored.
+    pub fn release(&self, id: &str) -> bool {
+        match self.state_of(id) {
+            Some(state) => {
+                state.release();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Reads the node set under the current snapshot.
     pub fn with_members<R>(&self, f: impl FnOnce(&[Member<T>]) -> R) -> R {
         f(&self.current.load().members)

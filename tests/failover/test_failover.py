@@ -1,0 +1,272 @@
+"""FailoverManager: retries on other nodes, breakers taking nodes out and
+back, the retry budget, priority groups, hedging, events, and a real
+backend killed and restarted mid-run."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import pytest
+
+import langcluster as lc
+from langcluster import Backoff, BreakerConfig, FailoverEvent, FailoverManager
+
+FAST = Backoff(base_s=0.001, max_s=0.002)
+QUICK_BREAKER = BreakerConfig(
+    minimum_calls=2, window_size=4, open_timeout_s=0.1, max_open_timeout_s=None
+)
+
+
+def nodes(n: int) -> list[lc.Node]:
+    return [lc.Node(f"n{i}", "127.0.0.1", 9000 + i) for i in range(n)]
+
+
+def manager(n: int = 3, **kwargs: Any) -> tuple[FailoverManager, list[FailoverEvent]]:
+    kwargs.setdefault("breaker", QUICK_BREAKER)
+    kwargs.setdefault("backoff", FAST)
+    fm = FailoverManager(lc.RoundRobin(nodes(n)), **kwargs)
+    events: list[FailoverEvent] = []
+    fm.subscribe(events.append)
+    return fm, events
+
+
+def kinds(events: list[FailoverEvent]) -> list[str]:
+    return [e.kind for e in events]
+
+
+@pytest.mark.asyncio
+async def test_a_failing_node_is_retried_around_then_taken_out() -> None:
+    fm, events = manager()
+    hits: dict[str, int] = {}
+
+    async def work(node: lc.Node) -> str:
+        hits[node.id] = hits.get(node.id, 0) + 1
+        if node.id == "n1":
+            raise ConnectionError("n1 is down")
+        return node.id
+
+    results = [await fm.call(work) for _ in range(30)]
+    assert set(results) == {"n0", "n2"}
+    assert hits["n1"] == 2  # out of rotation once its breaker opened
+    assert fm.taken_out() == ["n1"]
+    assert "breaker_opened" in kinds(events)
+    failed = [e for e in events if e.kind == "node_failed"]
+    assert all(e.node.id == "n1" and isinstance(e.error, ConnectionError) for e in failed)
+
+
+@pytest.mark.asyncio
+async def test_a_recovered_node_comes_back_after_a_trial() -> None:
+    fm, events = manager()
+    down = {"n1"}
+
+    async def work(node: lc.Node) -> str:
+        if node.id in down:
+            raise ConnectionError
+        return node.id
+
+    for _ in range(10):
+        await fm.call(work)
+    assert fm.taken_out() == ["n1"]
+    down.clear()
+    await asyncio.sleep(0.15)
+    seen = {await fm.call(work) for _ in range(12)}
+    assert seen == {"n0", "n1", "n2"}
+    assert fm.taken_out() == []
+    assert kinds(events)[-2:] == ["breaker_half_open", "breaker_closed"] or (
+        "breaker_closed" in kinds(events)
+    )
+
+
+@pytest.mark.asyncio
+async def test_non_retryable_errors_propagate_at_once() -> None:
+    fm, _ = manager(retry_on=ConnectionError)
+    calls = 0
+
+    async def work(node: lc.Node) -> None:
+        nonlocal calls
+        calls += 1
+        raise ValueError("bad request")
+
+    with pytest.raises(ValueError, match="bad request"):
+        await fm.call(work)
+    assert calls == 1
+
+
+@pytest.mark.asyncio
+async def test_max_attempts_and_the_last_error() -> None:
+    fm, _ = manager(n=5, max_attempts=2, breaker=BreakerConfig(minimum_calls=50, window_size=50))
+    tried: list[str] = []
+
+    async def work(node: lc.Node) -> None:
+        tried.append(node.id)
+        raise ConnectionError(node.id)
+
+    with pytest.raises(ConnectionError) as raised:
+        await fm.call(work)
+    assert len(tried) == 2
+    assert len(set(tried)) == 2, "a retry goes to another node"
+    assert str(raised.value) == tried[-1]
+
+
+@pytest.mark.asyncio
+async def test_the_retry_budget_stops_retry_storms() -> None:
+    fm, events = manager(
+        n=4,
+        retry_budget=0.2,
+        min_retries=3,
+        breaker=BreakerConfig(minimum_calls=100, window_size=100),
+    )
+
+    async def work(node: lc.Node) -> None:
+        raise ConnectionError
+
+    for _ in range(50):
+        with pytest.raises(ConnectionError):
+            await fm.call(work)
+    stats = fm.stats()
+    assert stats["retries"] <= max(3, 0.2 * 50) + 1
+    assert stats["budget_exhausted"] > 0
+    assert "budget_exhausted" in kinds(events)
+
+
+@pytest.mark.asyncio
+async def test_all_nodes_down_raises_no_available_node_quickly() -> None:
+    fm, events = manager(n=2)
+
+    async def work(node: lc.Node) -> None:
+        raise ConnectionError
+
+    for _ in range(6):
+        with contextlib.suppress(ConnectionError, lc.NoAvailableNode):
+            await fm.call(work)
+    started = time.perf_counter()
+    with pytest.raises(lc.NoAvailableNode) as raised:
+        await fm.call(work)
+    assert time.perf_counter() - started < 0.05
+    assert "all_nodes_down" in kinds(events)
+    assert raised.value.__cause__ is None or isinstance(raised.value.__cause__, Exception)
+
+
+@pytest.mark.asyncio
+async def test_backups_serve_only_while_primaries_are_down() -> None:
+    fm, events = manager(n=4, priority={"n2": 1, "n3": 1})
+    down: set[str] = set()
+
+    async def work(node: lc.Node) -> str:
+        if node.id in down:
+            raise ConnectionError
+        return node.id
+
+    assert {await fm.call(work) for _ in range(10)} == {"n0", "n1"}
+    down.add("n0")
+    for _ in range(10):
+        await fm.call(work)
+    # One primary of two left: 50 % x 1.4 < 1, so the backups come in.
+    assert "failover" in kinds(events)
+    assert {await fm.call(work) for _ in range(12)} >= {"n2", "n3"}
+    down.clear()
+    await asyncio.sleep(0.15)
+    for _ in range(12):
+        await fm.call(work)
+    assert "failback" in kinds(events)
+    assert {await fm.call(work) for _ in range(10)} == {"n0", "n1"}
+
+
+@pytest.mark.asyncio
+async def test_hedging_answers_from_the_faster_node_and_cancels_the_other() -> None:
+    balancer = lc.RoundRobin(nodes(2))
+    fm = FailoverManager(balancer, hedge_after_s=0.02, backoff=FAST)
+    cancelled: list[str] = []
+
+    async def work(node: lc.Node) -> str:
+        try:
+            await asyncio.sleep(1.0 if node.id == "n0" else 0.001)
+        except asyncio.CancelledError:
+            cancelled.append(node.id)
+            raise
+        return node.id
+
+    started = time.perf_counter()
+    assert await fm.call(work) == "n1"
+    assert time.perf_counter() - started < 0.5
+    assert cancelled == ["n0"]
+    assert all(s["in_flight"] == 0 for s in balancer.stats().values())
+    assert fm.stats()["hedges"] == 1
+
+
+def test_the_sync_twin_fails_over_too() -> None:
+    fm, _ = manager()
+
+    def work(node: lc.Node) -> str:
+        if node.id == "n0":
+            raise ConnectionError
+        return node.id
+
+    assert {fm.call_sync(work) for _ in range(10)} == {"n1", "n2"}
+
+
+@pytest.mark.asyncio
+async def test_events_stream_and_a_raising_listener_is_harmless() -> None:
+    fm, _ = manager()
+    fm.subscribe(lambda event: 1 / 0)
+    received: list[str] = []
+
+    async def consume() -> None:
+        async for event in fm.events():
+            received.append(event.kind)
+            if event.kind == "breaker_opened":
+                return
+
+    consumer = asyncio.create_task(consume())
+    await asyncio.sleep(0)
+
+    async def work(node: lc.Node) -> str:
+        if node.id == "n0":
+            raise ConnectionError
+        return node.id
+
+    for _ in range(6):
+        await fm.call(work)
+    await asyncio.wait_for(consumer, 1)
+    assert received[0] == "node_failed"
+    assert received[-1] == "breaker_opened"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        ({"max_attempts": 0}, ValueError, "max_attempts"),
+        ({"retry_budget": 0}, ValueError, "retry_budget"),
+        ({"retry_budget": 1.5}, ValueError, "retry_budget"),
+        ({"hedge_after_s": 0}, ValueError, "hedge_after_s"),
+        ({"overprovisioning": 0.5}, ValueError, "overprovisioning"),
+        ({"retry_on": 5}, TypeError, "retry_on"),
+        (
+            {"breaker": BreakerConfig(failure_rate_threshold=2)},
+            ValueError,
+            "failure_rate_threshold",
+        ),
+        ({"breaker": {"minimum_calls": 1}}, TypeError, "breaker"),
+    ],
+)
+def test_bad_configuration_is_named(
+    kwargs: dict[str, Any], error: type[Exception], name: str
+) -> None:
+    with pytest.raises(error, match=name):
+        FailoverManager(lc.RoundRobin(nodes(2)), **kwargs)
+
+
+def test_backoff_is_checked_and_bounded() -> None:
+    import random
+
+    with pytest.raises(ValueError, match=r"backoff\.base_s"):
+        Backoff(base_s=-1)
+    b = Backoff(base_s=0.1, max_s=0.3)
+    rng = random.Random(1)
+    assert all(0 <= b.delay(n, rng) <= 0.3 for n in range(1, 10))
+    assert Backoff(base_s=0.1, max_s=0.3, jitter=False).delay(3, rng) == pytest.approx(0.3)
+    with pytest.raises(TypeError, match="balancer"):
+        FailoverManager([])  # type: ignore[arg-type]
