@@ -142,6 +142,26 @@ def main() -> None:
     for name, t in results.items():
         print(f"| {name} | {t:.1f} | {t - bare:.1f} |")
 
+    print("\n| FailoverManager, healthy cluster of 3 | ns per call | overhead ns |")
+    print("|---|---:|---:|")
+    nodes = [lc.Node(f"n{i}", "127.0.0.1", 9000 + i) for i in range(3)]
+    manager = lc.FailoverManager(lc.RoundRobin(nodes))
+
+    async def on_node(node: lc.Node) -> int:
+        return 1
+
+    def on_node_sync(node: lc.Node) -> int:
+        return 1
+
+    direct = async_ns(lambda: on_node(nodes[0]), n // 4, r)
+    managed = async_ns(lambda: manager.call(on_node), n // 4, r)
+    print(f"| await fn(node) | {direct:.1f} | |")
+    print(f"| await manager.call(fn) | {managed:.1f} | {managed - direct:.1f} |")
+    direct = ns(("f(x)", {"f": on_node_sync, "x": nodes[0]}), n, r)
+    managed = ns(("c(f)", {"c": manager.call_sync, "f": on_node_sync}), n // 4, r)
+    print(f"| fn(node) | {direct:.1f} | |")
+    print(f"| manager.call_sync(fn) | {managed:.1f} | {managed - direct:.1f} |")
+
     print("\n| 8 threads x one 50 ms call through one breaker | wall s |")
     print("|---|---:|")
     breaker = lc.CircuitBreaker()
