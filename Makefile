@@ -69,8 +69,9 @@ bench: dev ## Benchmarks: pytest-benchmark vs floor and peers, then criterion
 		--benchmark-columns=min,median,mean,ops --benchmark-sort=name -q
 	$(PY) benches/python/report.py
 	$(PY) benches/python/cache_report.py
+	$(PY) benches/python/breaker_report.py
 	$(PY) benches/hit_ratio.py
-	cargo bench -p langcluster-core --bench balancers --bench cache
+	cargo bench -p langcluster-core --bench balancers --bench cache --bench breaker
 
 .PHONY: fmt
 fmt: ## Format Rust and Python sources
