@@ -91,6 +91,9 @@ class BreakerConfig:
     record: tuple[type[BaseException], ...] = (Exception,)
     ignore: tuple[type[BaseException], ...] = ()
 
+    def __post_init__(self) -> None:
+        self.make("check")  # a bad field fails here, named, not at first use
+
     def make(self, name: str, clock: Callable[[], float] | None = None) -> CircuitBreaker:
         return CircuitBreaker(
             name,
@@ -241,7 +244,6 @@ class FailoverManager:
         self.breaker_config = breaker if breaker is not None else BreakerConfig()
         if not isinstance(self.breaker_config, BreakerConfig):
             raise TypeError("breaker: must be a BreakerConfig")
-        self.breaker_config.make("check")  # validates every field, naming it
         self.max_attempts = _positive_int("max_attempts", max_attempts)
         self.retry_on = retry_on if isinstance(retry_on, tuple) else (retry_on,)
         if not all(isinstance(t, type) and issubclass(t, BaseException) for t in self.retry_on):
@@ -469,7 +471,7 @@ class FailoverManager:
         return isinstance(error, self.retry_on) and not isinstance(error, CircuitOpenError)
 
     def _no_node(self, last_error: BaseException | None) -> NoAvailableNode:
-        self._stats["all_nodes_down"] += 1
+        self._count("all_nodes_down")
         self._emit("all_nodes_down", error=last_error)
         error = NoAvailableNode(
             "no node is available: every breaker is open or every node was tried"
@@ -481,10 +483,10 @@ class FailoverManager:
         if attempt >= self.max_attempts:
             return False
         if not self._budget.try_retry():
-            self._stats["budget_exhausted"] += 1
+            self._count("budget_exhausted")
             self._emit("budget_exhausted", error=last_error)
             return False
-        self._stats["retries"] += 1
+        self._count("retries")
         self._emit("retry", error=last_error, detail=f"retry {attempt} of {self.max_attempts - 1}")
         return True
 
@@ -492,7 +494,7 @@ class FailoverManager:
         self, fn: Callable[[Any], Awaitable[_T]], *, key: str | bytes | int | None = None
     ) -> _T:
         """Awaits ``fn(node)`` on a picked node, failing over as configured."""
-        self._stats["calls"] += 1
+        self._count("calls")
         self._budget.note_call()
         self._revive_due()
         tried: set[str] = set()
@@ -511,7 +513,7 @@ class FailoverManager:
             tried.add(node.id)
             try:
                 if self.hedge_after_s is None:
-                    self._stats["attempts"] += 1
+                    self._count("attempts")
                     result = await self._attempt(node, fn)
                 else:
                     result = await self._hedged(node, fn, key, tried)
@@ -521,14 +523,14 @@ class FailoverManager:
                 continue
             except BaseException as error:
                 if not self._retryable(error):
-                    self._stats["failures"] += 1
+                    self._count("failures")
                     raise
                 last_error = error
                 self._emit("node_failed", node, error)
                 continue
-            self._stats["successes"] += 1
+            self._count("successes")
             return result
-        self._stats["failures"] += 1
+        self._count("failures")
         assert last_error is not None
         raise last_error
 
@@ -542,7 +544,7 @@ class FailoverManager:
         """The first answer of one attempt, and of a second on another node
         if the first is slower than ``hedge_after_s``."""
         first = asyncio.ensure_future(self._attempt(node, fn))
-        self._stats["attempts"] += 1
+        self._count("attempts")
         done, _ = await asyncio.wait({first}, timeout=self.hedge_after_s)
         if done:
             return first.result()
@@ -550,8 +552,8 @@ class FailoverManager:
         if other is None:
             return await first
         tried.add(other.id)
-        self._stats["hedges"] += 1
-        self._stats["attempts"] += 1
+        self._count("hedges")
+        self._count("attempts")
         self._emit("hedge", other, detail=f"{node.id} slower than {self.hedge_after_s} s")
         second = asyncio.ensure_future(self._attempt(other, fn))
         pending = {first, second}
@@ -573,7 +575,7 @@ class FailoverManager:
 
     def call_sync(self, fn: Callable[[Any], _T], *, key: str | bytes | int | None = None) -> _T:
         """The blocking twin of ``call`` (no hedging)."""
-        self._stats["calls"] += 1
+        self._count("calls")
         self._budget.note_call()
         self._revive_due()
         tried: set[str] = set()
@@ -591,7 +593,7 @@ class FailoverManager:
                 raise self._no_node(last_error)
             tried.add(node.id)
             try:
-                self._stats["attempts"] += 1
+                self._count("attempts")
                 result = self._attempt_sync(node, fn)
             except CircuitOpenError as error:
                 refused += 1
@@ -599,16 +601,20 @@ class FailoverManager:
                 continue
             except BaseException as error:
                 if not self._retryable(error):
-                    self._stats["failures"] += 1
+                    self._count("failures")
                     raise
                 last_error = error
                 self._emit("node_failed", node, error)
                 continue
-            self._stats["successes"] += 1
+            self._count("successes")
             return result
-        self._stats["failures"] += 1
+        self._count("failures")
         assert last_error is not None
         raise last_error
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._stats[name] += 1
 
     def stats(self) -> dict[str, Any]:
         """Counters, and each node's breaker state and availability."""

@@ -259,6 +259,13 @@ def test_bad_configuration_is_named(
         FailoverManager(lc.RoundRobin(nodes(2)), **kwargs)
 
 
+def test_breaker_config_is_checked_when_made() -> None:
+    with pytest.raises(ValueError, match="failure_rate_threshold"):
+        BreakerConfig(failure_rate_threshold=2)
+    with pytest.raises(ValueError, match="open_timeout_s"):
+        BreakerConfig(open_timeout_s=0)
+
+
 def test_backoff_is_checked_and_bounded() -> None:
     import random
 
