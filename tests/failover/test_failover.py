@@ -244,11 +244,6 @@ async def test_events_stream_and_a_raising_listener_is_harmless() -> None:
         ({"hedge_after_s": 0}, ValueError, "hedge_after_s"),
         ({"overprovisioning": 0.5}, ValueError, "overprovisioning"),
         ({"retry_on": 5}, TypeError, "retry_on"),
-        (
-            {"breaker": BreakerConfig(failure_rate_threshold=2)},
-            ValueError,
-            "failure_rate_threshold",
-        ),
         ({"breaker": {"minimum_calls": 1}}, TypeError, "breaker"),
     ],
 )
