@@ -467,72 +467,30 @@ class FailoverManager:
         self._finish(node, breaker, started, None)
         return result
 
-    def _retryable(self, error: BaseException) -> bool:
-        return isinstance(error, self.retry_on) and not isinstance(error, CircuitOpenError)
-
-    def _no_node(self, last_error: BaseException | None) -> NoAvailableNode:
-        self._count("all_nodes_down")
-        self._emit("all_nodes_down", error=last_error)
-        error = NoAvailableNode(
-            "no node is available: every breaker is open or every node was tried"
-        )
-        error.__cause__ = last_error
-        return error
-
-    def _may_retry(self, attempt: int, last_error: BaseException | None) -> bool:
-        if attempt >= self.max_attempts:
-            return False
-        if not self._budget.try_retry():
-            self._count("budget_exhausted")
-            self._emit("budget_exhausted", error=last_error)
-            return False
-        self._count("retries")
-        self._emit("retry", error=last_error, detail=f"retry {attempt} of {self.max_attempts - 1}")
-        return True
-
     async def call(
         self, fn: Callable[[Any], Awaitable[_T]], *, key: str | bytes | int | None = None
     ) -> _T:
         """Awaits ``fn(node)`` on a picked node, failing over as configured."""
-        self._count("calls")
-        self._budget.note_call()
-        self._revive_due()
-        tried: set[str] = set()
-        refused = 0  # nodes whose breaker said no: tried, but not attempts
-        last_error: BaseException | None = None
-        while True:
-            attempt = len(tried) - refused
-            if attempt and not isinstance(last_error, CircuitOpenError):
-                if not self._may_retry(attempt, last_error):
-                    break
-                await asyncio.sleep(self.backoff.delay(attempt, self._rng))
+        plan = _Plan(self, key)
+        while (delay := plan.next_delay()) is not None:
+            if delay:
+                await asyncio.sleep(delay)
                 self._revive_due()
-            node = self._choose(key, tried)
-            if node is None:
-                raise self._no_node(last_error)
-            tried.add(node.id)
+            node = plan.next_node()
             try:
                 if self.hedge_after_s is None:
                     self._count("attempts")
                     result = await self._attempt(node, fn)
                 else:
-                    result = await self._hedged(node, fn, key, tried)
+                    result = await self._hedged(node, fn, key, plan.tried)
             except CircuitOpenError as error:
-                refused += 1
-                last_error = error
+                plan.refused(error)
                 continue
             except BaseException as error:
-                if not self._retryable(error):
-                    self._count("failures")
-                    raise
-                last_error = error
-                self._emit("node_failed", node, error)
+                plan.failed(node, error)
                 continue
-            self._count("successes")
-            return result
-        self._count("failures")
-        assert last_error is not None
-        raise last_error
+            return plan.succeeded(result)
+        raise plan.give_up()
 
     async def _hedged(
         self,
@@ -575,42 +533,23 @@ class FailoverManager:
 
     def call_sync(self, fn: Callable[[Any], _T], *, key: str | bytes | int | None = None) -> _T:
         """The blocking twin of ``call`` (no hedging)."""
-        self._count("calls")
-        self._budget.note_call()
-        self._revive_due()
-        tried: set[str] = set()
-        refused = 0
-        last_error: BaseException | None = None
-        while True:
-            attempt = len(tried) - refused
-            if attempt and not isinstance(last_error, CircuitOpenError):
-                if not self._may_retry(attempt, last_error):
-                    break
-                time.sleep(self.backoff.delay(attempt, self._rng))
+        plan = _Plan(self, key)
+        while (delay := plan.next_delay()) is not None:
+            if delay:
+                time.sleep(delay)
                 self._revive_due()
-            node = self._choose(key, tried)
-            if node is None:
-                raise self._no_node(last_error)
-            tried.add(node.id)
+            node = plan.next_node()
             try:
                 self._count("attempts")
                 result = self._attempt_sync(node, fn)
             except CircuitOpenError as error:
-                refused += 1
-                last_error = error
+                plan.refused(error)
                 continue
             except BaseException as error:
-                if not self._retryable(error):
-                    self._count("failures")
-                    raise
-                last_error = error
-                self._emit("node_failed", node, error)
+                plan.failed(node, error)
                 continue
-            self._count("successes")
-            return result
-        self._count("failures")
-        assert last_error is not None
-        raise last_error
+            return plan.succeeded(result)
+        raise plan.give_up()
 
     def _count(self, name: str) -> None:
         with self._lock:
@@ -632,3 +571,72 @@ class FailoverManager:
         breakers, unused priority levels)."""
         with self._lock:
             return sorted(self._taken_out)
+
+
+class _Plan:
+    """The bookkeeping of one call's attempts, shared by the async and the
+    sync loop: which nodes were tried, which refused (an open breaker is not
+    an attempt), whether another attempt is allowed, and when."""
+
+    def __init__(self, manager: FailoverManager, key: str | bytes | int | None) -> None:
+        self.manager = manager
+        self.key = key
+        self.tried: set[str] = set()
+        self.refusals = 0
+        self.last_error: BaseException | None = None
+        manager._count("calls")
+        manager._budget.note_call()
+        manager._revive_due()
+
+    def next_delay(self) -> float | None:
+        """0 for the first attempt and after a refusal; a backoff delay
+        before a retry; None when no attempt is left."""
+        attempts = len(self.tried) - self.refusals
+        if not attempts or isinstance(self.last_error, CircuitOpenError):
+            return 0.0
+        m = self.manager
+        if attempts >= m.max_attempts:
+            return None
+        if not m._budget.try_retry():
+            m._count("budget_exhausted")
+            m._emit("budget_exhausted", error=self.last_error)
+            return None
+        m._count("retries")
+        m._emit("retry", error=self.last_error, detail=f"retry {attempts} of {m.max_attempts - 1}")
+        return m.backoff.delay(attempts, m._rng) or 1e-9
+
+    def next_node(self) -> Any:
+        node = self.manager._choose(self.key, self.tried)
+        if node is None:
+            m = self.manager
+            m._count("all_nodes_down")
+            m._emit("all_nodes_down", error=self.last_error)
+            error = NoAvailableNode(
+                "no node is available: every breaker is open or every node was tried"
+            )
+            error.__cause__ = self.last_error
+            raise error
+        self.tried.add(node.id)
+        return node
+
+    def refused(self, error: CircuitOpenError) -> None:
+        self.refusals += 1
+        self.last_error = error
+
+    def failed(self, node: Any, error: BaseException) -> None:
+        """Records a failed attempt, or re-raises an error not to retry."""
+        m = self.manager
+        if not isinstance(error, m.retry_on) or isinstance(error, CircuitOpenError):
+            m._count("failures")
+            raise error
+        self.last_error = error
+        m._emit("node_failed", node, error)
+
+    def succeeded(self, result: _T) -> _T:
+        self.manager._count("successes")
+        return result
+
+    def give_up(self) -> BaseException:
+        self.manager._count("failures")
+        assert self.last_error is not None
+        return self.last_error

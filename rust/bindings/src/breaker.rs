@@ -11,11 +11,10 @@ use langcluster_core::breaker::{
 use langcluster_core::clock::now_ns;
 use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyTuple, PyType};
 
 use crate::cache_keys::type_name;
-use crate::errors::to_py;
+use crate::errors::{log_callback_error, to_py};
 
 pyo3::import_exception!(langcluster.errors, CircuitOpenError);
 
@@ -92,18 +91,6 @@ fn exception_types<'py>(
     PyTuple::new(py, items)
 }
 
-fn logger(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    LOGGER
-        .get_or_try_init(py, || -> PyResult<_> {
-            Ok(py
-                .import("logging")?
-                .call_method1("getLogger", ("langcluster.breaker",))?
-                .unbind())
-        })
-        .map(|l| l.bind(py))
-}
-
 /// How an outcome is counted.
 enum Outcome {
     Success,
@@ -151,19 +138,12 @@ impl CircuitBreaker {
         let listeners: Vec<Py<PyAny>> = self.listeners().iter().map(|l| l.clone_ref(py)).collect();
         for listener in listeners {
             if let Err(err) = listener.call1(py, (t.from.name(), t.to.name())) {
-                let logged = logger(py).and_then(|l| {
-                    let kwargs = PyDict::new(py);
-                    kwargs.set_item("exc_info", err.value(py))?;
-                    l.call_method(
-                        "error",
-                        ("state-change listener of breaker %r raised", self.label()),
-                        Some(&kwargs),
-                    )
-                    .map(|_| ())
-                });
-                if let Err(log_err) = logged {
-                    log_err.write_unraisable(py, None);
-                }
+                log_callback_error(
+                    py,
+                    "langcluster.breaker",
+                    format!("state-change listener of breaker '{}' raised", self.label()),
+                    &err,
+                );
             }
         }
     }

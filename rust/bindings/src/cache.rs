@@ -10,11 +10,10 @@ use std::time::Duration;
 use langcluster_core::cache::{ttl_from_secs, Cache, Cause, Config, PolicyKind, Removed};
 use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList};
 
 use crate::cache_keys::{type_name, Key, Probe};
-use crate::errors::to_py;
+use crate::errors::{log_callback_error, to_py};
 
 type Value = Py<PyAny>;
 type Out = Removed<Key, Value>;
@@ -69,18 +68,6 @@ fn key_to_py(py: Python<'_>, key: Key) -> PyResult<Py<PyAny>> {
         Key::Big(b) => b.into_any(),
         Key::Call(func, args) => crate::cached::call_key_to_py(py, func, args)?,
     })
-}
-
-fn logger(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    LOGGER
-        .get_or_try_init(py, || -> PyResult<_> {
-            Ok(py
-                .import("logging")?
-                .call_method1("getLogger", ("langcluster.cache",))?
-                .unbind())
-        })
-        .map(|l| l.bind(py))
 }
 
 impl MemoryCache {
@@ -161,15 +148,12 @@ impl MemoryCache {
             if let Err(err) = result {
                 // A failing listener is the listener's problem: it is logged
                 // and the cache operation that triggered it still succeeds.
-                let logged = logger(py).and_then(|l| {
-                    let kwargs = PyDict::new(py);
-                    kwargs.set_item("exc_info", err.value(py))?;
-                    l.call_method("error", ("on_evict callback raised",), Some(&kwargs))
-                        .map(|_| ())
-                });
-                if let Err(log_err) = logged {
-                    log_err.write_unraisable(py, None);
-                }
+                log_callback_error(
+                    py,
+                    "langcluster.cache",
+                    "on_evict callback raised".into(),
+                    &err,
+                );
             }
         }
     }

@@ -3,6 +3,8 @@
 
 use langcluster_core::Error;
 use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
 use pyo3::PyErr;
 
 pyo3::import_exception!(langcluster.errors, NoAvailableNode);
@@ -17,5 +19,21 @@ pub fn to_py(err: Error) -> PyErr {
         | Error::DuplicateId { .. }
         | Error::InvalidWeight { .. }
         | Error::InvalidArgument { .. } => PyValueError::new_err(message),
+    }
+}
+
+/// Logs an exception raised by a user's callback on the named logger (with
+/// its traceback), so that the library call that ran the callback can go
+/// on. If even logging fails, the error goes to `sys.unraisablehook`.
+pub fn log_callback_error(py: Python<'_>, logger: &str, message: String, err: &PyErr) {
+    let logged = (|| -> PyResult<()> {
+        let log = py.import("logging")?.call_method1("getLogger", (logger,))?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("exc_info", err.value(py))?;
+        log.call_method("error", ("%s", message), Some(&kwargs))?;
+        Ok(())
+    })();
+    if let Err(log_err) = logged {
+        log_err.write_unraisable(py, None);
     }
 }
