@@ -16,6 +16,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
     [
         ("balancer_demo.py", "gpu-0"),
         ("cache_demo.py", "model calls:"),
+        ("failover_demo.py", "failed requests: 0"),
     ],
 )
 def test_example_runs(script: str, expected: str) -> None:
