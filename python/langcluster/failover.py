@@ -397,8 +397,11 @@ class FailoverManager:
                     self._taken_out.discard(node.id)
                     changes.append((node.id, True))
             previous, self._levels_in_use = self._levels_in_use, in_use
-        for node_id, want in changes:
-            self.balancer.set_available(node_id, want)
+            # Applied under the lock, so that two threads' decisions reach
+            # the balancer in the order they were made (the call is a short
+            # Rust call that runs no Python code).
+            for node_id, want in changes:
+                self.balancer.set_available(node_id, want)
         if in_use > previous:
             self._emit("failover", detail=f"priority levels in use: {order[:in_use]}")
         elif in_use < previous:
