@@ -29,6 +29,7 @@ from langcluster.errors import (
 )
 from langcluster.failover import Backoff, BreakerConfig, FailoverEvent, FailoverManager
 from langcluster.node import Node, NodeStatus
+from langcluster.registry import NodeEvent, NodeEventKind, NodeRegistry
 
 __all__ = [
     "Adaptive",
@@ -49,6 +50,9 @@ __all__ = [
     "MemoryCache",
     "NoAvailableNode",
     "Node",
+    "NodeEvent",
+    "NodeEventKind",
+    "NodeRegistry",
     "NodeStatus",
     "PowerOfTwoChoices",
     "Random",
