@@ -20,6 +20,7 @@ from langcluster._core import (
 )
 from langcluster.breaker import CircuitBreaker
 from langcluster.cache import CachedFunction, MemoryCache, cached
+from langcluster.discovery import Discovery, StaticDiscovery
 from langcluster.errors import (
     CacheError,
     CircuitOpenError,
@@ -28,6 +29,14 @@ from langcluster.errors import (
     NoAvailableNode,
 )
 from langcluster.failover import Backoff, BreakerConfig, FailoverEvent, FailoverManager
+from langcluster.health import (
+    CallableCheck,
+    CompositeCheck,
+    HealthMonitor,
+    HttpCheck,
+    NodeHealth,
+    TcpCheck,
+)
 from langcluster.node import Node, NodeStatus
 from langcluster.registry import NodeEvent, NodeEventKind, NodeRegistry
 
@@ -38,12 +47,17 @@ __all__ = [
     "BreakerConfig",
     "CacheError",
     "CachedFunction",
+    "CallableCheck",
     "CircuitBreaker",
     "CircuitOpenError",
+    "CompositeCheck",
     "ConsistentHash",
+    "Discovery",
     "DiscoveryError",
     "FailoverEvent",
     "FailoverManager",
+    "HealthMonitor",
+    "HttpCheck",
     "LangClusterError",
     "Lease",
     "LeastConnections",
@@ -52,11 +66,14 @@ __all__ = [
     "Node",
     "NodeEvent",
     "NodeEventKind",
+    "NodeHealth",
     "NodeRegistry",
     "NodeStatus",
     "PowerOfTwoChoices",
     "Random",
     "RoundRobin",
+    "StaticDiscovery",
+    "TcpCheck",
     "WeightedRoundRobin",
     "__version__",
     "cached",

@@ -1,7 +1,7 @@
 """The node registry: the current set of nodes of a service, with events.
 
-Discovery backends and health monitors will write to it (they are not built
-yet); balancers read from it through ``bind``. Membership changes and
+Discovery backends (``attach``) and health monitors write to it; balancers
+read from it through ``bind``. Membership changes and
 status changes are events (``NodeEvent``) delivered to ``subscribe``
 callbacks, synchronously and in order, and to ``watch()`` async iterators
 through a queue that keeps the latest event per node: a slow consumer sees
@@ -20,10 +20,13 @@ import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langcluster._core import Balancer
 from langcluster.node import Node, NodeStatus
+
+if TYPE_CHECKING:
+    from langcluster.discovery import Discovery
 
 __all__ = ["NodeEvent", "NodeEventKind", "NodeRegistry"]
 
@@ -234,6 +237,45 @@ class NodeRegistry:
                 _log.exception("node registry listener raised on %s", event.kind)
         for watcher in list(self._watchers):
             watcher.push(event)
+
+    # ----------------------------------------------------------- discovery
+
+    def sync(self, snapshot: Iterable[Node]) -> None:
+        """Makes the registry hold exactly ``snapshot``: new nodes added,
+        changed ones replaced, missing ones removed. A node whose status in
+        the snapshot is UNKNOWN keeps the status the registry has (health is
+        the health monitor's to decide)."""
+        with self._lock:
+            wanted: dict[str, Node] = {}
+            for node in snapshot:
+                current = self._nodes.get(node.id)
+                if current is not None and node.status is NodeStatus.UNKNOWN:
+                    node.status = current.status
+                wanted[node.id] = node
+            for node_id in [i for i in self._nodes if i not in wanted]:
+                self.deregister(node_id)
+            for node in wanted.values():
+                self.register(node)
+
+    def attach(self, discovery: Discovery) -> asyncio.Task[None]:
+        """Keeps this registry in step with ``discovery`` from a background
+        task (on the running event loop): every snapshot it delivers is
+        applied with ``sync``. A failing watch is logged and retried after a
+        second; it never ends the task. Cancel the task to stop."""
+
+        async def follow() -> None:
+            while True:
+                try:
+                    async for snapshot in discovery.watch():
+                        self.sync(snapshot)
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    _log.exception("discovery watch failed; retrying in 1 s")
+                    await asyncio.sleep(1.0)
+
+        return asyncio.get_running_loop().create_task(follow())
 
     # ------------------------------------------------------------- binding
 

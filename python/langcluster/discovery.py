@@ -1,0 +1,176 @@
+"""Service discovery: where the nodes of a service come from.
+
+Every backend has the same asyncio interface (``Discovery``):
+``register(node, ttl_s=...)``, ``deregister(node_id)``, ``nodes()`` (the
+current snapshot), ``watch()`` (an async iterator of snapshots, one per
+change) and ``close()``. ``NodeRegistry.attach(discovery)`` keeps a registry
+in step with one.
+
+Built here: ``StaticDiscovery``, a fixed list or a JSON/TOML file re-read
+when it changes (the embedded default: no server needed). Consul and etcd
+backends are not built yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from langcluster.errors import DiscoveryError
+from langcluster.node import Node
+
+__all__ = ["Discovery", "StaticDiscovery", "node_from_record"]
+
+_log = logging.getLogger("langcluster.discovery")
+
+
+@runtime_checkable
+class Discovery(Protocol):
+    async def register(self, node: Node, *, ttl_s: float | None = None) -> None: ...
+    async def deregister(self, node_id: str) -> None: ...
+    async def nodes(self) -> list[Node]: ...
+    def watch(self) -> AsyncIterator[list[Node]]: ...
+    async def close(self) -> None: ...
+
+
+def node_from_record(record: object) -> Node:
+    """A Node from a mapping with ``id``, ``address`` and optionally
+    ``port``, ``weight``, ``metadata``, ``status``; ``DiscoveryError`` naming
+    the bad field otherwise."""
+    if not isinstance(record, Mapping):
+        raise DiscoveryError(f"node record must be a mapping, got {type(record).__name__}")
+    unknown = set(record) - {"id", "address", "port", "weight", "metadata", "status"}
+    if unknown:
+        raise DiscoveryError(f"node record has unknown fields: {sorted(unknown)}")
+    try:
+        return Node(
+            record["id"],
+            record["address"],
+            record.get("port"),
+            record.get("weight", 1),
+            record.get("metadata"),
+            status=record.get("status", "unknown"),
+        )
+    except KeyError as missing:
+        raise DiscoveryError(f"node record lacks {missing.args[0]!r}: {dict(record)!r}") from None
+    except (TypeError, ValueError) as bad:
+        raise DiscoveryError(f"bad node record {dict(record)!r}: {bad}") from None
+
+
+class StaticDiscovery:
+    """A fixed list of nodes, or the nodes listed in a file.
+
+    The file is JSON (``{"nodes": [{"id": ..., "address": ..., "port": ...},
+    ...]}`` or a bare list) or TOML (``[[nodes]]`` tables) by its suffix. It
+    is re-read when its modification time or size changes (checked every
+    ``poll_s``): a record that does not parse is logged and skipped, a file
+    that does not parse at all is logged and the last good snapshot kept.
+    A file that is missing or unreadable when the discovery is made raises
+    ``DiscoveryError``.
+
+    ``register`` and ``deregister`` change the in-memory list (a file is not
+    written back) and notify watchers at once.
+    """
+
+    def __init__(
+        self,
+        nodes: Iterable[Node] = (),
+        *,
+        path: str | os.PathLike[str] | None = None,
+        poll_s: float = 1.0,
+    ) -> None:
+        if not poll_s > 0:
+            raise ValueError(f"poll_s: must be positive, got {poll_s!r}")
+        self.path = Path(path) if path is not None else None
+        self.poll_s = poll_s
+        self._nodes: dict[str, Node] = {}
+        for node in nodes:
+            if not isinstance(node, Node):
+                raise TypeError(f"nodes: must be Node objects, got {type(node).__name__}")
+            self._nodes[node.id] = node
+        self._stamp: tuple[float, int] | None = None
+        self._version = 0
+        self._closed = False
+        if self.path is not None:
+            self._load(initial=True)
+
+    # ------------------------------------------------------------- the file
+
+    def _read(self) -> list[Node]:
+        assert self.path is not None
+        text = self.path.read_text(encoding="utf-8")
+        if self.path.suffix == ".toml":
+            try:
+                tomllib = importlib.import_module("tomllib")
+            except ImportError:  # Python 3.10
+                raise DiscoveryError(f"{self.path}: TOML needs Python 3.11+; use JSON") from None
+            data: Any = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+        records = data.get("nodes", []) if isinstance(data, Mapping) else data
+        if not isinstance(records, list):
+            raise DiscoveryError(f"{self.path}: 'nodes' must be a list")
+        nodes = []
+        for i, record in enumerate(records):
+            try:
+                nodes.append(node_from_record(record))
+            except DiscoveryError as bad:
+                _log.warning("%s: skipping record %d: %s", self.path, i, bad)
+        return nodes
+
+    def _load(self, initial: bool = False) -> bool:
+        """Re-reads the file if it changed; returns whether the nodes did."""
+        assert self.path is not None
+        try:
+            st = self.path.stat()
+            stamp = (st.st_mtime, st.st_size)
+            if stamp == self._stamp:
+                return False
+            nodes = self._read()
+        except (OSError, ValueError, DiscoveryError) as error:
+            if initial:
+                raise DiscoveryError(f"{self.path}: {error}") from error
+            _log.error("%s: keeping the last good node list: %s", self.path, error)
+            return False
+        self._stamp = stamp
+        new = {n.id: n for n in nodes}
+        if new == self._nodes:
+            return False
+        self._nodes = new
+        self._version += 1
+        return True
+
+    # ------------------------------------------------------------ interface
+
+    async def register(self, node: Node, *, ttl_s: float | None = None) -> None:
+        self._nodes[node.id] = node
+        self._version += 1
+
+    async def deregister(self, node_id: str) -> None:
+        if self._nodes.pop(node_id, None) is not None:
+            self._version += 1
+
+    async def nodes(self) -> list[Node]:
+        if self.path is not None:
+            self._load()
+        return list(self._nodes.values())
+
+    async def watch(self) -> AsyncIterator[list[Node]]:
+        """The current snapshot, then one per change."""
+        seen = -1
+        while not self._closed:
+            if self.path is not None:
+                self._load()
+            if self._version != seen:
+                seen = self._version
+                yield list(self._nodes.values())
+            await asyncio.sleep(self.poll_s if self.path is not None else min(self.poll_s, 0.05))
+
+    async def close(self) -> None:
+        self._closed = True
