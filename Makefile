@@ -71,6 +71,7 @@ bench: dev ## Benchmarks: pytest-benchmark vs floor and peers, then criterion
 	$(PY) benches/python/cache_report.py
 	$(PY) benches/python/breaker_report.py
 	$(PY) benches/python/registry_report.py
+	$(PY) benches/python/health_report.py
 	$(PY) benches/hit_ratio.py
 	cargo bench -p langcluster-core --bench balancers --bench cache --bench breaker
 
