@@ -117,3 +117,55 @@ def etcd_server() -> Iterator[Server]:
         ]  # fmt: skip
         with running(command, client, timeout_s=20.0) as server:
             yield server
+
+
+class RestartableServer:
+    """A server that a test can stop and start again on the same ports."""
+
+    def __init__(self, command: list[str], port: int) -> None:
+        self.command = command
+        self.host = "127.0.0.1"
+        self.port = port
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 20.0) -> None:
+        self.process = subprocess.Popen(
+            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_for_port(self.port, self.process, timeout_s)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def etcd_restartable() -> Iterator[RestartableServer]:
+    """Like `etcd_server`, but the test may stop and restart it (same ports,
+    same data directory)."""
+    binary = require_binary("etcd", "etcd-server")
+    client, peer = free_port(), free_port()
+    with tempfile.TemporaryDirectory(prefix="langcluster-etcd-") as datadir:
+        command = [
+            binary, "--name", "test", "--data-dir", datadir,
+            "--listen-client-urls", f"http://127.0.0.1:{client}",
+            "--advertise-client-urls", f"http://127.0.0.1:{client}",
+            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-cluster", f"test=http://127.0.0.1:{peer}",
+        ]  # fmt: skip
+        server = RestartableServer(command, client)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()

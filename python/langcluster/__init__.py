@@ -28,6 +28,7 @@ from langcluster.errors import (
     LangClusterError,
     NoAvailableNode,
 )
+from langcluster.etcd import EtcdDiscovery
 from langcluster.failover import Backoff, BreakerConfig, FailoverEvent, FailoverManager
 from langcluster.health import (
     CallableCheck,
@@ -54,6 +55,7 @@ __all__ = [
     "ConsistentHash",
     "Discovery",
     "DiscoveryError",
+    "EtcdDiscovery",
     "FailoverEvent",
     "FailoverManager",
     "HealthMonitor",

@@ -1,0 +1,107 @@
+"""How long a registration in one process takes to reach another process's
+watcher (and a balancer bound to its registry), on a real etcd.
+
+    python benches/python/etcd_propagation.py [--runs N]
+
+Starts a throwaway etcd on free loopback ports (Debian's etcd-server must
+be installed). The registrant is a separate process; the time is from just
+before its register call to the watcher's balancer holding the node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import langcluster as lc
+from langcluster.etcd import EtcdDiscovery
+
+REGISTRANT = """
+import asyncio, sys, time, langcluster as lc
+from langcluster.etcd import EtcdDiscovery
+async def main():
+    d = EtcdDiscovery("bench", endpoints=[sys.argv[1]], ttl_s=10)
+    for line in sys.stdin:
+        node_id = line.strip()
+        print(time.time(), flush=True)
+        await d.register(lc.Node(node_id, "10.0.0.1", 8000))
+    await d.close()
+asyncio.run(main())
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def measure(url: str, runs: int) -> list[float]:
+    registry = lc.NodeRegistry()
+    balancer = lc.RoundRobin()
+    registry.bind(balancer)
+    discovery = EtcdDiscovery("bench", endpoints=[url])
+    task = registry.attach(discovery)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", REGISTRANT, url,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    await asyncio.sleep(1.0)
+    delays = []
+    for i in range(runs):
+        proc.stdin.write(f"n{i}\n".encode())
+        await proc.stdin.drain()
+        sent = float((await proc.stdout.readline()).decode())
+        while len(balancer) < i + 1:
+            await asyncio.sleep(0.0005)
+        delays.append(time.time() - sent)
+    proc.stdin.close()
+    await proc.wait()
+    task.cancel()
+    await discovery.close()
+    return delays
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=50)
+    opts = parser.parse_args()
+    binary = shutil.which("etcd") or "/usr/bin/etcd"
+    client, peer = free_port(), free_port()
+    with tempfile.TemporaryDirectory() as datadir:
+        etcd = subprocess.Popen(
+            [
+                binary, "--name", "b", "--data-dir", datadir,
+                "--listen-client-urls", f"http://127.0.0.1:{client}",
+                "--advertise-client-urls", f"http://127.0.0.1:{client}",
+                "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                "--initial-cluster", f"b=http://127.0.0.1:{peer}",
+            ],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            time.sleep(3)
+            delays = asyncio.run(measure(f"http://127.0.0.1:{client}", opts.runs))
+        finally:
+            etcd.terminate()
+            etcd.wait()
+    ms = sorted(d * 1000 for d in delays)
+    median, p90 = statistics.median(ms), ms[int(len(ms) * 0.9)]
+    print(
+        f"| etcd, process to process, {len(ms)} registrations | median {median:.1f} ms "
+        f"| p90 {p90:.1f} ms | max {ms[-1]:.1f} ms |"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""Service discovery on etcd v3, through its JSON gateway (httpx).
+
+Each registered node is a key ``{prefix}{service}/{node_id}`` holding the
+node as JSON, attached to a lease of ``ttl_s`` that a background task keeps
+alive (every ``ttl_s / 3``). A process that dies without deregistering
+stops renewing, and etcd deletes its nodes when the lease runs out. If a
+lease is found expired (etcd was down longer than the TTL), it is granted
+again and the nodes are written again.
+
+``watch()`` reads the prefix once, then follows etcd's watch stream from the
+next revision: every change yields a new snapshot, without polling. When
+the stream breaks (etcd restarting, an endpoint down) it reconnects with
+backoff, to the next endpoint in turn, reads the prefix again and goes on;
+meanwhile the last snapshot stands.
+
+The gateway's conventions: every call is a POST; keys and values are
+base64; 64-bit integers are JSON strings; fields at their zero value are
+left out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import httpx
+
+from langcluster.discovery import node_from_record
+from langcluster.errors import DiscoveryError
+from langcluster.node import Node
+
+__all__ = ["EtcdDiscovery"]
+
+_log = logging.getLogger("langcluster.etcd")
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _unb64(text: str) -> str:
+    return base64.b64decode(text).decode()
+
+
+def _prefix_end(prefix: str) -> str:
+    """The range end that covers every key starting with ``prefix``."""
+    raw = bytearray(prefix.encode())
+    raw[-1] += 1
+    return base64.b64encode(bytes(raw)).decode()
+
+
+def _record(node: Node) -> str:
+    return json.dumps(
+        {
+            "id": node.id,
+            "address": node.address,
+            "port": node.port,
+            "weight": node.weight,
+            "metadata": node.metadata,
+        }
+    )
+
+
+class EtcdDiscovery:
+    """Registers and discovers the nodes of ``service`` in etcd."""
+
+    def __init__(
+        self,
+        service: str,
+        *,
+        endpoints: Iterable[str] = ("http://127.0.0.1:2379",),
+        prefix: str = "/langcluster/services/",
+        ttl_s: float = 10.0,
+        timeout_s: float = 2.0,
+    ) -> None:
+        if not service or "/" in service:
+            raise ValueError(f"service: must be a non-empty name without '/', got {service!r}")
+        self.endpoints = [e.rstrip("/") for e in endpoints]
+        if not self.endpoints:
+            raise ValueError("endpoints: must not be empty")
+        if not prefix.endswith("/"):
+            raise ValueError(f"prefix: must end with '/', got {prefix!r}")
+        if not ttl_s >= 2:
+            raise ValueError(f"ttl_s: must be at least 2 seconds, got {ttl_s!r}")
+        self.service = service
+        self.root = f"{prefix}{service}/"
+        self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
+        self._endpoint = 0
+        self._client = httpx.AsyncClient(timeout=timeout_s)
+        self._registered: dict[str, tuple[Node, str]] = {}  # node id -> (node, lease id)
+        self._keepers: dict[str, asyncio.Task[None]] = {}
+        self._closed = False
+
+    # ------------------------------------------------------------ transport
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One gateway call, trying each endpoint once from the current one."""
+        last: Exception | None = None
+        for _ in range(len(self.endpoints)):
+            base = self.endpoints[self._endpoint]
+            try:
+                response = await self._client.post(f"{base}{path}", json=body)
+            except httpx.HTTPError as error:
+                last = error
+                self._endpoint = (self._endpoint + 1) % len(self.endpoints)
+                continue
+            data: dict[str, Any] = response.json()
+            if response.status_code != 200:
+                raise DiscoveryError(f"etcd {path}: {data.get('message') or data}")
+            return data
+        raise DiscoveryError(f"etcd unreachable at {self.endpoints}: {last}") from last
+
+    # -------------------------------------------------------- registration
+
+    async def register(self, node: Node, *, ttl_s: float | None = None) -> None:
+        """Writes the node under a fresh lease and keeps the lease alive."""
+        ttl = max(2, round(ttl_s if ttl_s is not None else self.ttl_s))
+        grant = await self._post("/v3/lease/grant", {"TTL": ttl})
+        lease = grant["ID"]
+        await self._post(
+            "/v3/kv/put",
+            {"key": _b64(self.root + node.id), "value": _b64(_record(node)), "lease": lease},
+        )
+        await self._stop_keeper(node.id)
+        self._registered[node.id] = (node, lease)
+        self._keepers[node.id] = asyncio.get_running_loop().create_task(
+            self._keep_alive(node.id, ttl)
+        )
+
+    async def _keep_alive(self, node_id: str, ttl: int) -> None:
+        while True:
+            await asyncio.sleep(ttl / 3)
+            node, lease = self._registered[node_id]
+            try:
+                result = (await self._post("/v3/lease/keepalive", {"ID": lease})).get("result", {})
+                if "TTL" not in result:  # the lease expired: write the node again
+                    _log.warning("etcd lease of %s expired; registering again", node_id)
+                    grant = await self._post("/v3/lease/grant", {"TTL": ttl})
+                    await self._post(
+                        "/v3/kv/put",
+                        {
+                            "key": _b64(self.root + node_id),
+                            "value": _b64(_record(node)),
+                            "lease": grant["ID"],
+                        },
+                    )
+                    self._registered[node_id] = (node, grant["ID"])
+            except DiscoveryError as error:
+                _log.warning("etcd keepalive of %s failed: %s", node_id, error)
+
+    async def _stop_keeper(self, node_id: str) -> None:
+        task = self._keepers.pop(node_id, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def deregister(self, node_id: str) -> None:
+        """Deletes the node now (and revokes its lease)."""
+        await self._stop_keeper(node_id)
+        entry = self._registered.pop(node_id, None)
+        await self._post("/v3/kv/deleterange", {"key": _b64(self.root + node_id)})
+        if entry is not None:
+            with contextlib.suppress(DiscoveryError):
+                await self._post("/v3/lease/revoke", {"ID": entry[1]})
+
+    # ------------------------------------------------------------- reading
+
+    def _parse(self, kv: dict[str, Any]) -> Node | None:
+        key = _unb64(kv.get("key", ""))
+        try:
+            record = json.loads(_unb64(kv.get("value", "")))
+            node = node_from_record(record)
+        except (ValueError, DiscoveryError) as error:
+            _log.warning("etcd: skipping malformed record at %s: %s", key, error)
+            return None
+        if key != self.root + node.id:
+            _log.warning("etcd: skipping record at %s: its id is %r", key, node.id)
+            return None
+        return node
+
+    async def _snapshot(self) -> tuple[dict[str, Node], int]:
+        data = await self._post(
+            "/v3/kv/range", {"key": _b64(self.root), "range_end": _prefix_end(self.root)}
+        )
+        nodes: dict[str, Node] = {}
+        for kv in data.get("kvs", []):
+            node = self._parse(kv)
+            if node is not None:
+                nodes[node.id] = node
+        return nodes, int(data["header"]["revision"])
+
+    async def nodes(self) -> list[Node]:
+        return list((await self._snapshot())[0].values())
+
+    async def watch(self) -> AsyncIterator[list[Node]]:
+        """The current snapshot, then a new one after every change."""
+        delay = 0.1
+        last: dict[str, Node] | None = None
+        while not self._closed:
+            try:
+                nodes, revision = await self._snapshot()
+                if nodes != last:
+                    last = dict(nodes)
+                    yield list(nodes.values())
+                async for changed in self._follow(nodes, revision):
+                    delay = 0.1
+                    last = dict(changed)
+                    yield list(changed.values())
+            except (DiscoveryError, httpx.HTTPError, ValueError, KeyError) as error:
+                if self._closed:
+                    return
+                _log.warning("etcd watch interrupted (%s); retrying in %.1f s", error, delay)
+                self._endpoint = (self._endpoint + 1) % len(self.endpoints)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+
+    async def _follow(
+        self, nodes: dict[str, Node], revision: int
+    ) -> AsyncIterator[dict[str, Node]]:
+        body = {
+            "create_request": {
+                "key": _b64(self.root),
+                "range_end": _prefix_end(self.root),
+                "start_revision": str(revision + 1),
+            }
+        }
+        url = f"{self.endpoints[self._endpoint]}/v3/watch"
+        timeout = httpx.Timeout(self.timeout_s, read=None)
+        async with self._client.stream("POST", url, json=body, timeout=timeout) as response:
+            if response.status_code != 200:
+                raise DiscoveryError(f"etcd watch: HTTP {response.status_code}")
+            async for line in response.aiter_lines():
+                if not line.strip():
+                    continue
+                result = json.loads(line).get("result", {})
+                changed = False
+                for event in result.get("events", []):
+                    kv = event.get("kv", {})
+                    key = _unb64(kv.get("key", ""))
+                    node_id = key[len(self.root) :]
+                    if event.get("type") == "DELETE":
+                        changed |= nodes.pop(node_id, None) is not None
+                    else:
+                        node = self._parse(kv)
+                        if node is not None and nodes.get(node.id) != node:
+                            nodes[node.id] = node
+                            changed = True
+                if changed:
+                    yield nodes
+        raise DiscoveryError("etcd watch stream ended")
+
+    async def close(self) -> None:
+        """Stops the keepalives, deletes what this process registered, and
+        closes the HTTP client."""
+        self._closed = True
+        for node_id in list(self._registered):
+            with contextlib.suppress(DiscoveryError):
+                await self.deregister(node_id)
+        await self._client.aclose()
