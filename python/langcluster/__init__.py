@@ -20,6 +20,7 @@ from langcluster._core import (
 )
 from langcluster.breaker import CircuitBreaker
 from langcluster.cache import CachedFunction, MemoryCache, cached
+from langcluster.consul_discovery import ConsulDiscovery
 from langcluster.discovery import Discovery, StaticDiscovery
 from langcluster.errors import (
     CacheError,
@@ -53,6 +54,7 @@ __all__ = [
     "CircuitOpenError",
     "CompositeCheck",
     "ConsistentHash",
+    "ConsulDiscovery",
     "Discovery",
     "DiscoveryError",
     "EtcdDiscovery",

@@ -6,10 +6,10 @@ current snapshot), ``watch()`` (an async iterator of snapshots, one per
 change) and ``close()``. ``NodeRegistry.attach(discovery)`` keeps a registry
 in step with one.
 
-Built: ``StaticDiscovery`` here, a fixed list or a JSON/TOML file re-read
-when it changes (the embedded default: no server needed), and
-``EtcdDiscovery`` in ``langcluster.etcd``. The Consul backend is not built
-yet.
+Backends: ``StaticDiscovery`` here, a fixed list or a JSON/TOML file
+re-read when it changes (the embedded default: no server needed);
+``EtcdDiscovery`` in ``langcluster.etcd``; ``ConsulDiscovery`` in
+``langcluster.consul_discovery``.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 """How long a registration in one process takes to reach another process's
-watcher (and a balancer bound to its registry), on a real etcd.
+watcher (and a balancer bound to its registry), on a real etcd and on the
+Consul emulator of the test suite.
 
-    python benches/python/etcd_propagation.py [--runs N]
+    python benches/python/propagation_report.py [--runs N]
 
 Starts a throwaway etcd on free loopback ports (Debian's etcd-server must
-be installed). The registrant is a separate process; the time is from just
-before its register call to the watcher's balancer holding the node.
+be installed) and the emulator. The registrant is a separate process; the
+time is from just before its register call to the watcher's balancer
+holding the node.
 """
 
 from __future__ import annotations
@@ -19,15 +21,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import langcluster as lc
+from langcluster.consul_discovery import ConsulDiscovery
 from langcluster.etcd import EtcdDiscovery
 
 REGISTRANT = """
 import asyncio, sys, time, langcluster as lc
 from langcluster.etcd import EtcdDiscovery
+from langcluster.consul_discovery import ConsulDiscovery
 async def main():
-    d = EtcdDiscovery("bench", endpoints=[sys.argv[1]], ttl_s=10)
+    if sys.argv[2] == "etcd":
+        d = EtcdDiscovery("bench", endpoints=[sys.argv[1]], ttl_s=10)
+    else:
+        d = ConsulDiscovery("bench", port=int(sys.argv[1].rsplit(":", 1)[1]))
     for line in sys.stdin:
         node_id = line.strip()
         print(time.time(), flush=True)
@@ -43,14 +51,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def measure(url: str, runs: int) -> list[float]:
+async def measure(url: str, runs: int, backend: str) -> list[float]:
     registry = lc.NodeRegistry()
     balancer = lc.RoundRobin()
     registry.bind(balancer)
-    discovery = EtcdDiscovery("bench", endpoints=[url])
+    discovery: lc.Discovery
+    if backend == "etcd":
+        discovery = EtcdDiscovery("bench", endpoints=[url])
+    else:
+        discovery = ConsulDiscovery("bench", port=int(url.rsplit(":", 1)[1]), wait_s=30)
     task = registry.attach(discovery)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", REGISTRANT, url,
+        sys.executable, "-c", REGISTRANT, url, backend,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdin is not None
@@ -91,14 +103,25 @@ def main() -> None:
         )  # fmt: skip
         try:
             time.sleep(3)
-            delays = asyncio.run(measure(f"http://127.0.0.1:{client}", opts.runs))
+            report("etcd", asyncio.run(measure(f"http://127.0.0.1:{client}", opts.runs, "etcd")))
         finally:
             etcd.terminate()
             etcd.wait()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+    from consul_emulator import ConsulEmulator
+
+    emulator = ConsulEmulator().start()
+    try:
+        report("Consul emulator", asyncio.run(measure(emulator.url, opts.runs, "consul")))
+    finally:
+        emulator.stop()
+
+
+def report(name: str, delays: list[float]) -> None:
     ms = sorted(d * 1000 for d in delays)
     median, p90 = statistics.median(ms), ms[int(len(ms) * 0.9)]
     print(
-        f"| etcd, process to process, {len(ms)} registrations | median {median:.1f} ms "
+        f"| {name}, process to process, {len(ms)} registrations | median {median:.1f} ms "
         f"| p90 {p90:.1f} ms | max {ms[-1]:.1f} ms |"
     )
 
