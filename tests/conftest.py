@@ -101,20 +101,25 @@ def redis_server() -> Iterator[Server]:
             yield server
 
 
+def etcd_command(binary: str, client: int, peer: int, datadir: str) -> list[str]:
+    """A single-member etcd on loopback ports, storing in `datadir`."""
+    return [
+        binary, "--name", "test", "--data-dir", datadir,
+        "--listen-client-urls", f"http://127.0.0.1:{client}",
+        "--advertise-client-urls", f"http://127.0.0.1:{client}",
+        "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+        "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+        "--initial-cluster", f"test=http://127.0.0.1:{peer}",
+    ]  # fmt: skip
+
+
 @pytest.fixture
 def etcd_server() -> Iterator[Server]:
     """A fresh single-member etcd on free loopback ports (client and peer)."""
     binary = require_binary("etcd", "etcd-server")
     client, peer = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="langcluster-etcd-") as datadir:
-        command = [
-            binary, "--name", "test", "--data-dir", datadir,
-            "--listen-client-urls", f"http://127.0.0.1:{client}",
-            "--advertise-client-urls", f"http://127.0.0.1:{client}",
-            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-cluster", f"test=http://127.0.0.1:{peer}",
-        ]  # fmt: skip
+        command = etcd_command(binary, client, peer, datadir)
         with running(command, client, timeout_s=20.0) as server:
             yield server
 
@@ -155,14 +160,7 @@ def etcd_restartable() -> Iterator[RestartableServer]:
     binary = require_binary("etcd", "etcd-server")
     client, peer = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="langcluster-etcd-") as datadir:
-        command = [
-            binary, "--name", "test", "--data-dir", datadir,
-            "--listen-client-urls", f"http://127.0.0.1:{client}",
-            "--advertise-client-urls", f"http://127.0.0.1:{client}",
-            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-cluster", f"test=http://127.0.0.1:{peer}",
-        ]  # fmt: skip
+        command = etcd_command(binary, client, peer, datadir)
         server = RestartableServer(command, client)
         server.start()
         try:

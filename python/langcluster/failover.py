@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from langcluster._core import Balancer
+from langcluster._loops import call_in_loop
 from langcluster.breaker import CircuitBreaker
 from langcluster.errors import CircuitOpenError, NoAvailableNode
 
@@ -200,14 +201,7 @@ class _Subscription:
         self.queue.put_nowait(event)
 
     def push(self, event: FailoverEvent) -> None:
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self.loop:
-            self._put(event)
-        elif not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self._put, event)
+        call_in_loop(self.loop, self._put, event)
 
 
 def _positive_int(name: str, value: object) -> int:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from langcluster._core import Balancer
+from langcluster._loops import call_in_loop
 from langcluster.node import Node, NodeStatus
 
 if TYPE_CHECKING:
@@ -72,14 +73,7 @@ class _Watcher:
         self.ready.set()
 
     def push(self, event: NodeEvent) -> None:
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self.loop:
-            self._put(event)
-        elif not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self._put, event)
+        call_in_loop(self.loop, self._put, event)
 
     async def next(self) -> NodeEvent:
         while not self.pending:
