@@ -27,6 +27,7 @@ import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from langcluster._loops import cancel_and_wait
 from langcluster.errors import DiscoveryError
 from langcluster.node import Node
 
@@ -168,10 +169,7 @@ class ConsulDiscovery:
                     await asyncio.to_thread(self._register_now, self._registered[node_id], ttl)
 
     async def _stop_keeper(self, node_id: str) -> None:
-        task = self._keepers.pop(node_id, None)
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(self._keepers.pop(node_id, None))
 
     async def deregister(self, node_id: str) -> None:
         await self._stop_keeper(node_id)

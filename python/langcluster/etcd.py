@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from langcluster._loops import cancel_and_wait
 from langcluster.discovery import node_from_record
 from langcluster.errors import DiscoveryError
 from langcluster.node import Node
@@ -156,10 +157,7 @@ class EtcdDiscovery:
                 _log.warning("etcd keepalive of %s failed: %s", node_id, error)
 
     async def _stop_keeper(self, node_id: str) -> None:
-        task = self._keepers.pop(node_id, None)
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(self._keepers.pop(node_id, None))
 
     async def deregister(self, node_id: str) -> None:
         """Deletes the node now (and revokes its lease)."""
