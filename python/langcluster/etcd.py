@@ -112,7 +112,12 @@ class EtcdDiscovery:
                 last = error
                 self._endpoint = (self._endpoint + 1) % len(self.endpoints)
                 continue
-            data: dict[str, Any] = response.json()
+            try:
+                data: dict[str, Any] = response.json()
+            except ValueError:
+                raise DiscoveryError(
+                    f"etcd {path}: HTTP {response.status_code}, not JSON: {response.text[:200]!r}"
+                ) from None
             if response.status_code != 200:
                 raise DiscoveryError(f"etcd {path}: {data.get('message') or data}")
             return data

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from langcluster._loops import call_in_loop
 from langcluster.node import Node, NodeStatus
 from langcluster.registry import NodeEvent, NodeEventKind, NodeRegistry
 
@@ -250,6 +251,7 @@ class HealthMonitor:
         self._health: dict[str, NodeHealth] = {}
         self._queue: list[tuple[float, int, str]] = []  # (due, tiebreak, node id)
         self._counter = 0
+        self._scheduled: set[str] = set()  # in the queue or being checked
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -262,11 +264,11 @@ class HealthMonitor:
     async def start(self) -> None:
         if self._task is not None:
             return
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._unsubscribe = self.registry.subscribe(self._on_registry)
         now = time.monotonic()
         for node in self.registry.nodes():
             self._schedule(node.id, now + self._rng.uniform(0, self.interval_s))
-        self._unsubscribe = self.registry.subscribe(self._on_registry)
-        self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
         if self._unsubscribe is not None:
@@ -290,21 +292,25 @@ class HealthMonitor:
     # ------------------------------------------------------------- schedule
 
     def _schedule(self, node_id: str, due: float) -> None:
+        if node_id in self._scheduled:
+            return  # one check chain per node, however it was announced
+        self._scheduled.add(node_id)
         self._counter += 1
         heapq.heappush(self._queue, (due, self._counter, node_id))
         self._wake.set()
 
     def _on_registry(self, event: NodeEvent) -> None:
+        # Registry events may come from any thread; the schedule belongs to
+        # the monitor's loop. Before start() nothing is scheduled: start()
+        # schedules every node the registry has then.
+        task = self._task
+        if task is None:
+            return
         if event.kind is NodeEventKind.ADDED:
             due = time.monotonic() + self._rng.uniform(0, self.interval_s)
-            try:
-                asyncio.get_running_loop()
-                self._schedule(event.node.id, due)
-            except RuntimeError:  # registered from another thread
-                if self._task is not None:
-                    self._task.get_loop().call_soon_threadsafe(self._schedule, event.node.id, due)
+            call_in_loop(task.get_loop(), self._schedule, event.node.id, due)
         elif event.kind is NodeEventKind.REMOVED:
-            self._health.pop(event.node.id, None)
+            call_in_loop(task.get_loop(), self._health.pop, event.node.id, None)
 
     async def _run(self) -> None:
         while True:
@@ -313,6 +319,7 @@ class HealthMonitor:
                 _, _, node_id = heapq.heappop(self._queue)
                 node = self.registry.get(node_id)
                 if node is None:
+                    self._scheduled.discard(node_id)
                     continue  # deregistered: forget it
                 task = asyncio.ensure_future(self._check(node))
                 self._running.add(task)
@@ -337,6 +344,7 @@ class HealthMonitor:
         self.checks_run += 1
         latency = time.monotonic() - started
         self._record(node, error, latency)
+        self._scheduled.discard(node.id)
         if self.registry.get(node.id) is not None:
             next_due = started + self.interval_s * (1 - self.jitter * self._rng.random())
             self._schedule(node.id, next_due)
