@@ -40,6 +40,7 @@ from langcluster.health import (
     TcpCheck,
 )
 from langcluster.node import Node, NodeStatus
+from langcluster.redis_cache import RedisCache
 from langcluster.registry import NodeEvent, NodeEventKind, NodeRegistry
 
 __all__ = [
@@ -75,6 +76,7 @@ __all__ = [
     "NodeStatus",
     "PowerOfTwoChoices",
     "Random",
+    "RedisCache",
     "RoundRobin",
     "StaticDiscovery",
     "TcpCheck",

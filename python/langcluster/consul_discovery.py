@@ -38,7 +38,7 @@ _log = logging.getLogger("langcluster.consul")
 
 def _consul() -> Any:
     try:
-        import consul  # type: ignore[import-untyped]
+        import consul
     except ImportError:  # pragma: no cover - depends on the install
         raise DiscoveryError(
             "ConsulDiscovery needs py-consul: pip install 'langcluster[consul]'"
