@@ -92,7 +92,7 @@ class _Codec:
             try:
                 import orjson
 
-                return b"J" + orjson.dumps(value)
+                return b"J" + bytes(orjson.dumps(value))
             except ImportError:
                 return b"J" + json.dumps(value, separators=(",", ":")).encode()
         if self.kind == "msgpack":
