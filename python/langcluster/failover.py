@@ -53,11 +53,12 @@ from langcluster._loops import call_in_loop
 from langcluster.breaker import CircuitBreaker
 from langcluster.errors import CircuitOpenError, NoAvailableNode
 
-__all__ = ["Backoff", "BreakerConfig", "FailoverEvent", "FailoverManager"]
+__all__ = ["EVENT_KINDS", "Backoff", "BreakerConfig", "FailoverEvent", "FailoverManager"]
 
 _T = TypeVar("_T")
 _log = logging.getLogger("langcluster.failover")
 
+# Every FailoverEvent.kind the manager emits.
 EVENT_KINDS = frozenset(
     {
         "node_failed",

@@ -13,6 +13,7 @@ import pytest
 
 import langcluster as lc
 from langcluster import Backoff, BreakerConfig, FailoverEvent, FailoverManager
+from langcluster.failover import EVENT_KINDS
 
 FAST = Backoff(base_s=0.001, max_s=0.002)
 QUICK_BREAKER = BreakerConfig(
@@ -233,6 +234,7 @@ async def test_events_stream_and_a_raising_listener_is_harmless() -> None:
     await asyncio.wait_for(consumer, 1)
     assert received[0] == "node_failed"
     assert received[-1] == "breaker_opened"
+    assert set(received) <= EVENT_KINDS
 
 
 @pytest.mark.parametrize(
