@@ -228,6 +228,23 @@ class RedisCache:
         self._count("hits")
         return value
 
+    def _found(self, keys: list[_Key], raws: list[bytes | None]) -> dict[_Key, Any]:
+        """The hits of an MGET, by key."""
+        found = {}
+        for key, raw in zip(keys, raws, strict=True):
+            value = self._decode(raw, key)
+            if value is not _MISSING:
+                found[key] = value
+        return found
+
+    def _fill(self, pipe: Any, mapping: Mapping[_Key, Any], ttl: float | None) -> bool:
+        """Queues one SET per item (every key checked and every value
+        serialized first); returns whether there was any."""
+        items = [(self._key(k), self._codec.dumps(v)) for k, v in mapping.items()]
+        for name, payload in items:
+            pipe.set(name, payload, px=self._px(ttl))
+        return bool(items)
+
     def _async(self) -> Any:
         if self._async_client is None:
             self._async_client = _redis().asyncio.Redis.from_url(
@@ -288,20 +305,12 @@ class RedisCache:
             raws = self._client.mget([self._key(k) for k in keys])
         except Exception as error:
             raise self._failed(error) from error
-        found = {}
-        for key, raw in zip(keys, raws, strict=True):
-            value = self._decode(raw, key)
-            if value is not _MISSING:
-                found[key] = value
-        return found
+        return self._found(keys, raws)
 
     def set_many(self, mapping: Mapping[_Key, Any], ttl: float | None = None) -> None:
-        items = [(self._key(k), self._codec.dumps(v)) for k, v in mapping.items()]
-        if not items:
-            return
         pipe = self._client.pipeline(transaction=False)
-        for name, payload in items:
-            pipe.set(name, payload, px=self._px(ttl))
+        if not self._fill(pipe, mapping, ttl):
+            return
         try:
             pipe.execute()
         except Exception as error:
@@ -395,20 +404,12 @@ class RedisCache:
             raws = await self._async().mget([self._key(k) for k in keys])
         except Exception as error:
             raise self._failed(error) from error
-        found = {}
-        for key, raw in zip(keys, raws, strict=True):
-            value = self._decode(raw, key)
-            if value is not _MISSING:
-                found[key] = value
-        return found
+        return self._found(keys, raws)
 
     async def aset_many(self, mapping: Mapping[_Key, Any], ttl: float | None = None) -> None:
-        items = [(self._key(k), self._codec.dumps(v)) for k, v in mapping.items()]
-        if not items:
-            return
         pipe = self._async().pipeline(transaction=False)
-        for name, payload in items:
-            pipe.set(name, payload, px=self._px(ttl))
+        if not self._fill(pipe, mapping, ttl):
+            return
         try:
             await pipe.execute()
         except Exception as error:
