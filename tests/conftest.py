@@ -4,6 +4,7 @@ LANGCLUSTER_REQUIRE_SERVICES=1 (CI sets it)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -95,9 +96,7 @@ def redis_server() -> Iterator[Server]:
     binary = require_binary("redis-server", "redis-server")
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="langcluster-redis-") as workdir:
-        command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                   "--appendonly", "no", "--dir", workdir]  # fmt: skip
-        with running(command, port) as server:
+        with running(redis_command(binary, port, workdir), port) as server:
             yield server
 
 
@@ -152,6 +151,12 @@ class RestartableServer:
                 self.process.kill()
                 self.process.wait()
 
+    def kill(self) -> None:
+        """SIGKILL: the server gets no chance to flush or say goodbye."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
 
 @pytest.fixture
 def etcd_restartable() -> Iterator[RestartableServer]:
@@ -167,3 +172,82 @@ def etcd_restartable() -> Iterator[RestartableServer]:
             yield server
         finally:
             server.stop()
+
+
+def redis_command(binary: str, port: int, workdir: str, *extra: str) -> list[str]:
+    """A redis-server on a loopback port, without persistence."""
+    return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", workdir, *extra]  # fmt: skip
+
+
+@pytest.fixture
+def redis_restartable() -> Iterator[RestartableServer]:
+    """Like `redis_server`, but the test may kill it and start it again on the
+    same port (empty: it keeps nothing on disk)."""
+    binary = require_binary("redis-server", "redis-server")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="langcluster-redis-") as workdir:
+        server = RestartableServer(redis_command(binary, port, workdir), port)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+def cluster_ports(n: int) -> list[int]:
+    """`n` free ports whose cluster bus ports (port + 10000) are free too."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port + 10000 > 65535 or port in ports:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
+@dataclass
+class RedisClusterServers:
+    ports: list[int]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """Three real redis-server masters joined into a cluster by redis-cli
+    (no replicas), on free loopback ports."""
+    binary = require_binary("redis-server", "redis-server")
+    cli = require_binary("redis-cli", "redis-tools")
+    ports = cluster_ports(3)
+    with contextlib.ExitStack() as stack:
+        for port in ports:
+            workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="langcluster-rc-"))
+            command = redis_command(binary, port, workdir, "--cluster-enabled", "yes",
+                                    "--cluster-config-file", f"{workdir}/nodes.conf")  # fmt: skip
+            stack.enter_context(running(command, port))
+        subprocess.run(
+            [cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+             "--cluster-replicas", "0", "--cluster-yes"],  # fmt: skip
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            states = [
+                subprocess.run([cli, "-p", str(p), "cluster", "info"], capture_output=True,
+                               text=True, timeout=10).stdout  # fmt: skip
+                for p in ports
+            ]
+            if all("cluster_state:ok" in s for s in states):
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"the redis cluster did not come up: {states}")
+            time.sleep(0.1)
+        yield RedisClusterServers(ports)

@@ -17,9 +17,14 @@ twins, on redis-py (``pip install 'langcluster[redis]'``).
   or use JSON or msgpack.
 - ``socket_timeout_s`` bounds every call: a Redis that stalls raises
   ``CacheError`` after it, never holds the caller longer.
-
-Not built yet: Redis Cluster support, the layered cache (L1 + L2,
-write-back, invalidation) and the LangChain cache.
+- A value the serializer cannot encode raises ``CacheError`` naming its
+  type, and nothing is written (a batch is serialized whole before any
+  command is sent).
+- Redis Cluster: ``cluster=True`` (or a ``redis.cluster.RedisCluster`` as
+  ``client``) runs the same class over a cluster. Keys carry no hash tag, so
+  a namespace spreads over every master; batch operations are grouped per
+  hash slot (one MGET, DEL or UNLINK per slot) and sent as one pipeline,
+  which is one round trip per master. ``clear()`` scans every master.
 """
 
 from __future__ import annotations
@@ -148,6 +153,7 @@ class RedisCache:
         ttl: float | None = None,
         ttl_jitter: float = 0.0,
         socket_timeout_s: float = 0.5,
+        cluster: bool = False,
     ) -> None:
         if not namespace or not isinstance(namespace, str):
             raise ValueError(f"namespace: must be a non-empty str, got {namespace!r}")
@@ -166,10 +172,14 @@ class RedisCache:
         self.socket_timeout_s = socket_timeout_s
         self._url = url
         redis = _redis()
+        from redis.cluster import RedisCluster
+
+        self.cluster = cluster or isinstance(client, RedisCluster)
+        factory = RedisCluster if self.cluster else redis.Redis
         self._client = (
             client
             if client is not None
-            else redis.Redis.from_url(
+            else factory.from_url(
                 url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
             )
         )
@@ -207,6 +217,15 @@ class RedisCache:
             ttl *= random.uniform(1 - self.ttl_jitter, 1 + self.ttl_jitter)
         return max(1, round(ttl * 1000))
 
+    def _dumps(self, value: Any) -> bytes:
+        try:
+            return self._codec.dumps(value)
+        except Exception as error:
+            raise CacheError(
+                f"value: cannot serialize a {type(value).__name__} with the "
+                f"{self._codec.kind} serializer: {error}"
+            ) from error
+
     def _count(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._stats[name] += n
@@ -240,14 +259,53 @@ class RedisCache:
     def _fill(self, pipe: Any, mapping: Mapping[_Key, Any], ttl: float | None) -> bool:
         """Queues one SET per item (every key checked and every value
         serialized first); returns whether there was any."""
-        items = [(self._key(k), self._codec.dumps(v)) for k, v in mapping.items()]
-        for name, payload in items:
-            pipe.set(name, payload, px=self._px(ttl))
+        items = [(self._key(k), self._dumps(v), self._px(ttl)) for k, v in mapping.items()]
+        for name, payload, px in items:
+            pipe.set(name, payload, px=px)
         return bool(items)
+
+    def _slots(self, names: list[bytes]) -> list[list[int]]:
+        """Positions of `names` grouped so each group is one command: all of
+        them on a single Redis, one group per hash slot on a cluster."""
+        if not self.cluster:
+            return [list(range(len(names)))]
+        groups: dict[int, list[int]] = {}
+        keyslot = self._client.keyslot
+        for i, name in enumerate(names):
+            groups.setdefault(keyslot(name), []).append(i)
+        return list(groups.values())
+
+    def _mget(self, client: Any, names: list[bytes]) -> tuple[Any, list[list[int]]]:
+        """A pipeline with one MGET per group of `names`, and the groups;
+        `_mget_result` puts the replies back in the order of `names`."""
+        groups = self._slots(names)
+        pipe = client.pipeline(transaction=False)
+        for group in groups:
+            # execute_command: redis-py's cluster pipeline blocks .mget(), but
+            # routes a raw MGET whose keys share a slot.
+            pipe.execute_command("MGET", *[names[i] for i in group])
+        return pipe, groups
+
+    @staticmethod
+    def _mget_result(n: int, groups: list[list[int]], replies: list[Any]) -> list[Any]:
+        raws: list[Any] = [None] * n
+        for group, reply in zip(groups, replies, strict=True):
+            for i, raw in zip(group, reply, strict=True):
+                raws[i] = raw
+        return raws
+
+    def _removal(self, client: Any, names: list[bytes], command: str) -> Any:
+        """A pipeline with one DEL or UNLINK per group of `names`."""
+        pipe = client.pipeline(transaction=False)
+        for group in self._slots(names):
+            pipe.execute_command(command, *[names[i] for i in group])
+        return pipe
 
     def _async(self) -> Any:
         if self._async_client is None:
-            self._async_client = _redis().asyncio.Redis.from_url(
+            redis = _redis()
+            factory = redis.asyncio.RedisCluster if self.cluster else redis.asyncio.Redis
+            self._async_client = factory.from_url(
                 self._url,
                 socket_timeout=self.socket_timeout_s,
                 socket_connect_timeout=self.socket_timeout_s,
@@ -266,7 +324,7 @@ class RedisCache:
         return default if value is _MISSING else value
 
     def set(self, key: _Key, value: Any, ttl: float | None = None) -> None:
-        name, payload, px = self._key(key), self._codec.dumps(value), self._px(ttl)
+        name, payload, px = self._key(key), self._dumps(value), self._px(ttl)
         try:
             self._client.set(name, payload, px=px)
         except Exception as error:
@@ -301,11 +359,12 @@ class RedisCache:
         keys = list(keys)
         if not keys:
             return {}
+        pipe, groups = self._mget(self._client, [self._key(k) for k in keys])
         try:
-            raws = self._client.mget([self._key(k) for k in keys])
+            replies = pipe.execute()
         except Exception as error:
             raise self._failed(error) from error
-        return self._found(keys, raws)
+        return self._found(keys, self._mget_result(len(keys), groups, replies))
 
     def set_many(self, mapping: Mapping[_Key, Any], ttl: float | None = None) -> None:
         pipe = self._client.pipeline(transaction=False)
@@ -321,7 +380,7 @@ class RedisCache:
         if not names:
             return 0
         try:
-            return int(self._client.delete(*names))
+            return sum(self._removal(self._client, names, "DEL").execute())
         except Exception as error:
             raise self._failed(error) from error
 
@@ -351,10 +410,10 @@ class RedisCache:
             for name in self._client.scan_iter(match=self._scan_pattern(), count=1000):
                 batch.append(name)
                 if len(batch) >= 500:
-                    removed += int(self._client.unlink(*batch))
+                    removed += sum(self._removal(self._client, batch, "UNLINK").execute())
                     batch.clear()
             if batch:
-                removed += int(self._client.unlink(*batch))
+                removed += sum(self._removal(self._client, batch, "UNLINK").execute())
         except Exception as error:
             raise self._failed(error) from error
         return removed
@@ -378,7 +437,7 @@ class RedisCache:
         return default if value is _MISSING else value
 
     async def aset(self, key: _Key, value: Any, ttl: float | None = None) -> None:
-        name, payload, px = self._key(key), self._codec.dumps(value), self._px(ttl)
+        name, payload, px = self._key(key), self._dumps(value), self._px(ttl)
         try:
             await self._async().set(name, payload, px=px)
         except Exception as error:
@@ -400,11 +459,12 @@ class RedisCache:
         keys = list(keys)
         if not keys:
             return {}
+        pipe, groups = self._mget(self._async(), [self._key(k) for k in keys])
         try:
-            raws = await self._async().mget([self._key(k) for k in keys])
+            replies = await pipe.execute()
         except Exception as error:
             raise self._failed(error) from error
-        return self._found(keys, raws)
+        return self._found(keys, self._mget_result(len(keys), groups, replies))
 
     async def aset_many(self, mapping: Mapping[_Key, Any], ttl: float | None = None) -> None:
         pipe = self._async().pipeline(transaction=False)
@@ -420,7 +480,7 @@ class RedisCache:
         if not names:
             return 0
         try:
-            return int(await self._async().delete(*names))
+            return sum(await self._removal(self._async(), names, "DEL").execute())
         except Exception as error:
             raise self._failed(error) from error
 
@@ -432,10 +492,10 @@ class RedisCache:
             async for name in client.scan_iter(match=self._scan_pattern(), count=1000):
                 batch.append(name)
                 if len(batch) >= 500:
-                    removed += int(await client.unlink(*batch))
+                    removed += sum(await self._removal(client, batch, "UNLINK").execute())
                     batch.clear()
             if batch:
-                removed += int(await client.unlink(*batch))
+                removed += sum(await self._removal(client, batch, "UNLINK").execute())
         except Exception as error:
             raise self._failed(error) from error
         return removed

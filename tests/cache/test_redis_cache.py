@@ -221,3 +221,16 @@ def test_bad_keys_are_named() -> None:
         cache.get(1.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="key"):
         cache.set(True, 1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("serializer", ["pickle", "json"])
+def test_a_value_that_cannot_be_serialized_names_its_type_and_writes_nothing(
+    redis_server: Any, serializer: str
+) -> None:
+    cache = RedisCache(url(redis_server), namespace="unser", serializer=serializer)
+    with pytest.raises(CacheError, match="value: cannot serialize a lock"):
+        cache.set("k", threading.Lock())
+    with pytest.raises(CacheError, match="lock"):
+        cache.set_many({"a": 1, "b": threading.Lock()})  # serialized whole, first
+    assert cache.keys() == []
+    cache.close()
