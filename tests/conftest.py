@@ -95,9 +95,11 @@ def redis_server() -> Iterator[Server]:
     """A fresh redis-server on a free loopback port, without persistence."""
     binary = require_binary("redis-server", "redis-server")
     port = free_port()
-    with tempfile.TemporaryDirectory(prefix="langcluster-redis-") as workdir:
-        with running(redis_command(binary, port, workdir), port) as server:
-            yield server
+    with (
+        tempfile.TemporaryDirectory(prefix="langcluster-redis-") as workdir,
+        running(redis_command(binary, port, workdir), port) as server,
+    ):
+        yield server
 
 
 def etcd_command(binary: str, client: int, peer: int, datadir: str) -> list[str]:
@@ -234,15 +236,29 @@ def redis_cluster() -> Iterator[RedisClusterServers]:
                                     "--cluster-config-file", f"{workdir}/nodes.conf")  # fmt: skip
             stack.enter_context(running(command, port))
         subprocess.run(
-            [cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
-             "--cluster-replicas", "0", "--cluster-yes"],  # fmt: skip
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
+            [
+                cli,
+                "--cluster",
+                "create",
+                *[f"127.0.0.1:{p}" for p in ports],
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
         )
         deadline = time.monotonic() + 30
         while True:
             states = [
-                subprocess.run([cli, "-p", str(p), "cluster", "info"], capture_output=True,
-                               text=True, timeout=10).stdout  # fmt: skip
+                subprocess.run(
+                    [cli, "-p", str(p), "cluster", "info"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                ).stdout
                 for p in ports
             ]
             if all("cluster_state:ok" in s for s in states):

@@ -39,6 +39,7 @@ from langcluster.health import (
     NodeHealth,
     TcpCheck,
 )
+from langcluster.layered import LayeredCache
 from langcluster.node import Node, NodeStatus
 from langcluster.redis_cache import RedisCache
 from langcluster.registry import NodeEvent, NodeEventKind, NodeRegistry
@@ -64,6 +65,7 @@ __all__ = [
     "HealthMonitor",
     "HttpCheck",
     "LangClusterError",
+    "LayeredCache",
     "Lease",
     "LeastConnections",
     "MemoryCache",

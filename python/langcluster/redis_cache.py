@@ -176,7 +176,7 @@ class RedisCache:
 
         self.cluster = cluster or isinstance(client, RedisCluster)
         factory = RedisCluster if self.cluster else redis.Redis
-        self._client = (
+        self._client: Any = (
             client
             if client is not None
             else factory.from_url(
@@ -275,24 +275,35 @@ class RedisCache:
             groups.setdefault(keyslot(name), []).append(i)
         return list(groups.values())
 
-    def _mget(self, client: Any, names: list[bytes]) -> tuple[Any, list[list[int]]]:
-        """A pipeline with one MGET per group of `names`, and the groups;
-        `_mget_result` puts the replies back in the order of `names`."""
+    def _mget(
+        self, client: Any, names: list[bytes], with_ttl: bool = False
+    ) -> tuple[Any, list[list[int]]]:
+        """A pipeline with one MGET per group of `names` (then one PTTL per
+        name when `with_ttl`), and the groups; `_mget_result` puts the
+        replies back in the order of `names`."""
         groups = self._slots(names)
         pipe = client.pipeline(transaction=False)
         for group in groups:
             # execute_command: redis-py's cluster pipeline blocks .mget(), but
             # routes a raw MGET whose keys share a slot.
             pipe.execute_command("MGET", *[names[i] for i in group])
+        if with_ttl:
+            for name in names:
+                pipe.execute_command("PTTL", name)
         return pipe, groups
 
     @staticmethod
     def _mget_result(n: int, groups: list[list[int]], replies: list[Any]) -> list[Any]:
         raws: list[Any] = [None] * n
-        for group, reply in zip(groups, replies, strict=True):
+        for group, reply in zip(groups, replies, strict=False):
             for i, raw in zip(group, reply, strict=True):
                 raws[i] = raw
         return raws
+
+    @staticmethod
+    def _ttls(n: int, groups: list[list[int]], replies: list[Any]) -> list[float | None]:
+        """Seconds left per name from the PTTL replies (None: no expiry)."""
+        return [ms / 1000 if ms > 0 else None for ms in replies[len(groups) : len(groups) + n]]
 
     def _removal(self, client: Any, names: list[bytes], command: str) -> Any:
         """A pipeline with one DEL or UNLINK per group of `names`."""
@@ -300,6 +311,96 @@ class RedisCache:
         for group in self._slots(names):
             pipe.execute_command(command, *[names[i] for i in group])
         return pipe
+
+    # ------------------------------------------ used by the layered cache
+
+    def _fetch(self, names: list[bytes]) -> tuple[list[Any], list[float | None]]:
+        """Raw payloads and seconds left of `names`, in one round trip."""
+        pipe, groups = self._mget(self._client, names, with_ttl=True)
+        try:
+            replies = pipe.execute()
+        except Exception as error:
+            raise self._failed(error) from error
+        n = len(names)
+        return self._mget_result(n, groups, replies), self._ttls(n, groups, replies)
+
+    async def _afetch(self, names: list[bytes]) -> tuple[list[Any], list[float | None]]:
+        pipe, groups = self._mget(self._async(), names, with_ttl=True)
+        try:
+            replies = await pipe.execute()
+        except Exception as error:
+            raise self._failed(error) from error
+        n = len(names)
+        return self._mget_result(n, groups, replies), self._ttls(n, groups, replies)
+
+    @staticmethod
+    def _store_pipe(client: Any, items: Iterable[tuple[bytes, bytes | None, int | None]]) -> Any:
+        """SET (payload, PX) or DEL (payload None) per item, pipelined."""
+        pipe = client.pipeline(transaction=False)
+        for name, payload, px in items:
+            if payload is None:
+                pipe.execute_command("DEL", name)
+            else:
+                pipe.set(name, payload, px=px)
+        return pipe
+
+    def _store(self, items: list[tuple[bytes, bytes | None, int | None]]) -> list[Any]:
+        """The replies: True per SET, 0 or 1 per DEL."""
+        try:
+            return list(self._store_pipe(self._client, items).execute())
+        except Exception as error:
+            raise self._failed(error) from error
+
+    async def _astore(self, items: list[tuple[bytes, bytes | None, int | None]]) -> list[Any]:
+        try:
+            return list(await self._store_pipe(self._async(), items).execute())
+        except Exception as error:
+            raise self._failed(error) from error
+
+    _UNLOCK = (
+        "if redis.call('get', KEYS[1]) == ARGV[1] then "
+        "return redis.call('del', KEYS[1]) end return 0"
+    )
+
+    def _lock_name(self, name: bytes) -> bytes:
+        # Outside the namespace's key pattern, so keys() and clear() skip it.
+        return b"langcluster-lock:" + name
+
+    def _try_lock(self, name: bytes, token: bytes, px: int) -> bool:
+        try:
+            return bool(self._client.set(self._lock_name(name), token, nx=True, px=px))
+        except Exception as error:
+            raise self._failed(error) from error
+
+    async def _atry_lock(self, name: bytes, token: bytes, px: int) -> bool:
+        try:
+            return bool(await self._async().set(self._lock_name(name), token, nx=True, px=px))
+        except Exception as error:
+            raise self._failed(error) from error
+
+    def _unlock(self, name: bytes, token: bytes) -> None:
+        try:
+            self._client.eval(self._UNLOCK, 1, self._lock_name(name), token)
+        except Exception as error:
+            raise self._failed(error) from error
+
+    async def _aunlock(self, name: bytes, token: bytes) -> None:
+        try:
+            await self._async().eval(self._UNLOCK, 1, self._lock_name(name), token)
+        except Exception as error:
+            raise self._failed(error) from error
+
+    def _locked(self, name: bytes) -> bool:
+        try:
+            return bool(self._client.exists(self._lock_name(name)))
+        except Exception as error:
+            raise self._failed(error) from error
+
+    async def _alocked(self, name: bytes) -> bool:
+        try:
+            return bool(await self._async().exists(self._lock_name(name)))
+        except Exception as error:
+            raise self._failed(error) from error
 
     def _async(self) -> Any:
         if self._async_client is None:

@@ -25,7 +25,8 @@ def test_the_same_api_over_a_cluster_spreads_keys_over_every_master(redis_cluste
     # Every master holds part of the namespace: no hash tag pins it to one slot.
     raw = RedisCluster.from_url(redis_cluster.url)
     per_master = [raw.dbsize(target_nodes=node) for node in raw.get_primaries()]
-    assert len(per_master) == 3 and all(n > 0 for n in per_master), per_master
+    assert len(per_master) == 3
+    assert all(n > 0 for n in per_master), per_master
     assert cache.delete_many(["prompt-1", "prompt-2", "absent"]) == 2
     assert cache.pop("prompt-3") == {"n": 3}
     assert cache.clear() == 597

@@ -1,0 +1,535 @@
+"""LayeredCache (MemoryCache over RedisCache) against real redis-server
+processes: both write modes, coherence across instances and processes,
+Redis failures (SIGKILL included), get_or_set."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from langcluster import CacheError, CircuitBreaker, MemoryCache
+from langcluster.layered import LayeredCache
+from langcluster.redis_cache import RedisCache
+
+pytestmark = pytest.mark.services
+
+
+def redis_url(server: Any) -> str:
+    return f"redis://{server.url}/0"
+
+
+def wait_until(condition: Any, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return bool(condition())
+
+
+@pytest.fixture
+def make(redis_server: Any) -> Iterator[Any]:
+    """Builds LayeredCaches on the test's redis-server, and closes them."""
+    made: list[LayeredCache] = []
+
+    def build(namespace: str = "lc", capacity: int = 1000, **kwargs: Any) -> LayeredCache:
+        l2_kwargs = {
+            k: kwargs.pop(k) for k in ("ttl", "signing_key", "socket_timeout_s") if k in kwargs
+        }
+        cache = LayeredCache(
+            MemoryCache(capacity),
+            RedisCache(redis_url(redis_server), namespace=namespace, **l2_kwargs),
+            **kwargs,
+        )
+        made.append(cache)
+        return cache
+
+    yield build
+    for cache in made:
+        with contextlib.suppress(CacheError):
+            cache.close()
+
+
+def test_reads_go_l1_then_l2_and_fill_l1_no_longer_than_l2_keeps_it(make: Any) -> None:
+    writer, reader = make(), make()
+    writer.set("prompt", "answer", ttl=0.4)
+    # (a read racing with the write's invalidation would not fill L1)
+    assert wait_until(lambda: reader.stats()["invalidations_received"] == 1)
+    assert reader.l1.get("prompt") is None
+    assert reader.get("prompt") == "answer"  # from L2
+    assert reader.l1.get("prompt") == "answer"  # filled
+    assert reader.get("prompt") == "answer"  # from L1
+    stats = reader.stats()
+    assert stats["l2_hits"] == 1
+    assert stats["l1_hits"] >= 1
+    time.sleep(0.45)
+    assert reader.l1.get("prompt") is None  # the fill's TTL followed L2's
+    assert reader.get("prompt", "gone") == "gone"
+    assert reader.stats()["misses"] == 1
+
+
+def test_l1_ttl_caps_the_l1_copy(make: Any) -> None:
+    cache = make(l1_ttl=0.1)
+    cache.set("k", 1)  # no TTL in Redis
+    time.sleep(0.15)
+    assert cache.l1.get("k") is None
+    assert cache.get("k") == 1  # back from L2
+
+
+def test_write_through_reaches_redis_before_returning_and_invalidates_others(
+    make: Any, redis_server: Any
+) -> None:
+    raw = redis.Redis.from_url(redis_url(redis_server))
+    one, two = make(), make()
+    one.set("k", "v1")
+    assert raw.exists(b"lc:s:k")
+    assert two.get("k") == "v1"
+    one.set("k", "v2")
+    started = time.monotonic()
+    assert wait_until(lambda: two.l1.get("k") is None, 0.1), "L1 not invalidated within 100 ms"
+    assert time.monotonic() - started < 0.1
+    assert two.get("k") == "v2"
+    one.delete("k")
+    assert wait_until(lambda: two.get("k", "none") == "none", 0.1)
+    assert one.stats()["invalidations_sent"] == 3
+    assert two.stats()["invalidations_received"] == 3
+    assert one.stats()["invalidations_received"] == 0  # its own are ignored
+
+
+def test_batch_operations(make: Any) -> None:
+    one, two = make(), make()
+    one.set_many({f"k{i}": i for i in range(100)}, ttl=30)
+    assert wait_until(lambda: two.stats()["invalidations_received"] == 1)
+    assert two.get_many([f"k{i}" for i in range(105)]) == {f"k{i}": i for i in range(100)}
+    assert len(two.l1) == 100
+    assert one.delete_many(["k1", "k2", "nope"]) == 2
+    assert wait_until(lambda: "k1" not in two.l1 and "k2" not in two.l1, 0.1)
+    one.clear()
+    assert wait_until(lambda: len(two.l1) == 0, 0.1)
+    assert two.get_many(["k3", "k4"]) == {}
+
+
+def test_get_many_from_l2_is_one_round_trip(make: Any, redis_server: Any) -> None:
+    raw = redis.Redis.from_url(redis_url(redis_server))
+    writer, reader = make(), make()
+    writer.set_many({f"p{i}": i for i in range(1000)})
+
+    def calls(command: str) -> int:
+        return int(raw.info("commandstats").get(f"cmdstat_{command}", {"calls": 0})["calls"])
+
+    before = {c: calls(c) for c in ("mget", "pttl", "get")}
+    assert len(reader.get_many([f"p{i}" for i in range(1000)])) == 1000
+    after = {c: calls(c) for c in ("mget", "pttl", "get")}
+    # one pipeline: one MGET and the PTTLs that bound the L1 copies
+    assert after["mget"] - before["mget"] == 1
+    assert after["pttl"] - before["pttl"] == 1000
+    assert after["get"] == before["get"]
+
+
+def test_write_back_acknowledges_at_once_coalesces_and_flushes(
+    make: Any, redis_server: Any
+) -> None:
+    raw = redis.Redis.from_url(redis_url(redis_server))
+    cache = make(mode="write-back", flush_interval_s=10)  # only explicit flushes
+    other = make()
+    for i in range(500):
+        cache.set("hot", i)
+    cache.set_many({f"k{i}": i for i in range(10)})
+    cache.delete("k0")
+    assert cache.get("hot") == 499
+    assert cache.get("k0", "deleted") == "deleted"
+    assert not raw.exists(b"lc:s:hot")  # not yet in Redis
+    assert cache.stats()["pending_writes"] == 11
+    cache.flush()
+    assert cache.stats()["pending_writes"] == 0
+    assert cache.stats()["flushed_writes"] == 11  # 500 writes of one key became one
+    assert other.get("hot") == 499
+    assert other.get_many([f"k{i}" for i in range(10)]) == {f"k{i}": i for i in range(1, 10)}
+
+
+def test_write_back_reads_its_queue_when_l1_has_evicted(make: Any) -> None:
+    cache = make(mode="write-back", capacity=8, flush_interval_s=10)
+    cache.set_many({f"k{i}": i for i in range(200)})
+    assert len(cache.l1) <= 8
+    assert cache.get("k3") == 3  # from the queue, not a stale L2 miss
+    assert cache.get_many(["k5", "k150"]) == {"k5": 5, "k150": 150}
+    cache.flush()
+    assert cache.get("k3") == 3  # now from L2
+
+
+def test_write_back_flushes_by_interval_and_by_size(make: Any, redis_server: Any) -> None:
+    raw = redis.Redis.from_url(redis_url(redis_server))
+    by_time = make(namespace="t", mode="write-back", flush_interval_s=0.05)
+    by_time.set("k", 1)
+    assert wait_until(lambda: raw.exists(b"t:s:k"), 2.0)
+    by_size = make(namespace="s", mode="write-back", flush_interval_s=30, flush_batch=50)
+    by_size.set_many({i: i for i in range(50)})
+    assert wait_until(lambda: raw.exists(b"s:i:49"), 2.0)
+
+
+def test_redis_down_reads_serve_l1_write_through_raises_unless_degraded(
+    redis_restartable: Any,
+) -> None:
+    url = redis_url(redis_restartable)
+    strict = LayeredCache(MemoryCache(100), RedisCache(url, namespace="d", socket_timeout_s=0.2))
+    degrade = LayeredCache(
+        MemoryCache(100), RedisCache(url, namespace="d2", socket_timeout_s=0.2),
+        on_l2_error="degrade",
+    )  # fmt: skip
+    strict.set("warm", 1)
+    redis_restartable.kill()
+    assert strict.get("warm") == 1  # L1
+    assert strict.get("cold", "default") == "default"  # a miss, not an error
+    with pytest.raises(CacheError):
+        strict.set("k", 2)
+    assert strict.l1.get("k") is None
+    degrade.set("k", 2)
+    assert degrade.get("k") == 2
+    assert degrade.stats()["degraded_writes"] == 1
+    # The breaker opens: a dead Redis costs a refusal, not a timeout per call.
+    for _ in range(10):
+        strict.get("cold")
+    assert strict.breaker.state == "open"
+    started = time.perf_counter()
+    for _ in range(1000):
+        assert strict.get("cold", None) is None
+    assert time.perf_counter() - started < 0.2
+    stats = strict.stats()
+    assert stats["l2_errors"] >= 4
+    assert stats["l2_refused"] >= 1000
+    with pytest.raises(CacheError, match="circuit is open"):
+        strict.set("k", 3)
+    strict.close()
+    degrade.close()
+
+
+def test_write_back_back_pressure_waits_then_fails_without_writing(
+    redis_restartable: Any,
+) -> None:
+    url = redis_url(redis_restartable)
+    cache = LayeredCache(
+        MemoryCache(100), RedisCache(url, namespace="bp", socket_timeout_s=0.2),
+        mode="write-back", max_pending=5, pending_timeout_s=0.3, flush_interval_s=0.02,
+    )  # fmt: skip
+    redis_restartable.kill()
+    cache.set_many({i: i for i in range(5)})
+    cache.set(0, "rewrite")  # a queued key takes no room
+    started = time.monotonic()
+    with pytest.raises(CacheError, match="max_pending=5"):
+        cache.set("sixth", 6)
+    assert 0.25 < time.monotonic() - started < 2
+    assert cache.get("sixth", "absent") == "absent"
+    redis_restartable.start()
+    # The flusher drains the queue once Redis is back (the subscriber's
+    # reconnect ends the breaker's wait), and the writer gets room.
+    cache.set("sixth", 6)
+    cache.close()
+    raw = redis.Redis.from_url(url)
+    assert raw.exists(b"bp:s:sixth")
+    assert raw.exists(b"bp:i:4")
+
+
+def test_sigkill_mid_run_loses_no_acknowledged_write_back_write(redis_restartable: Any) -> None:
+    url = redis_url(redis_restartable)
+    cache = LayeredCache(
+        MemoryCache(10_000), RedisCache(url, namespace="kill", socket_timeout_s=0.2),
+        mode="write-back", flush_interval_s=0.01, max_pending=100_000,
+    )  # fmt: skip
+    acknowledged: dict[str, int] = {}
+    read_errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                for i in range(0, 3000, 7):
+                    cache.get(f"k{i}")
+            except BaseException as error:
+                read_errors.append(error)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for i in range(3000):
+        cache.set(f"k{i}", i)
+        acknowledged[f"k{i}"] = i
+        if i == 1000:
+            redis_restartable.kill()  # SIGKILL, mid-run
+        if i == 2000:
+            redis_restartable.start()  # empty: writes flushed before the kill are gone
+        if i % 100 == 0:
+            time.sleep(0.005)
+    stop.set()
+    thread.join()
+    assert read_errors == []
+    cache.flush()
+    # Writes flushed before the SIGKILL died with Redis (no persistence);
+    # the queue cannot know that. Everything acknowledged after the restart
+    # began, and everything still queued at the kill, must be there.
+    raw = redis.Redis.from_url(url)
+    present = {
+        k: v for k, v in zip(acknowledged, raw.mget([f"kill:s:{k}" for k in acknowledged]),
+                             strict=True) if v is not None
+    }  # fmt: skip
+    assert all(f"k{i}" in present for i in range(2000, 3000))
+    queued_at_kill = [f"k{i}" for i in range(1001, 2000)]
+    assert all(k in present for k in queued_at_kill)
+    assert cache.stats()["l2_errors"] > 0
+    cache.close()
+
+
+def test_a_reconnect_clears_l1(redis_restartable: Any) -> None:
+    url = redis_url(redis_restartable)
+    cache = LayeredCache(MemoryCache(100), RedisCache(url, namespace="rc", socket_timeout_s=0.2))
+    cache.set("k", 1)
+    assert cache.l1.get("k") == 1
+    redis_restartable.kill()
+    assert wait_until(lambda: not cache.stats()["subscribed"], 3)
+    redis_restartable.start()
+    assert wait_until(lambda: cache.stats()["l1_resets"] == 1, 5)
+    assert cache.l1.get("k") is None  # invalidations may have been lost meanwhile
+    cache.close()
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from langcluster import MemoryCache
+    from langcluster.layered import LayeredCache
+    from langcluster.redis_cache import RedisCache
+    cache = LayeredCache(MemoryCache(100), RedisCache(sys.argv[1], namespace="shared"))
+    print("ready", flush=True)
+    sys.stdin.readline()
+    for i in range(1, 301):
+        cache.set("counter", i)
+        print(i, time.monotonic(), flush=True)
+        time.sleep(0.002)
+    cache.close()
+    """
+)
+
+
+def test_two_processes_never_read_stale_l1_100ms_after_a_write(redis_server: Any) -> None:
+    url = redis_url(redis_server)
+    reader = LayeredCache(MemoryCache(100), RedisCache(url, namespace="shared"))
+    reader.set("counter", 0)
+    reads: list[tuple[float, int]] = []
+    with subprocess.Popen(
+        [sys.executable, "-c", WRITER, url],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    ) as child:  # fmt: skip
+        assert child.stdout is not None
+        assert child.stdin is not None
+        assert child.stdout.readline().strip() == "ready"
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        while child.poll() is None:
+            reads.append((time.monotonic(), reader.get("counter")))
+            time.sleep(0.0005)
+        writes = [line.split() for line in child.stdout.read().splitlines()]
+    assert child.returncode == 0
+    assert len(writes) == 300
+    returned = [(float(t), int(i)) for i, t in writes]
+    stale = [
+        (at, seen)
+        for at, seen in reads
+        # the newest write that had returned more than 100 ms before this read
+        if (_newest := max((i for t, i in returned if t < at - 0.1), default=0)) > seen
+    ]
+    assert stale == [], f"{len(stale)} stale reads, first {stale[:3]}"
+    assert reader.get("counter") == 300
+    assert reader.stats()["invalidations_received"] >= 300
+    reader.close()
+
+
+def test_get_or_set_single_flight_across_threads_and_instances(make: Any) -> None:
+    calls: list[int] = []
+    started = threading.Barrier(8)
+
+    def slow() -> str:
+        calls.append(1)
+        time.sleep(0.2)
+        return "computed"
+
+    caches = [make(namespace="gs", lock_ttl_s=2.0) for _ in range(4)]  # four "processes"
+    results: list[str] = []
+
+    def worker(n: int) -> None:
+        started.wait()
+        results.append(caches[n % 4].get_or_set("cold", slow, ttl=30, lock=True))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == ["computed"] * 8
+    assert len(calls) == 1  # once in the whole "cluster"
+    assert sum(c.stats()["lock_waits"] for c in caches) >= 1
+
+
+def test_get_or_set_negative_caching(make: Any) -> None:
+    cache = make()
+    calls: list[int] = []
+
+    def absent() -> None:
+        calls.append(1)
+
+    assert cache.get_or_set("nothing", absent) is None
+    assert cache.get_or_set("nothing", absent) is None
+    assert len(calls) == 2  # None is not cached by default
+    assert cache.get_or_set("n2", absent, negative_ttl=0.2) is None
+    assert cache.get_or_set("n2", absent, negative_ttl=0.2) is None
+    assert len(calls) == 3
+    time.sleep(0.25)
+    cache.get_or_set("n2", absent, negative_ttl=0.2)
+    assert len(calls) == 4
+
+
+def test_get_or_set_early_refresh_recomputes_before_expiry(make: Any) -> None:
+    cache = make()
+    calls: list[float] = []
+
+    def factory() -> int:
+        calls.append(time.monotonic())
+        time.sleep(0.02)
+        return len(calls)
+
+    first = cache.get_or_set("x", factory, ttl=0.3, early_refresh=8.0)
+    assert first == 1
+    deadline = time.monotonic() + 0.28
+    values = set()
+    while time.monotonic() < deadline:
+        values.add(cache.get_or_set("x", factory, ttl=0.3, early_refresh=8.0))
+        time.sleep(0.005)
+    assert len(calls) >= 2  # refreshed while the old value was still valid
+    assert calls[1] - calls[0] < 0.3
+    assert cache.stats()["early_refreshes"] >= 1
+    assert None not in values
+    # beta 0 (the default) never refreshes early
+    plain = make(namespace="plain")
+    plain.get_or_set("y", factory, ttl=0.3)
+    n = len(calls)
+    for _ in range(20):
+        plain.get_or_set("y", factory, ttl=0.3)
+    assert len(calls) == n
+
+
+def test_tampered_signed_payload_is_a_miss(make: Any, redis_server: Any) -> None:
+    cache = make(signing_key=b"secret")
+    cache.set("k", {"a": 1})
+    raw = redis.Redis.from_url(redis_url(redis_server))
+    payload = raw.get(b"lc:s:k")
+    assert payload is not None
+    raw.set(b"lc:s:k", payload[:-1] + bytes([payload[-1] ^ 1]))
+    cache.l1.clear()
+    assert cache.get("k", "miss") == "miss"
+    assert cache.stats()["l2_rejected"] == 1
+
+
+def test_unserializable_value_writes_nothing(make: Any) -> None:
+    for mode in ("write-through", "write-back"):
+        cache = make(namespace=mode, mode=mode)
+        with pytest.raises(CacheError, match="cannot serialize a lock"):
+            cache.set("k", threading.Lock())
+        assert cache.get("k", "absent") == "absent"
+        assert cache.stats()["pending_writes"] == 0
+
+
+def test_async_twins(make: Any) -> None:
+    async def main() -> None:
+        for mode in ("write-through", "write-back"):
+            one, two = make(namespace=f"a-{mode}", mode=mode), make(namespace=f"a-{mode}")
+            await one.aset("k", 1)
+            await one.aset_many({"a": 1, "b": 2})
+            await one.aflush() if mode == "write-back" else None
+            assert await two.aget("k") == 1
+            assert await two.aget_many(["a", "b", "c"]) == {"a": 1, "b": 2}
+            assert await one.adelete("a") is True
+            await one.aflush() if mode == "write-back" else None
+            assert await two.adelete_many(["b", "zz"]) == 1
+            calls: list[int] = []
+
+            async def factory(calls: list[int] = calls) -> str:
+                calls.append(1)
+                await asyncio.sleep(0.05)
+                return "v"
+
+            got = await asyncio.gather(*[one.aget_or_set("g", factory, lock=True) for _ in "abcde"])
+            assert got == ["v"] * 5
+            assert len(calls) == 1
+            await one.aclear()
+            assert await one.aget("k", "gone") == "gone"
+            await one.aclose()
+            await two.aclose()
+
+    asyncio.run(main())
+
+
+def test_over_a_redis_cluster(redis_cluster: Any) -> None:
+    def build() -> LayeredCache:
+        return LayeredCache(
+            MemoryCache(1000), RedisCache(redis_cluster.url, namespace="lcc", cluster=True)
+        )
+
+    one, two = build(), build()
+    one.set_many({f"k{i}": i for i in range(300)})
+    assert two.get_many([f"k{i}" for i in range(300)]) == {f"k{i}": i for i in range(300)}
+    one.set("k1", "new")
+    assert wait_until(lambda: two.get("k1") == "new", 0.5)
+    one.clear()
+    one.close()
+    two.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"mode": "write-around"}, "mode"),
+        ({"on_l2_error": "ignore"}, "on_l2_error"),
+        ({"l1_ttl": 0}, "l1_ttl"),
+        ({"flush_interval_s": -1}, "flush_interval_s"),
+        ({"max_pending": 0}, "max_pending"),
+        ({"flush_batch": 1.5}, "flush_batch"),
+        ({"pending_timeout_s": 0}, "pending_timeout_s"),
+        ({"lock_ttl_s": None}, "lock_ttl_s"),
+        ({"breaker": "yes"}, "breaker"),
+    ],
+)
+def test_bad_arguments_are_named(redis_server: Any, kwargs: dict[str, Any], name: str) -> None:
+    l2 = RedisCache(redis_url(redis_server), namespace="bad")
+    with pytest.raises((ValueError, TypeError), match=name):
+        LayeredCache(MemoryCache(10), l2, invalidation=False, **kwargs)
+    with pytest.raises(TypeError, match="l1"):
+        LayeredCache({}, l2)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="l2"):
+        LayeredCache(MemoryCache(10), MemoryCache(10))  # type: ignore[arg-type]
+
+
+def test_bad_get_or_set_arguments_are_named(make: Any) -> None:
+    cache = make()
+    with pytest.raises(TypeError, match="factory"):
+        cache.get_or_set("k", 42)
+    with pytest.raises(ValueError, match="early_refresh"):
+        cache.get_or_set("k", lambda: 1, early_refresh=-1)
+    with pytest.raises(ValueError, match="negative_ttl"):
+        cache.get_or_set("k", lambda: 1, negative_ttl=0)
+    with pytest.raises(TypeError, match="key"):
+        cache.get(1.5)
+
+
+def test_a_custom_breaker_is_used(make: Any) -> None:
+    breaker = CircuitBreaker("mine", window_size=2, minimum_calls=1)
+    cache = make(breaker=breaker)
+    cache.set("k", 1)
+    assert cache.breaker is breaker
+    assert breaker.metrics()["calls"] == 1  # the one SET went through it
