@@ -585,6 +585,15 @@ class RedisCache:
         except Exception as error:
             raise self._failed(error) from error
 
+    async def akeys(self) -> list[_Key]:
+        try:
+            return [
+                self._unkey(k)
+                async for k in self._async().scan_iter(match=self._scan_pattern(), count=1000)
+            ]
+        except Exception as error:
+            raise self._failed(error) from error
+
     async def aclear(self) -> int:
         removed = 0
         client = self._async()

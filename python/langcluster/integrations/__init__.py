@@ -1,0 +1,1 @@
+"""Adapters from langcluster to other libraries (each an optional extra)."""
