@@ -64,11 +64,12 @@ lint: dev ## cargo fmt, clippy -D warnings, ruff, mypy --strict, stubtest
 	$(PY) -m mypy.stubtest langcluster._core --allowlist .stubtest-allowlist
 
 .PHONY: bench
-bench: dev ## Benchmarks: pytest-benchmark vs floor and peers, then criterion
+bench: dev servers ## Benchmarks: pytest-benchmark vs floor and peers, then criterion
 	$(PY) -m pytest benches/python --benchmark-only \
 		--benchmark-columns=min,median,mean,ops --benchmark-sort=name -q
 	$(PY) benches/python/report.py
 	$(PY) benches/python/cache_report.py
+	$(PY) benches/python/layered_report.py
 	$(PY) benches/python/breaker_report.py
 	$(PY) benches/python/registry_report.py
 	$(PY) benches/python/health_report.py
