@@ -27,7 +27,7 @@ venv: $(VENV)/.deps ## Create .venv with maturin
 
 .PHONY: dev
 dev: $(VENV)/.deps ## Build the extension (release) into .venv, with the test/bench/lint tools
-	$(VENV)/bin/maturin develop --release --quiet --extras test,bench,lint
+	$(VENV)/bin/maturin develop --release --quiet --extras test,bench,lint,demo
 
 .PHONY: servers
 servers: ## Make sure redis-server and etcd are installed (installs them as root)
@@ -52,7 +52,7 @@ test: dev servers ## Build, then run the Rust and Python test suites
 
 .PHONY: demo
 demo: dev ## Run the main demo on embedded defaults (no Redis or Consul needed)
-	$(PY) examples/balancer_demo.py
+	$(PY) -m langcluster demo
 
 .PHONY: lint
 lint: dev ## cargo fmt, clippy -D warnings, ruff, mypy --strict, stubtest

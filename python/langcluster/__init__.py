@@ -20,6 +20,7 @@ from langcluster._core import (
 )
 from langcluster.breaker import CircuitBreaker
 from langcluster.cache import CachedFunction, MemoryCache, cached
+from langcluster.cluster import Cluster, ClusterEvent, FailoverConfig, HealthConfig
 from langcluster.consul_discovery import ConsulDiscovery
 from langcluster.discovery import Discovery, StaticDiscovery
 from langcluster.errors import (
@@ -54,14 +55,18 @@ __all__ = [
     "CallableCheck",
     "CircuitBreaker",
     "CircuitOpenError",
+    "Cluster",
+    "ClusterEvent",
     "CompositeCheck",
     "ConsistentHash",
     "ConsulDiscovery",
     "Discovery",
     "DiscoveryError",
     "EtcdDiscovery",
+    "FailoverConfig",
     "FailoverEvent",
     "FailoverManager",
+    "HealthConfig",
     "HealthMonitor",
     "HttpCheck",
     "LangClusterError",

@@ -391,6 +391,8 @@ class FailoverManager:
                 elif not out and node.id in self._taken_out:
                     self._taken_out.discard(node.id)
                     changes.append((node.id, True))
+            if not order:  # no nodes (yet): nothing to fail over from or back to
+                in_use = self._levels_in_use
             previous, self._levels_in_use = self._levels_in_use, in_use
             # Applied under the lock, so that two threads' decisions reach
             # the balancer in the order they were made (the call is a short
