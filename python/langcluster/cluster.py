@@ -45,6 +45,7 @@ from langcluster._core import (
     WeightedRoundRobin,
 )
 from langcluster.discovery import Discovery, StaticDiscovery, node_from_record
+from langcluster.errors import DiscoveryError
 from langcluster.failover import Backoff, BreakerConfig, FailoverEvent, FailoverManager
 from langcluster.health import HealthCheck, HealthMonitor, HttpCheck, TcpCheck
 from langcluster.layered import LayeredCache
@@ -494,7 +495,11 @@ def _apply(name: str, build: Callable[..., _T], fields: dict[str, Any]) -> _T:
             raise ValueError(f"{name}.{bad}: unknown field") from None
         raise ValueError(f"{name}: {text}") from None
     except ValueError as error:
-        raise ValueError(f"{name}.{error}" if ":" in str(error) else f"{name}: {error}") from None
+        text = str(error)
+        own = name.rsplit(".", 1)[-1] + "."
+        if text.startswith(own):  # the class named itself already
+            text = text[len(own) :]
+        raise ValueError(f"{name}.{text}" if ":" in text else f"{name}: {text}") from None
 
 
 def _kind(section: dict[str, Any], name: str, allowed: tuple[str, ...], default: str) -> str:
@@ -511,7 +516,7 @@ def _nodes(records: Any) -> list[Node]:
     for i, record in enumerate(records):
         try:
             out.append(node_from_record(record))
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, DiscoveryError) as error:
             raise ValueError(f"discovery.nodes[{i}]: {error}") from None
     return out
 
@@ -604,7 +609,7 @@ def _build(config: dict[str, Any]) -> Cluster:
     if register is not None:
         try:
             register_node = node_from_record(register)
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, DiscoveryError) as error:
             raise ValueError(f"register: {error}") from None
 
     if config:
