@@ -58,8 +58,8 @@ demo: dev ## Run the main demo on embedded defaults (no Redis or Consul needed)
 lint: dev ## cargo fmt, clippy -D warnings, ruff, mypy --strict, stubtest
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --release -- -D warnings
-	$(VENV)/bin/ruff check python tests benches examples
-	$(VENV)/bin/ruff format --check python tests benches examples
+	$(VENV)/bin/ruff check python tests benches examples docs
+	$(VENV)/bin/ruff format --check python tests benches examples docs
 	$(VENV)/bin/mypy
 	$(PY) -m mypy.stubtest langcluster._core --allowlist .stubtest-allowlist
 
@@ -79,8 +79,8 @@ bench: dev servers ## Benchmarks: pytest-benchmark vs floor and peers, then crit
 .PHONY: fmt
 fmt: ## Format Rust and Python sources
 	cargo fmt --all
-	$(VENV)/bin/ruff format python tests benches examples
-	$(VENV)/bin/ruff check --fix python tests benches examples
+	$(VENV)/bin/ruff format python tests benches examples docs
+	$(VENV)/bin/ruff check --fix python tests benches examples docs
 
 .PHONY: clean
 clean: ## Remove build outputs and the virtualenv

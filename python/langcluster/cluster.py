@@ -234,6 +234,9 @@ class Cluster:
         registered, and closes the discovery (and the cache it built)."""
         if self.health is not None:
             await self.health.stop()
+            close = getattr(self.health.check, "aclose", None)
+            if close is not None:  # an HttpCheck's pooled client on this loop
+                await close()
         if self._follow is not None:
             self._follow.cancel()
             await asyncio.gather(self._follow, return_exceptions=True)

@@ -172,6 +172,13 @@ class CompositeCheck:
             raise ValueError(f"mode: must be 'all', 'any' or 'quorum', got {mode!r}")
         self.mode = mode
 
+    async def aclose(self) -> None:
+        """Closes the checks that hold connections (``HttpCheck``)."""
+        for c in self.checks:
+            close = getattr(c, "aclose", None)
+            if close is not None:
+                await close()
+
     async def check(self, node: Node) -> None:
         results = await asyncio.gather(
             *(c.check(node) for c in self.checks), return_exceptions=True
