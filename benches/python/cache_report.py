@@ -17,13 +17,12 @@ import gc
 import platform
 import resource
 import sys
-import threading
 import timeit
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import langcluster as lc
+from langcluster._bench import _PureLru
 
 KEYS = [f"user:{i}:profile" for i in range(10_000)]
 HIT = KEYS[1234]
@@ -31,28 +30,9 @@ MISS = "user:absent:profile"
 CAPACITY = 20_000
 
 
-class PureLru:
-    """The pure-Python cache a user would write: OrderedDict under a lock."""
-
-    def __init__(self, capacity: int) -> None:
-        self.data: OrderedDict[Any, Any] = OrderedDict()
-        self.capacity = capacity
-        self.lock = threading.Lock()
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        with self.lock:
-            try:
-                self.data.move_to_end(key)
-            except KeyError:
-                return default
-            return self.data[key]
-
-    def set(self, key: Any, value: Any) -> None:
-        with self.lock:
-            self.data[key] = value
-            self.data.move_to_end(key)
-            if len(self.data) > self.capacity:
-                self.data.popitem(last=False)
+# The pure-Python cache a user would write: OrderedDict under a lock (the
+# same one `python -m langcluster bench` measures).
+PureLru = _PureLru
 
 
 def caches() -> dict[str, tuple[Any, Callable[..., Any], Callable[..., Any]]]:

@@ -802,6 +802,20 @@ class LayeredCache:
             raise ValueError(f"early_refresh: must be >= 0, got {early_refresh!r}")
         _positive("negative_ttl", negative_ttl)
 
+    def _flight_start(
+        self, key: _Key, factory: Any, early_refresh: float, negative_ttl: float | None
+    ) -> tuple[Any, bool]:
+        """Checks the arguments; (the L1 value to return, False), or
+        (_MISSING, whether this is an XFetch early refresh) to compute."""
+        self._check_flight_args(factory, early_refresh, negative_ttl)
+        value = self._l1_get(key, _MISSING)
+        if value is _MISSING:
+            return _MISSING, False
+        if early_refresh and self._early(key, early_refresh):
+            self._count("early_refreshes")
+            return _MISSING, True
+        return value, False
+
     def get_or_set(
         self,
         key: _Key,
@@ -813,14 +827,9 @@ class LayeredCache:
         negative_ttl: float | None = None,
     ) -> Any:
         """The cached value of `key`, or `factory()` stored with `ttl`."""
-        self._check_flight_args(factory, early_refresh, negative_ttl)
-        value = self._l1_get(key, _MISSING)
-        refresh = False
+        value, refresh = self._flight_start(key, factory, early_refresh, negative_ttl)
         if value is not _MISSING:
-            if not (early_refresh and self._early(key, early_refresh)):
-                return value
-            refresh = True
-            self._count("early_refreshes")
+            return value
 
         def compute() -> Any:
             if not refresh:
@@ -895,14 +904,9 @@ class LayeredCache:
         negative_ttl: float | None = None,
     ) -> Any:
         """`get_or_set` for asyncio; `factory` may be sync or async."""
-        self._check_flight_args(factory, early_refresh, negative_ttl)
-        value = self._l1_get(key, _MISSING)
-        refresh = False
+        value, refresh = self._flight_start(key, factory, early_refresh, negative_ttl)
         if value is not _MISSING:
-            if not (early_refresh and self._early(key, early_refresh)):
-                return value
-            refresh = True
-            self._count("early_refreshes")
+            return value
 
         async def compute() -> Any:
             if not refresh:
