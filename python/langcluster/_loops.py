@@ -20,8 +20,13 @@ def call_in_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args:
         loop.call_soon_threadsafe(fn, *args)
 
 
-async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
-    """Cancels a background task and waits until it has stopped."""
-    if task is not None:
+async def cancel_and_wait(task: asyncio.Future[Any] | None) -> None:
+    """Cancels a background task and waits until it has stopped. It cancels
+    again until the task is done: on Python 3.11, ``asyncio.wait_for`` can
+    swallow a cancellation that lands just as the awaited thing finishes,
+    and a loop around it would then run on."""
+    while task is not None and not task.done():
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.wait({task}, timeout=0.05)
+    if task is not None and not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as lost

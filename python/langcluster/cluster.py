@@ -44,6 +44,7 @@ from langcluster._core import (
     RoundRobin,
     WeightedRoundRobin,
 )
+from langcluster._loops import cancel_and_wait
 from langcluster.discovery import Discovery, StaticDiscovery, node_from_record
 from langcluster.errors import DiscoveryError
 from langcluster.failover import Backoff, BreakerConfig, FailoverEvent, FailoverManager
@@ -238,8 +239,7 @@ class Cluster:
             if close is not None:  # an HttpCheck's pooled client on this loop
                 await close()
         if self._follow is not None:
-            self._follow.cancel()
-            await asyncio.gather(self._follow, return_exceptions=True)
+            await cancel_and_wait(self._follow)
             self._follow = None
         if self._registered and self.register_node is not None:
             self._registered = False

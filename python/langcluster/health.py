@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from langcluster._loops import call_in_loop
+from langcluster._loops import call_in_loop, cancel_and_wait
 from langcluster.node import Node, NodeStatus
 from langcluster.registry import NodeEvent, NodeEventKind, NodeRegistry
 
@@ -263,6 +263,7 @@ class HealthMonitor:
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._stopping = False
         self._slots = asyncio.Semaphore(max_concurrency)
         self.checks_run = 0
 
@@ -282,12 +283,11 @@ class HealthMonitor:
             self._unsubscribe()
             self._unsubscribe = None
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        for running in list(self._running):
-            running.cancel()
-        await asyncio.gather(*self._running, return_exceptions=True)
+        self._stopping = True
+        self._wake.set()
+        for pending in [task, *self._running]:
+            await cancel_and_wait(pending)
+        self._stopping = False
 
     async def __aenter__(self) -> HealthMonitor:
         await self.start()
@@ -320,7 +320,7 @@ class HealthMonitor:
             call_in_loop(task.get_loop(), self._health.pop, event.node.id, None)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             now = time.monotonic()
             while self._queue and self._queue[0][0] <= now:
                 _, _, node_id = heapq.heappop(self._queue)
