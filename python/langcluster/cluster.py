@@ -201,7 +201,7 @@ class Cluster:
         self._registered = False
         self._started = False
         self._streams: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[ClusterEvent]]] = []
-        self._streams_lock = threading.Lock()
+        self._lock = threading.Lock()
         self._unsubscribe: list[Callable[[], None]] = []
         self._calls = {"calls": 0, "cache_hits": 0, "errors": 0}
         self._thread: threading.Thread | None = None
@@ -331,16 +331,16 @@ class Cluster:
         """Awaits ``fn(node)`` through failover. With ``cache_key`` and a
         cache, a cached result is returned without a call, and a new one is
         stored (with ``ttl``)."""
-        self._calls["calls"] += 1
+        self._count("calls")
         if cache_key is not None and self.cache is not None:
             found = await self._cache_get(cache_key)
             if found is not _MISSING:
-                self._calls["cache_hits"] += 1
+                self._count("cache_hits")
                 return found  # type: ignore[no-any-return]
         try:
             result = await self.failover.call(fn, key=key)
         except Exception:
-            self._calls["errors"] += 1
+            self._count("errors")
             raise
         if cache_key is not None and self.cache is not None:
             await self._cache_set(cache_key, result, ttl)
@@ -355,21 +355,25 @@ class Cluster:
         ttl: float | None = None,
     ) -> _T:
         """The blocking twin of ``call``."""
-        self._calls["calls"] += 1
+        self._count("calls")
         cache = self.cache
         if cache_key is not None and cache is not None:
             found = cache.get(cache_key, _MISSING)
             if found is not _MISSING:
-                self._calls["cache_hits"] += 1
+                self._count("cache_hits")
                 return found  # type: ignore[no-any-return]
         try:
             result = self.failover.call_sync(fn, key=key)
         except Exception:
-            self._calls["errors"] += 1
+            self._count("errors")
             raise
         if cache_key is not None and cache is not None:
             cache.set(cache_key, result, ttl)
         return result
+
+    def _count(self, name: str) -> None:
+        with self._lock:  # call_sync may run in many threads
+            self._calls[name] += 1
 
     async def _cache_get(self, key: Any) -> Any:
         cache = self.cache
@@ -388,7 +392,7 @@ class Cluster:
     # --------------------------------------------------------------- events
 
     def _publish(self, event: ClusterEvent) -> None:
-        with self._streams_lock:
+        with self._lock:
             streams = list(self._streams)
         for loop, queue in streams:
             with contextlib.suppress(RuntimeError):  # a closed loop
@@ -411,13 +415,13 @@ class Cluster:
             raise ValueError(f"maxsize: must be an int >= 1, got {maxsize!r}")
         queue: asyncio.Queue[ClusterEvent] = asyncio.Queue(maxsize)
         entry = (asyncio.get_running_loop(), queue)
-        with self._streams_lock:
+        with self._lock:
             self._streams.append(entry)
         try:
             while True:
                 yield await queue.get()
         finally:
-            with self._streams_lock:
+            with self._lock:
                 self._streams.remove(entry)
 
     # ---------------------------------------------------------------- stats
@@ -439,12 +443,16 @@ class Cluster:
         out: dict[str, Any] = {
             "service": self.service,
             "nodes": nodes,
-            "calls": dict(self._calls),
+            "calls": self._calls_snapshot(),
             "failover": {k: v for k, v in failover.items() if k != "nodes"},
         }
         if self.cache is not None:
             out["cache"] = self.cache.stats()
         return out
+
+    def _calls_snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._calls)
 
     # --------------------------------------------------------------- config
 
