@@ -32,7 +32,6 @@ from langcluster.node import Node
 from langcluster.redis_cache import RedisCache
 from langcluster.simulate import SimulatedServer
 
-DEBUG = False
 # (id, latency s, error rate): a mix of fast and slower servers.
 SERVERS = [
     ("gpu-0", 0.020, 0.00),
@@ -247,7 +246,7 @@ async def main(
     async def follow_events() -> None:
         async for event in cluster.events():
             run.kinds[event.kind] = run.kinds.get(event.kind, 0) + 1
-            if event.kind in ("retry", "node_failed") and not DEBUG:
+            if event.kind in ("retry", "node_failed"):
                 continue  # too many to show one by one; counted in the summary
             text = describe(event)
             run.note(text)
