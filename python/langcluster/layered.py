@@ -76,6 +76,10 @@ _DELETED: Any = object()  # a queued delete in write-back mode
 _Key = str | bytes | int
 _Item = tuple[bytes, bytes | None, int | None]  # Redis name, payload or None (delete), PX
 _LEN = struct.Struct(">I")
+# The invalidation subscriber pings Redis every _PING_S and reconnects (and
+# so clears L1) when it hears nothing for _SILENCE_S.
+_PING_S = 1.0
+_SILENCE_S = 3.0
 
 
 class _Entry:
@@ -743,8 +747,19 @@ class LayeredCache:
             try:
                 pubsub = self.l2._client.pubsub()
                 pubsub.subscribe(self.channel)
+                heard = pinged = time.monotonic()
                 while not self._closing.is_set():
                     message = pubsub.get_message(timeout=0.2)
+                    now = time.monotonic()
+                    if message is not None:
+                        heard = now
+                    elif now - heard > _SILENCE_S:
+                        # A partition can leave the socket open but dead;
+                        # invalidations would then be lost without notice.
+                        raise ConnectionError(f"no answer to PING for {_SILENCE_S} s")
+                    if now - pinged >= _PING_S:
+                        pubsub.ping()
+                        pinged = now
                     if message is None:
                         continue
                     if message["type"] == "subscribe":

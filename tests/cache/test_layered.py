@@ -533,3 +533,18 @@ def test_a_custom_breaker_is_used(make: Any) -> None:
     cache.set("k", 1)
     assert cache.breaker is breaker
     assert breaker.metrics()["calls"] == 1  # the one SET went through it
+
+
+def test_a_silent_subscriber_connection_is_noticed_and_l1_cleared(
+    make: Any, redis_server: Any
+) -> None:
+    cache = make()
+    cache.set("k", 1)
+    assert cache.l1.get("k") == 1
+    raw = redis.Redis.from_url(redis_url(redis_server))
+    # CLIENT PAUSE ALL: Redis keeps the sockets open but answers nothing,
+    # as a network partition would look. The subscriber's PINGs go unanswered.
+    raw.execute_command("CLIENT", "PAUSE", "4500", "ALL")
+    assert wait_until(lambda: cache.stats()["l1_resets"] == 1, 10)
+    assert cache.l1.get("k") is None
+    assert cache.stats()["subscribed"]
