@@ -28,7 +28,8 @@ Coherence: every write that reaches Redis publishes the keys it changed on
 the channel ``langcluster:inv:<namespace>``; the other instances on that
 namespace drop them from their L1 as the message arrives (an instance
 ignores its own). Pub/sub delivers at most once, so when the subscriber
-reconnects it clears the whole L1, and ``l1_ttl`` bounds how long any L1
+reconnects it clears the whole L1 (it pings every second, and a connection
+silent for 3 s counts as lost, so a partition cannot hide), and ``l1_ttl`` bounds how long any L1
 entry can live without Redis. An L2 read that raced with an invalidation
 does not fill L1.
 
