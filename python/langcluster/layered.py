@@ -862,7 +862,9 @@ class LayeredCache:
             try:
                 started = time.monotonic()
                 result = factory()
-                self._store_result(key, result, ttl, negative_ttl, started)
+                store, store_ttl = self._to_store(key, result, ttl, negative_ttl, started)
+                if store:
+                    self.set(key, result, store_ttl)
                 return result
             finally:
                 if held:
@@ -870,15 +872,15 @@ class LayeredCache:
 
         return self._flights.run(compute, _Token(self.l1, key, refresh), (), None)  # type: ignore[arg-type]
 
-    def _store_result(
+    def _to_store(
         self, key: _Key, result: Any, ttl: float | None, negative_ttl: float | None, started: float
-    ) -> None:
+    ) -> tuple[bool, float | None]:
+        """Notes the compute time; whether to store `result`, and for how
+        long (a None result only with negative caching)."""
         self._computed(key, started, ttl)
         if result is None:
-            if negative_ttl is not None:
-                self.set(key, None, ttl=negative_ttl)
-            return
-        self.set(key, result, ttl)
+            return negative_ttl is not None, negative_ttl
+        return True, ttl
 
     def _lock_poll_s(self) -> float:
         return min(0.05, self.lock_ttl_s / 20)
@@ -908,6 +910,12 @@ class LayeredCache:
             self.l2._unlock(name, token)
         except CacheError:
             self._count("l2_errors")  # it expires by itself
+
+    async def _arelease(self, name: bytes, token: bytes) -> None:
+        try:
+            await self.l2._aunlock(name, token)
+        except CacheError:
+            self._count("l2_errors")
 
     async def aget_or_set(
         self,
@@ -941,18 +949,13 @@ class LayeredCache:
                 result = factory()
                 if inspect.isawaitable(result):
                     result = await result
-                self._computed(key, started, ttl)
-                if result is not None:
-                    await self.aset(key, result, ttl)
-                elif negative_ttl is not None:
-                    await self.aset(key, None, ttl=negative_ttl)
+                store, store_ttl = self._to_store(key, result, ttl, negative_ttl, started)
+                if store:
+                    await self.aset(key, result, store_ttl)
                 return result
             finally:
                 if held:
-                    try:
-                        await self.l2._aunlock(name, token)
-                    except CacheError:
-                        self._count("l2_errors")
+                    await self._arelease(name, token)
 
         return await self._flights.arun(compute, _Token(self.l1, key, refresh), (), None)  # type: ignore[arg-type]
 
