@@ -2,7 +2,7 @@
 //! (criterion), over 10,000 u64 keys in a cache of 20,000.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use langcluster_core::cache::{Cache, Config, PolicyKind, Removed};
+use langcluster_core::cache::{Cache, Config, Now, PolicyKind, Removed};
 use langcluster_core::hash::hash_i64;
 
 fn filled(policy: PolicyKind) -> Cache<u64, u64> {
@@ -15,7 +15,15 @@ fn filled(policy: PolicyKind) -> Cache<u64, u64> {
     .unwrap();
     for k in 0..10_000u64 {
         let mut out = Removed::new();
-        cache.insert(hash_i64(k as i64), || k, k, None, |x| *x == k, &mut out);
+        cache.insert(
+            Now::LAZY,
+            hash_i64(k as i64),
+            || k,
+            k,
+            None,
+            |x| *x == k,
+            &mut out,
+        );
     }
     cache
 }
@@ -35,7 +43,13 @@ fn bench(c: &mut Criterion) {
                 k = (k + 7919) % 10_000;
                 let mut out = Removed::new();
                 let key = black_box(k);
-                cache.get(hash_i64(key as i64), |x| *x == key, |v| *v, &mut out)
+                cache.get(
+                    Now::LAZY,
+                    hash_i64(key as i64),
+                    |x| *x == key,
+                    |v| *v,
+                    &mut out,
+                )
             })
         });
         c.bench_function(&format!("cache/{name}/get_miss"), |b| {
@@ -43,7 +57,13 @@ fn bench(c: &mut Criterion) {
                 k = (k + 7919) % 10_000;
                 let mut out = Removed::new();
                 let key = black_box(k + 1_000_000);
-                cache.get(hash_i64(key as i64), |x| *x == key, |v| *v, &mut out)
+                cache.get(
+                    Now::LAZY,
+                    hash_i64(key as i64),
+                    |x| *x == key,
+                    |v| *v,
+                    &mut out,
+                )
             })
         });
         c.bench_function(&format!("cache/{name}/set_replace"), |b| {
@@ -52,6 +72,7 @@ fn bench(c: &mut Criterion) {
                 let mut out = Removed::new();
                 let key = black_box(k);
                 cache.insert(
+                    Now::LAZY,
                     hash_i64(key as i64),
                     || key,
                     key,

@@ -9,7 +9,7 @@ use langcluster_core::balancer::{
     Adaptive, Balancer, ConsistentHash, LeastConnections, NodeSpec, PowerOfTwoChoices, Random,
     RoundRobin, Strategy, WeightedRoundRobin,
 };
-use langcluster_core::cache::{Cache, Config, PolicyKind, Removed};
+use langcluster_core::cache::{Cache, Config, Now, PolicyKind, Removed};
 use langcluster_core::hash::{hash_bytes, hash_i64};
 
 struct Counting;
@@ -138,7 +138,15 @@ fn cache_hits_and_updates_do_not_allocate() {
         .unwrap();
         let mut out = Removed::new();
         for k in 0..500u64 {
-            cache.insert(hash_i64(k as i64), || k, k, None, |x| *x == k, &mut out);
+            cache.insert(
+                Now::LAZY,
+                hash_i64(k as i64),
+                || k,
+                k,
+                None,
+                |x| *x == k,
+                &mut out,
+            );
         }
         let before = allocations();
         let mut sum = 0;
@@ -146,10 +154,13 @@ fn cache_hits_and_updates_do_not_allocate() {
             let k = i % 500;
             let h = hash_i64(k as i64);
             let mut out = Removed::new();
-            sum += cache.get(h, |x| *x == k, |v| *v, &mut out).unwrap_or(0);
-            cache.insert(h, || k, i, None, |x| *x == k, &mut out);
+            sum += cache
+                .get(Now::LAZY, h, |x| *x == k, |v| *v, &mut out)
+                .unwrap_or(0);
+            cache.insert(Now::LAZY, h, || k, i, None, |x| *x == k, &mut out);
             let missing = k + 1_000_000;
             let _ = cache.get(
+                Now::LAZY,
                 hash_i64(missing as i64),
                 |x| *x == missing,
                 |v| *v,

@@ -41,18 +41,18 @@ impl ConsistentHash {
     /// `vnodes` per node of mean weight (1 to 10,000); `load_factor` >= 1.0
     /// turns on bounded load.
     pub fn new(vnodes: u32, load_factor: Option<f64>) -> Result<Self, Error> {
-        if !(1..=MAX_VNODES).contains(&vnodes) {
-            return Err(Error::InvalidArgument {
-                name: "vnodes",
-                reason: format!("must be between 1 and {MAX_VNODES}, got {vnodes}"),
-            });
-        }
+        Self::from_settings(i64::from(vnodes), load_factor)
+    }
+
+    /// [`ConsistentHash::new`] from a caller's plain numbers.
+    pub fn from_settings(vnodes: i64, load_factor: Option<f64>) -> Result<Self, Error> {
+        let vnodes = crate::error::count_in("vnodes", vnodes, MAX_VNODES)?;
         if let Some(c) = load_factor {
             if !(c.is_finite() && c >= 1.0) {
-                return Err(Error::InvalidArgument {
-                    name: "load_factor",
-                    reason: format!("must be a finite number >= 1.0, got {c}"),
-                });
+                return Err(Error::invalid(
+                    "load_factor",
+                    format!("must be a finite number >= 1.0, got {c}"),
+                ));
             }
         }
         Ok(Self {
@@ -348,14 +348,11 @@ mod tests {
     fn bad_options_are_refused_by_name() {
         assert!(matches!(
             ConsistentHash::new(0, None),
-            Err(Error::InvalidArgument { name: "vnodes", .. })
+            Err(Error::InvalidArgument { name, .. }) if name == "vnodes"
         ));
         assert!(matches!(
             ConsistentHash::new(10, Some(0.9)),
-            Err(Error::InvalidArgument {
-                name: "load_factor",
-                ..
-            })
+            Err(Error::InvalidArgument { name, .. }) if name == "load_factor"
         ));
     }
 }

@@ -159,10 +159,10 @@ impl<T: Send + Sync, S: Strategy> Balancer<T, S> {
     /// A balancer whose latency estimates decay with time constant `decay_s`.
     pub fn with_decay(strategy: S, nodes: Vec<NodeSpec<T>>, decay_s: f64) -> Result<Self, Error> {
         if !(decay_s.is_finite() && decay_s > 0.0) {
-            return Err(Error::InvalidArgument {
-                name: "decay_s",
-                reason: format!("must be a positive finite number of seconds, got {decay_s}"),
-            });
+            return Err(Error::invalid(
+                "decay_s",
+                format!("must be a positive finite number of seconds, got {decay_s}"),
+            ));
         }
         let total = Arc::new(AtomicI64::new(0));
         let decay_ns = decay_s * 1e9;
@@ -194,15 +194,7 @@ impl<T: Send + Sync, S: Strategy> Balancer<T, S> {
     pub fn update(&self, nodes: Vec<NodeSpec<T>>) -> Result<(), Error> {
         let mut index = HashMap::with_capacity(nodes.len());
         for (i, node) in nodes.iter().enumerate() {
-            if node.id.is_empty() {
-                return Err(Error::EmptyId { index: i });
-            }
-            if !(node.weight.is_finite() && node.weight > 0.0) {
-                return Err(Error::InvalidWeight {
-                    id: node.id.clone(),
-                    weight: node.weight,
-                });
-            }
+            check_node(&node.id, node.weight).map_err(|e| e.within(format_args!("nodes[{i}]")))?;
             if index.insert(node.id.as_str().into(), i).is_some() {
                 return Err(Error::DuplicateId {
                     id: node.id.clone(),
@@ -400,15 +392,30 @@ impl<T: Send + Sync, S: Strategy> Balancer<T, S> {
     }
 }
 
+/// Checks a node's id (not empty) and weight (positive and finite): the
+/// one place these are checked, for balancers and for `Node` objects.
+pub fn check_node(id: &str, weight: f64) -> Result<(), Error> {
+    if id.is_empty() {
+        return Err(Error::invalid("id", "must be a non-empty string"));
+    }
+    if !(weight.is_finite() && weight > 0.0) {
+        return Err(Error::invalid(
+            "weight",
+            format!("must be a positive finite number, got {weight}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a reported latency: finite and not negative.
 pub fn check_latency(latency_s: f64) -> Result<(), Error> {
     if latency_s.is_finite() && latency_s >= 0.0 {
         Ok(())
     } else {
-        Err(Error::InvalidArgument {
-            name: "latency_s",
-            reason: format!("must be a finite number of seconds >= 0, got {latency_s}"),
-        })
+        Err(Error::invalid(
+            "latency_s",
+            format!("must be a finite number of seconds >= 0, got {latency_s}"),
+        ))
     }
 }
 
@@ -508,12 +515,12 @@ mod tests {
         );
         assert_eq!(
             b.update(specs(&["a", ""])),
-            Err(Error::EmptyId { index: 1 })
+            Err(Error::invalid("nodes[1].id", "must be a non-empty string"))
         );
         for w in [0.0, -1.0, f64::NAN, f64::INFINITY] {
             assert!(matches!(
                 b.update(weighted(&[("a", w)])),
-                Err(Error::InvalidWeight { .. })
+                Err(Error::InvalidArgument { name, .. }) if name == "nodes[0].weight"
             ));
         }
         assert_eq!(b.len(), 2);
@@ -558,10 +565,7 @@ mod tests {
         for l in [-1.0, f64::NAN, f64::INFINITY] {
             assert!(matches!(
                 b.end("a", l, true),
-                Err(Error::InvalidArgument {
-                    name: "latency_s",
-                    ..
-                })
+                Err(Error::InvalidArgument { name, .. }) if name == "latency_s"
             ));
         }
     }
@@ -624,10 +628,7 @@ mod tests {
     fn decay_time_must_be_positive() {
         assert!(matches!(
             Balancer::with_decay(RoundRobin::default(), specs(&["a"]), 0.0),
-            Err(Error::InvalidArgument {
-                name: "decay_s",
-                ..
-            })
+            Err(Error::InvalidArgument { name, .. }) if name == "decay_s"
         ));
     }
 }

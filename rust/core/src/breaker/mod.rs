@@ -27,7 +27,7 @@ mod window;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::error::Error;
+use crate::error::{count_in, positive_seconds, Error};
 pub use window::Totals;
 use window::{CountWindow, TimeWindow};
 
@@ -98,24 +98,120 @@ pub struct BreakerConfig {
     pub max_open_timeout: Option<Duration>,
 }
 
+/// The defaults, chosen for calls to model servers: judge the last 20 calls
+/// once 5 are in, open for 5 s, then up to 60 s while trials keep failing.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const FAILURE_RATE_THRESHOLD: f64 = 0.5;
+    pub const SLOW_CALL_RATE_THRESHOLD: f64 = 1.0;
+    pub const WINDOW_SIZE: u32 = 20;
+    pub const MINIMUM_CALLS: u32 = 5;
+    pub const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const HALF_OPEN_MAX_CALLS: u32 = 2;
+    pub const MAX_OPEN_TIMEOUT: Option<Duration> = Some(Duration::from_secs(60));
+}
+
 impl Default for BreakerConfig {
     fn default() -> Self {
         BreakerConfig {
-            failure_rate_threshold: 0.5,
-            slow_call_rate_threshold: 1.0,
+            failure_rate_threshold: defaults::FAILURE_RATE_THRESHOLD,
+            slow_call_rate_threshold: defaults::SLOW_CALL_RATE_THRESHOLD,
             slow_call_duration: None,
             window: WindowKind::Count,
-            window_size: 100,
-            minimum_calls: 10,
-            open_timeout: Duration::from_secs(30),
-            half_open_max_calls: 5,
-            max_open_timeout: None,
+            window_size: defaults::WINDOW_SIZE,
+            minimum_calls: defaults::MINIMUM_CALLS,
+            open_timeout: defaults::OPEN_TIMEOUT,
+            half_open_max_calls: defaults::HALF_OPEN_MAX_CALLS,
+            max_open_timeout: defaults::MAX_OPEN_TIMEOUT,
+        }
+    }
+}
+
+/// A breaker's settings as a caller states them: plain numbers, durations
+/// in seconds, the window by name. [`BreakerSettings::config`] checks them
+/// all and makes the [`BreakerConfig`]; the defaults are
+/// `BreakerConfig::default()`'s.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BreakerSettings {
+    pub failure_rate_threshold: f64,
+    pub slow_call_rate_threshold: f64,
+    pub slow_call_duration_s: Option<f64>,
+    pub window: String,
+    pub window_size: i64,
+    pub minimum_calls: i64,
+    pub open_timeout_s: f64,
+    pub half_open_max_calls: i64,
+    pub max_open_timeout_s: Option<f64>,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings::from(&BreakerConfig::default())
+    }
+}
+
+impl From<&BreakerConfig> for BreakerSettings {
+    fn from(c: &BreakerConfig) -> Self {
+        BreakerSettings {
+            failure_rate_threshold: c.failure_rate_threshold,
+            slow_call_rate_threshold: c.slow_call_rate_threshold,
+            slow_call_duration_s: c.slow_call_duration.map(|d| d.as_secs_f64()),
+            window: c.window.name().to_owned(),
+            window_size: i64::from(c.window_size),
+            minimum_calls: i64::from(c.minimum_calls),
+            open_timeout_s: c.open_timeout.as_secs_f64(),
+            half_open_max_calls: i64::from(c.half_open_max_calls),
+            max_open_timeout_s: c.max_open_timeout.map(|d| d.as_secs_f64()),
+        }
+    }
+}
+
+impl BreakerSettings {
+    /// The checked config; an error names the first bad setting.
+    pub fn config(&self) -> Result<BreakerConfig, Error> {
+        let window = match self.window.as_str() {
+            "count" => WindowKind::Count,
+            "time" => WindowKind::Time,
+            other => {
+                return Err(invalid(
+                    "window",
+                    format!("must be 'count' or 'time', got '{other}'"),
+                ))
+            }
+        };
+        let seconds = |name, secs: Option<f64>| secs.map(|s| positive_seconds(name, s)).transpose();
+        let config = BreakerConfig {
+            failure_rate_threshold: self.failure_rate_threshold,
+            slow_call_rate_threshold: self.slow_call_rate_threshold,
+            slow_call_duration: seconds("slow_call_duration_s", self.slow_call_duration_s)?,
+            window,
+            window_size: count_in("window_size", self.window_size, MAX_WINDOW)?,
+            minimum_calls: count_in("minimum_calls", self.minimum_calls, MAX_WINDOW)?,
+            open_timeout: positive_seconds("open_timeout_s", self.open_timeout_s)?,
+            half_open_max_calls: count_in(
+                "half_open_max_calls",
+                self.half_open_max_calls,
+                MAX_TRIALS,
+            )?,
+            max_open_timeout: seconds("max_open_timeout_s", self.max_open_timeout_s)?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl WindowKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            WindowKind::Count => "count",
+            WindowKind::Time => "time",
         }
     }
 }
 
 fn invalid(name: &'static str, reason: String) -> Error {
-    Error::InvalidArgument { name, reason }
+    Error::invalid(name, reason)
 }
 
 impl BreakerConfig {

@@ -12,6 +12,7 @@ fn breaker(f: impl FnOnce(&mut BreakerConfig)) -> CircuitBreaker {
         minimum_calls: 4,
         open_timeout: Duration::from_secs(1),
         half_open_max_calls: 2,
+        max_open_timeout: None,
         ..BreakerConfig::default()
     };
     f(&mut config);

@@ -68,10 +68,10 @@ impl PolicyKind {
             "fifo" => Ok(PolicyKind::Fifo),
             "lfu" => Ok(PolicyKind::Lfu),
             "tinylfu" => Ok(PolicyKind::TinyLfu),
-            other => Err(Error::InvalidArgument {
-                name: "policy",
-                reason: format!("must be one of 'tinylfu', 'lru', 'lfu', 'fifo', got '{other}'"),
-            }),
+            other => Err(Error::invalid(
+                "policy",
+                format!("must be one of 'tinylfu', 'lru', 'lfu', 'fifo', got '{other}'"),
+            )),
         }
     }
 
@@ -117,6 +117,9 @@ pub struct Stats {
     pub capacity: usize,
 }
 
+/// The largest capacity a cache accepts.
+pub const MAX_CAPACITY: usize = u32::MAX as usize / 2;
+
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
     pub capacity: usize,
@@ -127,25 +130,48 @@ pub struct Config {
     pub ttl: Option<Duration>,
 }
 
-/// Validates a TTL given in seconds.
-pub fn ttl_from_secs(name: &'static str, secs: f64) -> Result<Duration, Error> {
-    if secs.is_finite() && secs > 0.0 {
-        Duration::try_from_secs_f64(secs).map_err(|e| Error::InvalidArgument {
-            name,
-            reason: e.to_string(),
-        })
-    } else {
-        Err(Error::InvalidArgument {
-            name,
-            reason: format!("must be a positive number of seconds, got {secs}"),
+impl Config {
+    /// A config from a caller's plain values (a TTL in seconds), checked.
+    pub fn from_settings(
+        capacity: i64,
+        policy: &str,
+        shards: Option<i64>,
+        ttl_s: Option<f64>,
+    ) -> Result<Config, Error> {
+        let size = |name: &'static str, v: i64| {
+            usize::try_from(v)
+                .map_err(|_| Error::invalid(name, format!("must be positive, got {v}")))
+        };
+        Ok(Config {
+            capacity: size("capacity", capacity)?,
+            policy: PolicyKind::parse(policy)?,
+            shards: shards.map(|n| size("shards", n)).transpose()?,
+            ttl: ttl_s.map(|t| ttl_from_secs("ttl", t)).transpose()?,
         })
     }
 }
 
-/// The monotonic clock, read at most once per operation and only if needed.
-struct Now(u64);
+/// Validates a TTL given in seconds.
+pub fn ttl_from_secs(name: &'static str, secs: f64) -> Result<Duration, Error> {
+    crate::error::positive_seconds(name, secs)
+}
+
+/// The time of one operation in monotonic nanoseconds: read from the
+/// process clock at most once and only if the operation needs it
+/// ([`Now::LAZY`]), or given by the caller ([`Now::at`], for a clock the
+/// caller controls, read before any lock is taken).
+#[derive(Clone, Copy, Debug)]
+pub struct Now(u64);
 
 impl Now {
+    /// Reads the process clock when first needed.
+    pub const LAZY: Now = Now(0);
+
+    /// This instant, in nanoseconds on the caller's clock (0 counts as 1).
+    pub fn at(ns: u64) -> Now {
+        Now(ns.max(1))
+    }
+
     #[inline]
     fn get(&mut self) -> u64 {
         if self.0 == 0 {
@@ -384,21 +410,21 @@ fn duration_ns(d: Duration) -> u64 {
 impl<K, V> Cache<K, V> {
     pub fn new(config: Config) -> Result<Self, Error> {
         let capacity = config.capacity;
-        if capacity == 0 || capacity > u32::MAX as usize / 2 {
-            return Err(Error::InvalidArgument {
-                name: "capacity",
-                reason: format!("must be between 1 and {}, got {capacity}", u32::MAX / 2),
-            });
+        if capacity == 0 || capacity > MAX_CAPACITY {
+            return Err(Error::invalid(
+                "capacity",
+                format!("must be between 1 and {MAX_CAPACITY}, got {capacity}"),
+            ));
         }
         let shards = config.shards.unwrap_or_else(|| auto_shards(capacity));
         if shards == 0 || shards > capacity || shards > 1024 {
-            return Err(Error::InvalidArgument {
-                name: "shards",
-                reason: format!(
+            return Err(Error::invalid(
+                "shards",
+                format!(
                     "must be between 1 and min(capacity, 1024) = {}, got {shards}",
                     capacity.min(1024)
                 ),
-            });
+            ));
         }
         let shards: Box<[_]> = (0..shards)
             .map(|i| {
@@ -442,12 +468,12 @@ impl<K, V> Cache<K, V> {
     #[inline(always)]
     pub fn get<R>(
         &self,
+        mut now: Now,
         hash: u64,
         eq: impl FnMut(&K) -> bool,
         read: impl FnOnce(&V) -> R,
         out: &mut Removed<K, V>,
     ) -> Option<R> {
-        let mut now = Now(0);
         let mut shard = self.shard(hash).lock();
         shard.tick(&mut now, out);
         match shard.lookup(hash, eq, &mut now, out) {
@@ -467,20 +493,25 @@ impl<K, V> Cache<K, V> {
     /// alone: for a second look at a key just counted as a miss.
     pub fn peek<R>(
         &self,
+        mut now: Now,
         hash: u64,
         eq: impl FnMut(&K) -> bool,
         read: impl FnOnce(&V) -> R,
         out: &mut Removed<K, V>,
     ) -> Option<R> {
-        let mut now = Now(0);
         let mut shard = self.shard(hash).lock();
         let index = shard.lookup(hash, eq, &mut now, out)?;
         shard.read(index, read)
     }
 
     /// Whether a live entry holds the key; counts nothing, moves nothing.
-    pub fn contains(&self, hash: u64, eq: impl FnMut(&K) -> bool, out: &mut Removed<K, V>) -> bool {
-        let mut now = Now(0);
+    pub fn contains(
+        &self,
+        mut now: Now,
+        hash: u64,
+        eq: impl FnMut(&K) -> bool,
+        out: &mut Removed<K, V>,
+    ) -> bool {
         let mut shard = self.shard(hash).lock();
         shard.lookup(hash, eq, &mut now, out).is_some()
     }
@@ -490,8 +521,12 @@ impl<K, V> Cache<K, V> {
     /// the key is new (a replacement keeps the stored key). `ttl` overrides
     /// the cache's default TTL for this entry.
     #[inline]
+    // The closures are the key's hashing and equality, passed per call so the
+    // cache needs no trait bound on keys: grouping them would only hide them.
+    #[allow(clippy::too_many_arguments)]
     pub fn insert(
         &self,
+        mut now: Now,
         hash: u64,
         make_key: impl FnOnce() -> K,
         value: V,
@@ -499,7 +534,6 @@ impl<K, V> Cache<K, V> {
         eq: impl FnMut(&K) -> bool,
         out: &mut Removed<K, V>,
     ) -> Option<V> {
-        let mut now = Now(0);
         let ttl_ns = ttl.map_or(self.ttl_ns, duration_ns);
         let deadline = if ttl_ns == 0 {
             0
@@ -529,11 +563,11 @@ impl<K, V> Cache<K, V> {
     /// absent (and goes to `out`).
     pub fn remove(
         &self,
+        mut now: Now,
         hash: u64,
         eq: impl FnMut(&K) -> bool,
         out: &mut Removed<K, V>,
     ) -> Option<(K, V)> {
-        let mut now = Now(0);
         let mut shard = self.shard(hash).lock();
         let index = shard.lookup(hash, eq, &mut now, out)?;
         Some(shard.take(index))
@@ -551,8 +585,8 @@ impl<K, V> Cache<K, V> {
     }
 
     /// Frees every expired entry now and returns them.
-    pub fn purge_expired(&self) -> Vec<(K, V, Cause)> {
-        let now = now_ns();
+    pub fn purge_expired(&self, mut now: Now) -> Vec<(K, V, Cause)> {
+        let now = now.get();
         let mut all = Vec::new();
         for shard in self.shards.iter() {
             let mut out = Removed::new();
@@ -572,8 +606,8 @@ impl<K, V> Cache<K, V> {
     }
 
     /// `f` of every live key, shard by shard.
-    pub fn keys<R>(&self, mut f: impl FnMut(&K) -> R) -> Vec<R> {
-        let now = now_ns();
+    pub fn keys<R>(&self, mut now: Now, mut f: impl FnMut(&K) -> R) -> Vec<R> {
+        let now = now.get();
         let mut keys = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.0.lock();

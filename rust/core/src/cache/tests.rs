@@ -20,27 +20,27 @@ fn h(k: u64) -> u64 {
 
 fn get(c: &TestCache, k: u64) -> Option<u64> {
     let mut out = Removed::new();
-    c.get(h(k), |x| *x == k, |v| *v, &mut out)
+    c.get(Now::LAZY, h(k), |x| *x == k, |v| *v, &mut out)
 }
 
 fn set(c: &TestCache, k: u64, v: u64) -> Removed<u64, u64> {
     let mut out = Removed::new();
-    c.insert(h(k), || k, v, None, |x| *x == k, &mut out);
+    c.insert(Now::LAZY, h(k), || k, v, None, |x| *x == k, &mut out);
     out
 }
 
 fn replace(c: &TestCache, k: u64, v: u64) -> Option<u64> {
     let mut out = Removed::new();
-    c.insert(h(k), || k, v, None, |x| *x == k, &mut out)
+    c.insert(Now::LAZY, h(k), || k, v, None, |x| *x == k, &mut out)
 }
 
 fn set_ttl(c: &TestCache, k: u64, ttl: Duration) {
     let mut out = Removed::new();
-    c.insert(h(k), || k, k, Some(ttl), |x| *x == k, &mut out);
+    c.insert(Now::LAZY, h(k), || k, k, Some(ttl), |x| *x == k, &mut out);
 }
 
 fn sorted_keys(c: &TestCache) -> Vec<u64> {
-    let mut keys = c.keys(|k| *k);
+    let mut keys = c.keys(Now::LAZY, |k| *k);
     keys.sort_unstable();
     keys
 }
@@ -282,7 +282,7 @@ fn purge_expired_frees_everything_due() {
     }
     set_ttl(&c, 99, Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(10));
-    let purged = c.purge_expired();
+    let purged = c.purge_expired(Now::LAZY);
     assert_eq!(purged.len(), 10);
     assert!(purged.iter().all(|(_, _, cause)| *cause == Cause::Expired));
     assert_eq!(sorted_keys(&c), vec![99]);
