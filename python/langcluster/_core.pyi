@@ -2,9 +2,11 @@
 
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, Generic, Protocol, TypeVar, final, type_check_only
+from typing import Any, Generic, TypeVar, final
 
 from typing_extensions import Self, disjoint_base
+
+from langcluster.types import BreakerState, Key, NodeLike, Policy, Window
 
 __version__: str
 __all__ = [
@@ -24,33 +26,46 @@ __all__ = [
     "RoundRobin",
     "WeightedRoundRobin",
     "__version__",
+    "breaker_settings",
+    "check_node",
+    "wrap_cached",
 ]
 
 _T_co = TypeVar("_T_co", covariant=True)
 _T = TypeVar("_T")
-_F = TypeVar("_F", bound=Callable[[str, str], object])
+_F = TypeVar("_F", bound=Callable[[BreakerState, BreakerState], object])
 
-@type_check_only
-class _NodeLike(Protocol):
-    @property
-    def id(self) -> str: ...
+def check_node(id: str, weight: float) -> None:
+    """Checks a node's id and weight as every balancer does."""
 
-_Key = str | bytes | int
+def breaker_settings(**settings: Any) -> dict[str, Any]:
+    """A breaker's settings, checked and completed with the defaults."""
+
+def wrap_cached(
+    func: Callable[..., Any],
+    cache: MemoryCache,
+    flights: Any,
+    *,
+    ttl: float | None = None,
+    key_fn: Callable[..., Any] | None = None,
+    is_async: bool = False,
+) -> CachedFunction:
+    """The wrapper behind ``langcluster.cached``."""
 
 @disjoint_base
 class Balancer:
     """Base class of every balancer; not instantiable itself."""
 
-    def pick(self, key: _Key | None = None) -> Any:
+    def pick(self, key: Key | None = None) -> Any:
         """The picked node object itself. Raises NoAvailableNode."""
 
-    def acquire(self, key: _Key | None = None) -> Lease:
+    def acquire(self, key: Key | None = None) -> Lease:
         """A sync and async context manager holding one request in flight."""
 
     def begin(self, node_id: str) -> None: ...
     def end(self, node_id: str, latency_s: float, ok: bool = True) -> bool: ...
     def release(self, node_id: str) -> bool: ...
-    def update(self, nodes: Iterable[_NodeLike]) -> None: ...
+    def update(self, nodes: Iterable[NodeLike]) -> None: ...
     def set_available(self, node_id: str, available: bool) -> bool: ...
     def stats(self) -> dict[str, dict[str, Any]]: ...
     @property
@@ -62,35 +77,35 @@ class Balancer:
 
 @final
 class RoundRobin(Balancer):
-    def __new__(cls, nodes: Iterable[_NodeLike] | None = None) -> RoundRobin: ...
+    def __new__(cls, nodes: Iterable[NodeLike] | None = None) -> RoundRobin: ...
 
 @final
 class WeightedRoundRobin(Balancer):
-    def __new__(cls, nodes: Iterable[_NodeLike] | None = None) -> WeightedRoundRobin: ...
+    def __new__(cls, nodes: Iterable[NodeLike] | None = None) -> WeightedRoundRobin: ...
 
 @final
 class LeastConnections(Balancer):
-    def __new__(cls, nodes: Iterable[_NodeLike] | None = None) -> LeastConnections: ...
+    def __new__(cls, nodes: Iterable[NodeLike] | None = None) -> LeastConnections: ...
 
 @final
 class Random(Balancer):
-    def __new__(cls, nodes: Iterable[_NodeLike] | None = None) -> Random: ...
+    def __new__(cls, nodes: Iterable[NodeLike] | None = None) -> Random: ...
 
 @final
 class PowerOfTwoChoices(Balancer):
-    def __new__(cls, nodes: Iterable[_NodeLike] | None = None) -> PowerOfTwoChoices: ...
+    def __new__(cls, nodes: Iterable[NodeLike] | None = None) -> PowerOfTwoChoices: ...
 
 @final
 class Adaptive(Balancer):
     def __new__(
-        cls, nodes: Iterable[_NodeLike] | None = None, *, decay_s: float = 10.0
+        cls, nodes: Iterable[NodeLike] | None = None, *, decay_s: float = 10.0
     ) -> Adaptive: ...
 
 @final
 class ConsistentHash(Balancer):
     def __new__(
         cls,
-        nodes: Iterable[_NodeLike] | None = None,
+        nodes: Iterable[NodeLike] | None = None,
         *,
         vnodes: int = 160,
         load_factor: float | None = None,
@@ -132,24 +147,25 @@ class MemoryCache:
         cls,
         capacity: int,
         *,
-        policy: str = "tinylfu",
+        policy: Policy = "tinylfu",
         ttl: float | None = None,
         shards: int | None = None,
         on_evict: Callable[[Any, Any, str], object] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> MemoryCache: ...
-    def get(self, key: _Key, default: Any = None) -> Any: ...
-    def __getitem__(self, key: _Key, /) -> Any: ...
-    def set(self, key: _Key, value: Any, ttl: float | None = None) -> None: ...
-    def __setitem__(self, key: _Key, value: Any, /) -> None: ...
-    def delete(self, key: _Key) -> bool: ...
-    def __delitem__(self, key: _Key, /) -> None: ...
-    def pop(self, key: _Key, default: Any = None) -> Any: ...
-    def __contains__(self, key: _Key, /) -> bool: ...
-    def get_many(self, keys: Iterable[_Key]) -> dict[Any, Any]: ...
+    def get(self, key: Key, default: Any = None) -> Any: ...
+    def __getitem__(self, key: Key, /) -> Any: ...
+    def set(self, key: Key, value: Any, ttl: float | None = None) -> None: ...
+    def __setitem__(self, key: Key, value: Any, /) -> None: ...
+    def delete(self, key: Key) -> bool: ...
+    def __delitem__(self, key: Key, /) -> None: ...
+    def pop(self, key: Key, default: Any = None) -> Any: ...
+    def __contains__(self, key: Key, /) -> bool: ...
+    def get_many(self, keys: Iterable[Key]) -> dict[Any, Any]: ...
     def set_many(
         self, mapping: Mapping[Any, Any] | Iterable[tuple[Any, Any]], ttl: float | None = None
     ) -> None: ...
-    def delete_many(self, keys: Iterable[_Key]) -> int: ...
+    def delete_many(self, keys: Iterable[Key]) -> int: ...
     def clear(self) -> None: ...
     def purge_expired(self) -> int: ...
     def __len__(self) -> int: ...
@@ -161,7 +177,7 @@ class MemoryCache:
     @property
     def capacity(self) -> int: ...
     @property
-    def policy(self) -> str: ...
+    def policy(self) -> Policy: ...
     @property
     def ttl(self) -> float | None: ...
     @property
@@ -169,18 +185,8 @@ class MemoryCache:
 
 @final
 class CachedFunction:
-    """What `cached` returns: call it like the function it wraps."""
+    """What ``cached`` returns: call it like the function it wraps."""
 
-    def __new__(
-        cls,
-        func: Callable[..., Any],
-        cache: MemoryCache,
-        flights: Any,
-        *,
-        ttl: float | None = None,
-        key: Callable[..., Any] | None = None,
-        is_async: bool = False,
-    ) -> CachedFunction: ...
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
     def invalidate(self, *args: Any, **kwargs: Any) -> bool: ...
     @property
@@ -206,37 +212,46 @@ class CircuitBreaker:
         failure_rate_threshold: float = 0.5,
         slow_call_rate_threshold: float = 1.0,
         slow_call_duration_s: float | None = None,
-        window: str = "count",
-        window_size: int | None = None,
-        minimum_calls: int | None = None,
-        open_timeout_s: float | None = None,
-        half_open_max_calls: int | None = None,
-        max_open_timeout_s: float | None = None,
-        record: type[BaseException] | Iterable[type[BaseException]] | None = None,
-        ignore: type[BaseException] | Iterable[type[BaseException]] | None = None,
+        window: Window = "count",
+        window_size: int = 20,
+        minimum_calls: int = 5,
+        open_timeout_s: float = 5.0,
+        half_open_max_calls: int = 2,
+        max_open_timeout_s: float | None = 60.0,
+        record: type[BaseException] | Iterable[type[BaseException]] = (Exception,),
+        ignore: type[BaseException] | Iterable[type[BaseException]] = (),
         clock: Callable[[], float] | None = None,
     ) -> Self: ...
-    def allow(self) -> bool: ...
+    def allow(self) -> bool:
+        """Whether a call may go ahead now. True takes a permit: report the
+        call with ``record_success``, ``record_failure`` or ``release``."""
     def record_success(self, latency_s: float | None = None) -> None: ...
     def record_failure(self, latency_s: float | None = None) -> None: ...
-    def release(self) -> None: ...
-    def call(self, func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T: ...
-    def _report(
-        self, error: BaseException | None = None, latency_s: float | None = None
-    ) -> None: ...
-    def _admit(self) -> None: ...
+    def release(self) -> None:
+        """Gives back a permit without counting an outcome."""
+    def admit(self) -> None:
+        """Takes a permit or raises ``CircuitOpenError``; report the call with
+        ``report`` (or ``release``)."""
+    def report(self, error: BaseException | None = None, latency_s: float | None = None) -> None:
+        """Reports a call admitted by ``admit``: no ``error`` is a success; an
+        exception counts as ``record`` and ``ignore`` say, and a
+        ``BaseException`` such as a cancellation counts as nothing."""
+    def call(self, func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Calls ``func(*args, **kwargs)`` through the breaker."""
     def _guard(self, func: Callable[..., Any]) -> Guarded: ...
     @property
     def _timed(self) -> bool: ...
     @property
-    def state(self) -> str: ...
+    def state(self) -> BreakerState: ...
     @property
     def name(self) -> str | None: ...
-    def metrics(self) -> dict[str, Any]: ...
+    def metrics(self) -> dict[str, Any]:
+        """The window's counts and rates, the state and ``retry_after_s``."""
     def force_open(self) -> None: ...
     def disable(self) -> None: ...
     def reset(self) -> None: ...
-    def on_state_change(self, callback: _F) -> _F: ...
+    def on_state_change(self, callback: _F) -> _F:
+        """Registers ``callback(old_state, new_state)``; returns it."""
 
 @final
 class Guarded:

@@ -6,89 +6,123 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use langcluster_core::breaker::{
-    Admission, BreakerConfig, CircuitBreaker as Core, State, Transition, WindowKind,
+    Admission, BreakerConfig, BreakerSettings, CircuitBreaker as Core, State, Transition,
 };
 use langcluster_core::clock::now_ns;
-use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
+use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyTuple, PyType};
+use pyo3::types::{PyDict, PyTuple};
 
-use crate::cache_keys::type_name;
-use crate::errors::{log_callback_error, to_py};
+use crate::convert::{
+    clock, exception_types, integer, number, optional_number, read_clock, string,
+};
+use crate::errors::{log_callback_error, Error, Result};
+use langcluster_core::error::non_negative_seconds;
 
-pyo3::import_exception!(langcluster.errors, CircuitOpenError);
+/// Every setting of a breaker, as `CircuitBreaker` takes them.
+const SETTINGS: [&str; 12] = [
+    "failure_rate_threshold",
+    "slow_call_rate_threshold",
+    "slow_call_duration_s",
+    "window",
+    "window_size",
+    "minimum_calls",
+    "open_timeout_s",
+    "half_open_max_calls",
+    "max_open_timeout_s",
+    "record",
+    "ignore",
+    "clock",
+];
 
-fn seconds(name: &'static str, value: &Bound<'_, PyAny>) -> PyResult<Duration> {
-    if value.is_instance_of::<PyBool>()
-        || !(value.is_instance_of::<PyInt>() || value.is_instance_of::<PyFloat>())
-    {
-        return Err(PyTypeError::new_err(format!(
-            "{name}: must be a number of seconds, got {}",
-            type_name(value)
-        )));
-    }
-    let secs: f64 = value.extract()?;
-    if !(secs.is_finite() && secs > 0.0) {
-        return Err(PyValueError::new_err(format!(
-            "{name}: must be a positive number of seconds, got {secs}"
-        )));
-    }
-    Duration::try_from_secs_f64(secs).map_err(|e| PyValueError::new_err(format!("{name}: {e}")))
+/// A breaker's settings read from keyword arguments: the core's settings
+/// (checked by the core) and the Python-only ones.
+struct Settings {
+    core: BreakerSettings,
+    record: Py<PyTuple>,
+    ignore: Py<PyTuple>,
+    clock: Option<Py<PyAny>>,
 }
 
-fn optional_seconds(
-    name: &'static str,
-    value: Option<&Bound<'_, PyAny>>,
-) -> PyResult<Option<Duration>> {
-    value
-        .filter(|v| !v.is_none())
-        .map(|v| seconds(name, v))
-        .transpose()
-}
-
-fn count(name: &'static str, value: &Bound<'_, PyAny>) -> PyResult<u32> {
-    if value.is_instance_of::<PyBool>() || !value.is_instance_of::<PyInt>() {
-        return Err(PyTypeError::new_err(format!(
-            "{name}: must be an int, got {}",
-            type_name(value)
-        )));
-    }
-    match value.extract::<i64>() {
-        Ok(v) if v >= 1 && v <= i64::from(u32::MAX) => Ok(v as u32),
-        _ => Err(PyValueError::new_err(format!(
-            "{name}: must be a positive int, got {value}"
-        ))),
-    }
-}
-
-/// A tuple of exception classes, from one class or an iterable of them.
-fn exception_types<'py>(
-    name: &'static str,
-    value: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyTuple>> {
-    let py = value.py();
-    let items: Vec<Bound<'py, PyAny>> = if value.is_instance_of::<PyType>() {
-        vec![value.clone()]
-    } else {
-        value
-            .try_iter()
-            .map_err(|_| PyTypeError::new_err(format!("{name}: must be exception classes")))?
-            .collect::<PyResult<_>>()?
-    };
-    let base = py.get_type::<pyo3::exceptions::PyBaseException>();
-    for item in &items {
-        let ok = item
-            .cast::<PyType>()
-            .map(|t| t.is_subclass(&base).unwrap_or(false))
-            .unwrap_or(false);
-        if !ok {
-            return Err(PyTypeError::new_err(format!(
-                "{name}: must be exception classes, got {}",
-                item.repr()?
-            )));
+impl Settings {
+    fn parse(
+        py: Python<'_>,
+        given: Option<&Bound<'_, PyDict>>,
+    ) -> Result<(Settings, BreakerConfig)> {
+        let mut s = Settings {
+            core: BreakerSettings::default(),
+            record: PyTuple::new(py, [py.get_type::<PyException>()])?.unbind(),
+            ignore: PyTuple::empty(py).unbind(),
+            clock: None,
+        };
+        for (name, value) in given.into_iter().flatten() {
+            let name = name.str()?;
+            let value = &value;
+            let c = &mut s.core;
+            match name.to_str()? {
+                "failure_rate_threshold" => c.failure_rate_threshold = number(SETTINGS[0], value)?,
+                "slow_call_rate_threshold" => {
+                    c.slow_call_rate_threshold = number(SETTINGS[1], value)?
+                }
+                "slow_call_duration_s" => {
+                    c.slow_call_duration_s = optional_number(SETTINGS[2], Some(value))?
+                }
+                "window" => c.window = string(SETTINGS[3], value)?,
+                "window_size" => c.window_size = integer(SETTINGS[4], value)?,
+                "minimum_calls" => c.minimum_calls = integer(SETTINGS[5], value)?,
+                "open_timeout_s" => c.open_timeout_s = number(SETTINGS[6], value)?,
+                "half_open_max_calls" => c.half_open_max_calls = integer(SETTINGS[7], value)?,
+                "max_open_timeout_s" => {
+                    c.max_open_timeout_s = optional_number(SETTINGS[8], Some(value))?
+                }
+                "record" => s.record = exception_types(SETTINGS[9], value)?.unbind(),
+                "ignore" => s.ignore = exception_types(SETTINGS[10], value)?.unbind(),
+                "clock" => s.clock = clock(SETTINGS[11], Some(value))?,
+                other => {
+                    return Err(Error::type_error(
+                        other.to_owned(),
+                        format!(
+                            "not a setting of CircuitBreaker (its settings: {})",
+                            SETTINGS.join(", ")
+                        ),
+                    ))
+                }
+            }
         }
+        let config = s.core.config()?;
+        Ok((s, config))
     }
-    PyTuple::new(py, items)
+
+    /// Every setting, defaults included, by name.
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = &self.core;
+        let d = PyDict::new(py);
+        d.set_item(SETTINGS[0], c.failure_rate_threshold)?;
+        d.set_item(SETTINGS[1], c.slow_call_rate_threshold)?;
+        d.set_item(SETTINGS[2], c.slow_call_duration_s)?;
+        d.set_item(SETTINGS[3], &c.window)?;
+        d.set_item(SETTINGS[4], c.window_size)?;
+        d.set_item(SETTINGS[5], c.minimum_calls)?;
+        d.set_item(SETTINGS[6], c.open_timeout_s)?;
+        d.set_item(SETTINGS[7], c.half_open_max_calls)?;
+        d.set_item(SETTINGS[8], c.max_open_timeout_s)?;
+        d.set_item(SETTINGS[9], self.record.bind(py))?;
+        d.set_item(SETTINGS[10], self.ignore.bind(py))?;
+        d.set_item(SETTINGS[11], &self.clock)?;
+        Ok(d)
+    }
+}
+
+/// The settings of a breaker, checked and completed with the defaults; what
+/// `langcluster.BreakerConfig` holds.
+#[pyfunction]
+#[pyo3(signature = (**settings))]
+pub fn breaker_settings<'py>(
+    py: Python<'py>,
+    settings: Option<&Bound<'py, PyDict>>,
+) -> Result<Bound<'py, PyDict>> {
+    let (parsed, _) = Settings::parse(py, settings)?;
+    Ok(parsed.to_dict(py)?)
 }
 
 /// How an outcome is counted.
@@ -113,15 +147,12 @@ pub struct CircuitBreaker {
 
 impl CircuitBreaker {
     /// Monotonic nanoseconds, from the injected clock if there is one (it
-    /// was checked to return a number when the breaker was made).
+    /// was checked to return a number when the breaker was made; should it
+    /// fail later, the process clock stands in).
     fn now(&self, py: Python<'_>) -> u64 {
         match &self.clock {
             None => now_ns(),
-            Some(clock) => clock
-                .call0(py)
-                .and_then(|v| v.extract::<f64>(py))
-                .map(|secs| (secs.max(0.0) * 1e9) as u64)
-                .unwrap_or_else(|_| now_ns()),
+            Some(clock) => read_clock("clock", clock.bind(py)).unwrap_or_else(|_| now_ns()),
         }
     }
 
@@ -152,7 +183,7 @@ impl CircuitBreaker {
         self.name.clone().unwrap_or_else(|| "<unnamed>".into())
     }
 
-    fn refused(&self, py: Python<'_>, retry_after_ns: u64) -> PyErr {
+    fn refused(&self, retry_after_ns: u64) -> Error {
         let retry_after_s = retry_after_ns as f64 / 1e9;
         let message = match self.inner.state() {
             State::ForcedOpen => format!("circuit breaker {} is forced open", self.label()),
@@ -165,25 +196,20 @@ impl CircuitBreaker {
                 self.label()
             ),
         };
-        let build = || -> PyResult<PyErr> {
-            let kwargs = PyDict::new(py);
-            kwargs.set_item("name", &self.name)?;
-            kwargs.set_item("retry_after_s", retry_after_s)?;
-            let exc = py
-                .get_type::<CircuitOpenError>()
-                .call((message,), Some(&kwargs))?;
-            Ok(PyErr::from_value(exc))
-        };
-        build().unwrap_or_else(|e| e)
+        Error::CircuitOpen {
+            name: self.name.clone(),
+            message,
+            retry_after_s,
+        }
     }
 
     /// The permit, or `CircuitOpenError`.
-    pub fn admit(&self, py: Python<'_>) -> PyResult<()> {
+    fn take_permit(&self, py: Python<'_>) -> Result<()> {
         let (admission, transition) = self.inner.try_acquire(|| self.now(py));
         self.announce(py, transition);
         match admission {
             Admission::Allowed { .. } => Ok(()),
-            Admission::Refused { retry_after_ns } => Err(self.refused(py, retry_after_ns)),
+            Admission::Refused { retry_after_ns } => Err(self.refused(retry_after_ns)),
         }
     }
 
@@ -202,7 +228,7 @@ impl CircuitBreaker {
     }
 
     /// Reports an admitted call's outcome.
-    pub fn report(&self, py: Python<'_>, error: Option<&PyErr>, latency: Option<Duration>) {
+    fn report_outcome(&self, py: Python<'_>, error: Option<&PyErr>, latency: Option<Duration>) {
         let outcome = match error {
             None => Outcome::Success,
             Some(err) => self.classify(py, err),
@@ -229,147 +255,108 @@ impl CircuitBreaker {
         func: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<Py<PyAny>> {
-        self.admit(py)?;
+    ) -> Result<Py<PyAny>> {
+        self.take_permit(py)?;
         let started = self.timed().then(Instant::now);
         let result = func.call(args, kwargs);
         let latency = started.map(|s| s.elapsed());
         match result {
             Ok(value) => {
-                self.report(py, None, latency);
+                self.report_outcome(py, None, latency);
                 Ok(value.unbind())
             }
             Err(err) => {
-                self.report(py, Some(&err), latency);
-                Err(err)
+                self.report_outcome(py, Some(&err), latency);
+                Err(err.into())
             }
-        }
-    }
-
-    fn latency_s(value: Option<f64>) -> PyResult<Option<Duration>> {
-        match value {
-            None => Ok(None),
-            Some(s) if s.is_finite() && s >= 0.0 => Ok(Some(Duration::from_secs_f64(s))),
-            Some(s) => Err(PyValueError::new_err(format!(
-                "latency_s: must be a finite number >= 0, got {s}"
-            ))),
         }
     }
 }
 
+fn latency(value: Option<&Bound<'_, PyAny>>) -> Result<Option<Duration>> {
+    Ok(optional_number("latency_s", value)?
+        .map(|s| non_negative_seconds("latency_s", s))
+        .transpose()?)
+}
+
 #[pymethods]
 impl CircuitBreaker {
+    /// `CircuitBreaker(name=None, **settings)`: the settings are those of
+    /// `BreakerConfig`, listed with their defaults in `_core.pyi`.
     #[new]
-    #[pyo3(signature = (
-        name=None, *, failure_rate_threshold=0.5, slow_call_rate_threshold=1.0,
-        slow_call_duration_s=None, window="count", window_size=None, minimum_calls=None,
-        open_timeout_s=None, half_open_max_calls=None, max_open_timeout_s=None,
-        record=None, ignore=None, clock=None
-    ))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (name=None, **settings))]
     fn new(
         py: Python<'_>,
-        name: Option<String>,
-        failure_rate_threshold: f64,
-        slow_call_rate_threshold: f64,
-        slow_call_duration_s: Option<&Bound<'_, PyAny>>,
-        window: &str,
-        window_size: Option<&Bound<'_, PyAny>>,
-        minimum_calls: Option<&Bound<'_, PyAny>>,
-        open_timeout_s: Option<&Bound<'_, PyAny>>,
-        half_open_max_calls: Option<&Bound<'_, PyAny>>,
-        max_open_timeout_s: Option<&Bound<'_, PyAny>>,
-        record: Option<&Bound<'_, PyAny>>,
-        ignore: Option<&Bound<'_, PyAny>>,
-        clock: Option<Py<PyAny>>,
-    ) -> PyResult<Self> {
-        let defaults = BreakerConfig::default();
-        let window = match window {
-            "count" => WindowKind::Count,
-            "time" => WindowKind::Time,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "window: must be 'count' or 'time', got '{other}'"
-                )))
-            }
+        name: Option<&Bound<'_, PyAny>>,
+        settings: Option<&Bound<'_, PyDict>>,
+    ) -> Result<Self> {
+        let name = match name {
+            Some(n) if !n.is_none() => Some(string("name", n)?),
+            _ => None,
         };
-        let config = BreakerConfig {
-            failure_rate_threshold,
-            slow_call_rate_threshold,
-            slow_call_duration: optional_seconds("slow_call_duration_s", slow_call_duration_s)?,
-            window,
-            window_size: window_size
-                .map(|v| count("window_size", v))
-                .transpose()?
-                .unwrap_or(defaults.window_size),
-            minimum_calls: minimum_calls
-                .map(|v| count("minimum_calls", v))
-                .transpose()?
-                .unwrap_or(defaults.minimum_calls),
-            open_timeout: optional_seconds("open_timeout_s", open_timeout_s)?
-                .unwrap_or(defaults.open_timeout),
-            half_open_max_calls: half_open_max_calls
-                .map(|v| count("half_open_max_calls", v))
-                .transpose()?
-                .unwrap_or(defaults.half_open_max_calls),
-            max_open_timeout: optional_seconds("max_open_timeout_s", max_open_timeout_s)?,
-        };
-        let record = match record {
-            Some(r) => exception_types("record", r)?,
-            None => PyTuple::new(py, [py.get_type::<PyException>()])?,
-        };
-        let ignore = match ignore {
-            Some(i) => exception_types("ignore", i)?,
-            None => PyTuple::empty(py),
-        };
-        if let Some(clock) = &clock {
-            let reading = clock.bind(py).call0().map_err(|_| {
-                PyTypeError::new_err("clock: must be a function of no arguments returning seconds")
-            })?;
-            if reading.extract::<f64>().is_err() {
-                return Err(PyTypeError::new_err(format!(
-                    "clock: must return a number of seconds, returned {}",
-                    type_name(&reading)
-                )));
-            }
-        }
+        let (parsed, config) = Settings::parse(py, settings)?;
         Ok(CircuitBreaker {
-            inner: Core::new(config).map_err(to_py)?,
+            inner: Core::new(config)?,
             name,
-            record: record.unbind(),
-            ignore: ignore.unbind(),
-            clock,
+            record: parsed.record,
+            ignore: parsed.ignore,
+            clock: parsed.clock,
             listeners: Mutex::new(Vec::new()),
         })
     }
 
     /// Whether a call may go ahead now. True takes a permit: report the
     /// call with `record_success`, `record_failure` or `release`.
-    fn allow(&self, py: Python<'_>) -> PyResult<bool> {
+    fn allow(&self, py: Python<'_>) -> bool {
         let (admission, transition) = self.inner.try_acquire(|| self.now(py));
         self.announce(py, transition);
-        Ok(matches!(admission, Admission::Allowed { .. }))
+        matches!(admission, Admission::Allowed { .. })
     }
 
     #[pyo3(signature = (latency_s=None))]
-    fn record_success(&self, py: Python<'_>, latency_s: Option<f64>) -> PyResult<()> {
-        let latency = Self::latency_s(latency_s)?;
+    fn record_success(&self, py: Python<'_>, latency_s: Option<&Bound<'_, PyAny>>) -> Result<()> {
+        let latency = latency(latency_s)?;
         let transition = self.inner.on_success(|| self.now(py), latency);
         self.announce(py, transition);
         Ok(())
     }
 
     #[pyo3(signature = (latency_s=None))]
-    fn record_failure(&self, py: Python<'_>, latency_s: Option<f64>) -> PyResult<()> {
-        let latency = Self::latency_s(latency_s)?;
+    fn record_failure(&self, py: Python<'_>, latency_s: Option<&Bound<'_, PyAny>>) -> Result<()> {
+        let latency = latency(latency_s)?;
         let transition = self.inner.on_failure(|| self.now(py), latency);
         self.announce(py, transition);
         Ok(())
     }
 
-    /// Gives back a permit taken by `allow()` without counting an outcome.
+    /// Gives back a permit taken by `allow()` or `admit()` without counting
+    /// an outcome.
     fn release(&self) {
         self.inner.release();
+    }
+
+    /// Takes a permit or raises `CircuitOpenError`; report the call with
+    /// `report` (or `release`).
+    fn admit(&self, py: Python<'_>) -> Result<()> {
+        self.take_permit(py)
+    }
+
+    /// Reports the outcome of a call admitted by `admit`: no `error` is a
+    /// success; an exception counts as the breaker's `record` and `ignore`
+    /// say (a `BaseException` such as a cancellation counts as nothing).
+    #[pyo3(signature = (error=None, latency_s=None))]
+    fn report(
+        &self,
+        py: Python<'_>,
+        error: Option<&Bound<'_, PyAny>>,
+        latency_s: Option<&Bound<'_, PyAny>>,
+    ) -> Result<()> {
+        let latency = latency(latency_s)?;
+        let err = error
+            .filter(|e| !e.is_none())
+            .map(|e| PyErr::from_value(e.clone()));
+        self.report_outcome(py, err.as_ref(), latency);
+        Ok(())
     }
 
     /// Calls `fn(*args, **kwargs)` through the breaker: raises
@@ -382,7 +369,7 @@ impl CircuitBreaker {
         func: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<Py<PyAny>> {
+    ) -> Result<Py<PyAny>> {
         self.guarded_call(py, func, args, kwargs)
     }
 
@@ -390,28 +377,6 @@ impl CircuitBreaker {
     /// (the `@breaker` decorator for sync functions).
     fn _guard(slf: Py<Self>, func: Py<PyAny>) -> Guarded {
         Guarded { breaker: slf, func }
-    }
-
-    /// Reports the outcome of a call admitted by `_admit` (used by the
-    /// Python context managers and the async path).
-    #[pyo3(signature = (error=None, latency_s=None))]
-    fn _report(
-        &self,
-        py: Python<'_>,
-        error: Option<&Bound<'_, PyAny>>,
-        latency_s: Option<f64>,
-    ) -> PyResult<()> {
-        let latency = Self::latency_s(latency_s)?;
-        let err = error
-            .filter(|e| !e.is_none())
-            .map(|e| PyErr::from_value(e.clone()));
-        self.report(py, err.as_ref(), latency);
-        Ok(())
-    }
-
-    /// Takes a permit or raises `CircuitOpenError`.
-    fn _admit(&self, py: Python<'_>) -> PyResult<()> {
-        self.admit(py)
     }
 
     /// Whether slow calls are judged (so callers should time their calls).
@@ -445,29 +410,26 @@ impl CircuitBreaker {
         Ok(d)
     }
 
-    fn force_open(&self, py: Python<'_>) -> PyResult<()> {
+    fn force_open(&self, py: Python<'_>) {
         let t = self.inner.force_open(|| self.now(py));
         self.announce(py, t);
-        Ok(())
     }
 
-    fn disable(&self, py: Python<'_>) -> PyResult<()> {
+    fn disable(&self, py: Python<'_>) {
         let t = self.inner.disable(|| self.now(py));
         self.announce(py, t);
-        Ok(())
     }
 
-    fn reset(&self, py: Python<'_>) -> PyResult<()> {
+    fn reset(&self, py: Python<'_>) {
         let t = self.inner.reset(|| self.now(py));
         self.announce(py, t);
-        Ok(())
     }
 
     /// Registers `callback(old_state, new_state)`; returns it, so this works
     /// as a decorator.
-    fn on_state_change<'py>(&self, callback: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    fn on_state_change<'py>(&self, callback: Bound<'py, PyAny>) -> Result<Bound<'py, PyAny>> {
         if !callback.is_callable() {
-            return Err(PyTypeError::new_err("callback: must be callable"));
+            return Err(Error::expected("callback", "callable", &callback));
         }
         self.listeners().push(callback.clone().unbind());
         Ok(callback)
@@ -500,7 +462,7 @@ impl Guarded {
         py: Python<'_>,
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<Py<PyAny>> {
+    ) -> Result<Py<PyAny>> {
         self.breaker
             .get()
             .guarded_call(py, self.func.bind(py), args, kwargs)

@@ -1,33 +1,33 @@
 //! `langcluster._core`: the PyO3 module. Only the module declaration lives
-//! here; each wrapper lives in its own file and only converts.
+//! here. The wrappers convert arguments (`convert`), call the core, and map
+//! errors (`errors`); every check of a value is the core's.
 
 mod balancer;
 mod breaker;
 mod cache;
-mod cache_keys;
-mod cached;
+mod convert;
 mod errors;
-mod keys;
-mod lease;
-mod nodes;
+mod ready;
 
 use pyo3::prelude::*;
 
 #[pymodule(gil_used = false)]
 mod _core {
     #[pymodule_export]
+    use super::check_node;
+    #[pymodule_export]
     use crate::balancer::{
-        Adaptive, Balancer, ConsistentHash, LeastConnections, PowerOfTwoChoices, Random,
+        Adaptive, Balancer, ConsistentHash, Lease, LeastConnections, PowerOfTwoChoices, Random,
         RoundRobin, WeightedRoundRobin,
     };
     #[pymodule_export]
-    use crate::breaker::{CircuitBreaker, Guarded};
+    use crate::breaker::{breaker_settings, CircuitBreaker, Guarded};
+    #[pymodule_export]
+    use crate::cache::cached::{wrap_cached, CachedFunction, CallKey};
     #[pymodule_export]
     use crate::cache::MemoryCache;
     #[pymodule_export]
-    use crate::cached::{CachedFunction, CallKey};
-    #[pymodule_export]
-    use crate::lease::{Lease, Ready};
+    use crate::ready::Ready;
 
     use pyo3::prelude::*;
 
@@ -35,4 +35,12 @@ mod _core {
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add("__version__", env!("CARGO_PKG_VERSION"))
     }
+}
+
+/// Checks a node's id and weight as every balancer does: `langcluster.Node`
+/// calls this, so a node is refused by the same rule wherever it is made.
+#[pyfunction]
+fn check_node(id: &str, weight: &Bound<'_, PyAny>) -> errors::Result<()> {
+    let weight = convert::number("weight", weight)?;
+    Ok(langcluster_core::balancer::check_node(id, weight)?)
 }

@@ -6,44 +6,16 @@
 //! `langcluster.cache._Flights` runs single flight: one computation per
 //! missing key however many threads or tasks ask for it at once.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
-use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
-use crate::cache::{ttl_arg, MemoryCache};
-use crate::cache_keys::{type_name, Key, Probe};
-use crate::lease::Ready;
-
-/// Function ids with keyword arguments in the key set this bit, so that
-/// `f(1, b=2)` and `f(1, ((\"b\", 2),))` never share an entry.
-const KWARGS_BIT: u32 = 1 << 31;
-
-/// The qualified names of decorated functions, by id, for `cache.keys()`.
-static NAMES: Mutex<Vec<Py<PyString>>> = Mutex::new(Vec::new());
-
-fn register(name: Py<PyString>) -> u32 {
-    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
-    names.push(name);
-    (names.len() - 1) as u32
-}
-
-/// How a `cached` entry shows in `cache.keys()`: `(qualname, args)`, with
-/// keyword arguments as a trailing tuple of sorted `(name, value)` pairs.
-pub fn call_key_to_py(py: Python<'_>, func: u32, args: Py<PyTuple>) -> PyResult<Py<PyAny>> {
-    let name = {
-        let names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
-        names
-            .get((func & !KWARGS_BIT) as usize)
-            .map(|n| n.clone_ref(py).into_any())
-            .unwrap_or_else(|| py.None())
-    };
-    Ok(PyTuple::new(py, [name, args.into_any()])?
-        .into_any()
-        .unbind())
-}
+use super::keys::{register_function, Key, Probe, KWARGS_BIT};
+use super::{ttl_arg, MemoryCache};
+use crate::convert::optional_callable;
+use crate::errors::{type_name, Error, Result};
+use crate::ready::Ready;
 
 /// The wrapper `cached` returns. Calling it returns the cached value, or
 /// computes, stores and returns it; for a coroutine function it returns an
@@ -77,7 +49,7 @@ impl CachedFunction {
         py: Python<'py>,
         args: &Bound<'py, PyTuple>,
         kwargs: Option<&Bound<'py, PyDict>>,
-    ) -> PyResult<(u32, Option<Bound<'py, PyTuple>>)> {
+    ) -> Result<(u32, Option<Bound<'py, PyTuple>>)> {
         if let Some(key_fn) = &self.key_fn {
             let custom = key_fn.bind(py).call(args, kwargs)?;
             return Ok((self.id, Some(PyTuple::new(py, [custom])?)));
@@ -104,67 +76,71 @@ impl CachedFunction {
         id: u32,
         key_args: &'a Bound<'py, PyTuple>,
         seed: u64,
-    ) -> PyResult<(u64, Probe<'a, 'py>)> {
-        Probe::call(id, key_args, seed).map_err(|err| match &self.key_fn {
-            Some(_) if err.is_instance_of::<PyTypeError>(key_args.py()) => {
+    ) -> Result<(u64, Probe<'a, 'py>)> {
+        Probe::call(id, key_args, seed).map_err(|err| match (&self.key_fn, err) {
+            (Some(_), Error::Type { .. }) => {
                 let returned = key_args
                     .get_item(0)
                     .map(|item| type_name(&item))
                     .unwrap_or_default();
-                PyTypeError::new_err(format!(
-                    "key: the key function returned a {returned}; it must return str, bytes, \
-                     int, float, bool, None or a tuple of them"
-                ))
+                Error::type_error(
+                    "key_fn",
+                    format!(
+                        "the key function returned a {returned}; it must return str, bytes, \
+                         int, float, bool, None or a tuple of them"
+                    ),
+                )
             }
-            _ => err,
+            (_, err) => err,
         })
     }
 }
 
+/// Wraps `func` for `langcluster.cached`; `flights` is the single-flight
+/// runner that computes a missing key (`langcluster.cache.memory`).
+#[pyfunction]
+#[pyo3(signature = (func, cache, flights, *, ttl=None, key_fn=None, is_async=false))]
+pub fn wrap_cached(
+    py: Python<'_>,
+    func: Py<PyAny>,
+    cache: Py<MemoryCache>,
+    flights: Py<PyAny>,
+    ttl: Option<&Bound<'_, PyAny>>,
+    key_fn: Option<&Bound<'_, PyAny>>,
+    is_async: bool,
+) -> Result<CachedFunction> {
+    let ttl = ttl_arg("ttl", ttl)?;
+    let name = func
+        .bind(py)
+        .getattr("__qualname__")
+        .and_then(|n| Ok(n.cast_into::<PyString>()?))
+        .or_else(|_| func.bind(py).repr())?;
+    Ok(CachedFunction {
+        func,
+        cache,
+        flights,
+        key_fn: optional_callable("key_fn", key_fn)?,
+        ttl,
+        id: register_function(name.unbind()),
+        is_async,
+    })
+}
+
 #[pymethods]
 impl CachedFunction {
-    #[new]
-    #[pyo3(signature = (func, cache, flights, *, ttl=None, key=None, is_async=false))]
-    fn new(
-        py: Python<'_>,
-        func: Py<PyAny>,
-        cache: Py<MemoryCache>,
-        flights: Py<PyAny>,
-        ttl: Option<&Bound<'_, PyAny>>,
-        key: Option<Py<PyAny>>,
-        is_async: bool,
-    ) -> PyResult<Self> {
-        let ttl = ttl_arg("ttl", ttl)?;
-        let name = func
-            .bind(py)
-            .getattr("__qualname__")
-            .and_then(|n| Ok(n.cast_into::<PyString>()?))
-            .or_else(|_| func.bind(py).repr())?;
-        let key = key.filter(|k| !k.is_none(py));
-        Ok(CachedFunction {
-            func,
-            cache,
-            flights,
-            key_fn: key,
-            ttl,
-            id: register(name.unbind()),
-            is_async,
-        })
-    }
-
     #[pyo3(signature = (*args, **kwargs))]
     fn __call__(
         &self,
         py: Python<'_>,
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<Py<PyAny>> {
+    ) -> Result<Py<PyAny>> {
         let (id, built) = self.key_args(py, args, kwargs)?;
         let cache = self.cache.get();
         let (hash, probe) = self.probe(id, built.as_ref().unwrap_or(args), cache.seed())?;
-        if let Some(value) = cache.lookup(py, hash, &probe) {
+        if let Some(value) = cache.lookup(py, hash, &probe)? {
             return if self.is_async {
-                Ok(Py::new(py, Ready { value })?.into_any())
+                Ok(Py::new(py, Ready::new(value))?.into_any())
             } else {
                 Ok(value)
             };
@@ -176,8 +152,9 @@ impl CachedFunction {
             ttl: self.ttl,
         };
         let method = if self.is_async { "arun" } else { "run" };
-        self.flights
-            .call_method1(py, method, (&self.func, token, args, kwargs))
+        Ok(self
+            .flights
+            .call_method1(py, method, (&self.func, token, args, kwargs))?)
     }
 
     /// Drops the cached result of this call, if any; returns whether there
@@ -188,11 +165,11 @@ impl CachedFunction {
         py: Python<'_>,
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<bool> {
+    ) -> Result<bool> {
         let (id, built) = self.key_args(py, args, kwargs)?;
         let cache = self.cache.get();
         let (hash, probe) = self.probe(id, built.as_ref().unwrap_or(args), cache.seed())?;
-        Ok(cache.forget(py, hash, &probe).is_some())
+        Ok(cache.forget(py, hash, &probe)?.is_some())
     }
 
     #[getter]
@@ -222,17 +199,18 @@ impl CallKey {
     }
 
     /// The cached value, or `default` if the entry is missing.
-    fn lookup(&self, py: Python<'_>, default: Py<PyAny>) -> Py<PyAny> {
-        self.cache
+    fn lookup(&self, py: Python<'_>, default: Py<PyAny>) -> Result<Py<PyAny>> {
+        Ok(self
+            .cache
             .get()
-            .peek(py, self.hash, &self.key.probe(py))
-            .unwrap_or(default)
+            .peek(py, self.hash, &self.key.probe(py))?
+            .unwrap_or(default))
     }
 
     /// Stores the computed value under this key.
-    fn store(&self, py: Python<'_>, value: Py<PyAny>) {
+    fn store(&self, py: Python<'_>, value: Py<PyAny>) -> Result<()> {
         self.cache
             .get()
-            .store(py, self.hash, &self.key.probe(py), value, self.ttl);
+            .store(py, self.hash, &self.key.probe(py), value, self.ttl)
     }
 }

@@ -17,10 +17,27 @@
 //! identity or the built-in comparison of those exact types.
 
 use std::borrow::Cow;
+use std::sync::Mutex;
 
-use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyString, PyTuple};
+
+use crate::convert::key_type_error;
+use crate::errors::{type_name, Error, Result};
+
+/// Function ids with keyword arguments in the key set this bit, so that
+/// `f(1, b=2)` and `f(1, (("b", 2),))` never share an entry.
+pub const KWARGS_BIT: u32 = 1 << 31;
+
+/// The qualified names of decorated functions, by id, for `cache.keys()`.
+static NAMES: Mutex<Vec<Py<PyString>>> = Mutex::new(Vec::new());
+
+/// Gives a decorated function its id.
+pub fn register_function(name: Py<PyString>) -> u32 {
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    names.push(name);
+    (names.len() - 1) as u32
+}
 
 const MULT: u128 = 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835;
 const TAG_BYTES: u64 = 0x6279_7465_7300_0000;
@@ -61,6 +78,30 @@ impl Key {
         }
     }
 
+    /// The key as the caller sees it: the str, bytes or int object, or for
+    /// a `cached` call `(qualname, args)`, with keyword arguments as a
+    /// trailing tuple of sorted `(name, value)` pairs.
+    pub fn into_py(self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(match self {
+            Key::Str(s) => s.into_any(),
+            Key::Bytes(b) => b.into_any(),
+            Key::Int(i) => i.into_pyobject(py)?.into_any().unbind(),
+            Key::Big(b) => b.into_any(),
+            Key::Call(func, args) => {
+                let name = {
+                    let names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+                    names
+                        .get((func & !KWARGS_BIT) as usize)
+                        .map(|n| n.clone_ref(py).into_any())
+                        .unwrap_or_else(|| py.None())
+                };
+                PyTuple::new(py, [name, args.into_any()])?
+                    .into_any()
+                    .unbind()
+            }
+        })
+    }
+
     pub fn clone_ref(&self, py: Python<'_>) -> Key {
         match self {
             Key::Str(s) => Key::Str(s.clone_ref(py)),
@@ -87,7 +128,7 @@ impl<'py> Probe<'_, 'py> {
     /// Always inlined: returned through memory, the probe costs a
     /// store-forwarding stall on every lookup.
     #[inline(always)]
-    pub fn new<'a>(key: &'a Bound<'py, PyAny>, seed: u64) -> PyResult<(u64, Probe<'a, 'py>)> {
+    pub fn new<'a>(key: &'a Bound<'py, PyAny>, seed: u64) -> Result<(u64, Probe<'a, 'py>)> {
         if let Ok(s) = key.cast_exact::<PyString>() {
             return Ok((mix(s.hash()? as u64, seed), Probe::Str(Cow::Borrowed(s))));
         }
@@ -108,7 +149,7 @@ impl<'py> Probe<'_, 'py> {
 
     /// Subclasses of str, bytes and int, copied to their base type.
     #[cold]
-    fn normalised<'a>(key: &'a Bound<'py, PyAny>, seed: u64) -> PyResult<(u64, Probe<'a, 'py>)> {
+    fn normalised<'a>(key: &'a Bound<'py, PyAny>, seed: u64) -> Result<(u64, Probe<'a, 'py>)> {
         let py = key.py();
         if let Ok(s) = key.cast::<PyString>() {
             let exact = PyString::new(py, s.to_str()?);
@@ -128,13 +169,14 @@ impl<'py> Probe<'_, 'py> {
             if let Ok(v) = key.extract::<i64>() {
                 return Ok((mix(v as u64, seed), Probe::Int(v)));
             }
-            let exact = py.get_type::<PyInt>().call1((key,))?.cast_into::<PyInt>()?;
+            let exact = py
+                .get_type::<PyInt>()
+                .call1((key,))?
+                .cast_into::<PyInt>()
+                .map_err(PyErr::from)?;
             return Ok((big_hash(&exact, seed)?, Probe::Big(exact)));
         }
-        Err(PyTypeError::new_err(format!(
-            "key: must be str, bytes or int, got {}",
-            type_name(key)
-        )))
+        Err(key_type_error(key))
     }
 
     /// Whether the stored key equals this one. Runs no Python code.
@@ -170,7 +212,7 @@ impl<'py> Probe<'_, 'py> {
         func: u32,
         args: &'a Bound<'py, PyTuple>,
         seed: u64,
-    ) -> PyResult<(u64, Probe<'a, 'py>)> {
+    ) -> Result<(u64, Probe<'a, 'py>)> {
         let (hash, normalised) = hash_args(args, seed)?;
         let probe = match normalised {
             None => Cow::Borrowed(args),
@@ -191,20 +233,13 @@ fn same_or_equal(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> bool {
     a.as_ptr() == b.as_ptr() || a.eq(b).unwrap_or(false)
 }
 
-pub fn type_name(obj: &Bound<'_, PyAny>) -> String {
-    obj.get_type()
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "?".into())
-}
-
 /// Hashes a call's argument tuple, element by element. Returns a copy of the
 /// tuple when an element had to be normalised (a subclass of a supported
 /// type), `None` when the tuple can be stored as it is.
 fn hash_args<'py>(
     args: &Bound<'py, PyTuple>,
     seed: u64,
-) -> PyResult<(u64, Option<Bound<'py, PyTuple>>)> {
+) -> Result<(u64, Option<Bound<'py, PyTuple>>)> {
     let mut hash = TAG_TUPLE ^ args.len() as u64;
     let mut copy: Option<Vec<Bound<'py, PyAny>>> = None;
     for (position, item) in args.iter().enumerate() {
@@ -227,7 +262,7 @@ fn hash_arg<'py>(
     item: &Bound<'py, PyAny>,
     seed: u64,
     position: usize,
-) -> PyResult<(u64, Option<Bound<'py, PyAny>>)> {
+) -> Result<(u64, Option<Bound<'py, PyAny>>)> {
     let py = item.py();
     if item.is_exact_instance_of::<PyString>() || item.is_exact_instance_of::<PyBytes>() {
         let tag = if item.is_exact_instance_of::<PyBytes>() {
@@ -277,11 +312,14 @@ fn hash_arg<'py>(
             let (h, inner) = hash_arg(&exact, seed, position)?;
             Ok((h, Some(inner.unwrap_or(exact))))
         }
-        None => Err(PyTypeError::new_err(format!(
-            "cached: argument {position} is a {}; arguments must be str, bytes, int, \
-             float, bool, None or tuples of them (pass key=... for other types)",
-            type_name(item)
-        ))),
+        None => Err(Error::type_error(
+            "cached",
+            format!(
+                "argument {position} is a {}; arguments must be str, bytes, int, float, \
+                 bool, None or tuples of them (pass key_fn=... for other types)",
+                type_name(item)
+            ),
+        )),
     }
 }
 

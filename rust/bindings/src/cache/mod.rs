@@ -5,15 +5,18 @@
 //! buffer, and only once the core has released the shard lock, hand evicted
 //! entries to `on_evict` and let the buffer drop the Python objects.
 
+pub mod cached;
+pub mod keys;
+
 use std::time::Duration;
 
-use langcluster_core::cache::{ttl_from_secs, Cache, Cause, Config, PolicyKind, Removed};
-use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
+use langcluster_core::cache::{ttl_from_secs, Cache, Cause, Config, Now, Removed};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList};
+use pyo3::types::{PyDict, PyList};
 
-use crate::cache_keys::{type_name, Key, Probe};
-use crate::errors::{log_callback_error, to_py};
+use crate::convert::{clock, integer, optional_integer, optional_number, read_clock};
+use crate::errors::{log_callback_error, Error, Result};
+use keys::{Key, Probe};
 
 type Value = Py<PyAny>;
 type Out = Removed<Key, Value>;
@@ -25,49 +28,15 @@ pub struct MemoryCache {
     inner: Cache<Key, Value>,
     seed: u64,
     on_evict: Option<Py<PyAny>>,
+    /// A clock of the caller's (for tests), read before any shard is locked.
+    clock: Option<Py<PyAny>>,
 }
 
-/// Reads an optional TTL in seconds; `None` stays `None`.
-pub fn ttl_arg(name: &'static str, ttl: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
-    let Some(ttl) = ttl.filter(|t| !t.is_none()) else {
-        return Ok(None);
-    };
-    if ttl.is_instance_of::<PyBool>()
-        || !(ttl.is_instance_of::<PyInt>() || ttl.is_instance_of::<PyFloat>())
-    {
-        return Err(PyTypeError::new_err(format!(
-            "{name}: must be a number of seconds or None, got {}",
-            type_name(ttl)
-        )));
-    }
-    ttl_from_secs(name, ttl.extract::<f64>()?)
-        .map(Some)
-        .map_err(to_py)
-}
-
-fn positive_int(name: &str, value: &Bound<'_, PyAny>) -> PyResult<usize> {
-    if value.is_instance_of::<PyBool>() || !value.is_instance_of::<PyInt>() {
-        return Err(PyTypeError::new_err(format!(
-            "{name}: must be an int, got {}",
-            type_name(value)
-        )));
-    }
-    match value.extract::<i64>() {
-        Ok(v) if v >= 1 => Ok(v as usize),
-        _ => Err(PyValueError::new_err(format!(
-            "{name}: must be a positive int, got {value}"
-        ))),
-    }
-}
-
-fn key_to_py(py: Python<'_>, key: Key) -> PyResult<Py<PyAny>> {
-    Ok(match key {
-        Key::Str(s) => s.into_any(),
-        Key::Bytes(b) => b.into_any(),
-        Key::Int(i) => i.into_pyobject(py)?.into_any().unbind(),
-        Key::Big(b) => b.into_any(),
-        Key::Call(func, args) => crate::cached::call_key_to_py(py, func, args)?,
-    })
+/// An optional TTL in seconds, checked by the core.
+pub fn ttl_arg(name: &'static str, ttl: Option<&Bound<'_, PyAny>>) -> Result<Option<Duration>> {
+    Ok(optional_number(name, ttl)?
+        .map(|secs| ttl_from_secs(name, secs))
+        .transpose()?)
 }
 
 impl MemoryCache {
@@ -75,25 +44,51 @@ impl MemoryCache {
         self.seed
     }
 
+    /// The time of one operation: the process clock when needed, or the
+    /// caller's clock, read now, before any shard is locked (it is Python
+    /// code, which must never run under a shard lock).
+    #[inline(always)]
+    fn now(&self, py: Python<'_>) -> Result<Now> {
+        match &self.clock {
+            None => Ok(Now::LAZY),
+            Some(clock) => Ok(Now::at(read_clock("clock", clock.bind(py))?)),
+        }
+    }
+
     /// Looks a classified key up; the value is shared, not copied.
     #[inline(always)]
-    pub fn lookup(&self, py: Python<'_>, hash: u64, probe: &Probe<'_, '_>) -> Option<Value> {
+    pub fn lookup(
+        &self,
+        py: Python<'_>,
+        hash: u64,
+        probe: &Probe<'_, '_>,
+    ) -> Result<Option<Value>> {
+        let now = self.now(py)?;
         let mut out = Out::new();
-        let hit = self
-            .inner
-            .get(hash, |k| probe.matches(k), |v| v.clone_ref(py), &mut out);
+        let hit = self.inner.get(
+            now,
+            hash,
+            |k| probe.matches(k),
+            |v| v.clone_ref(py),
+            &mut out,
+        );
         self.after(py, out);
-        hit
+        Ok(hit)
     }
 
     /// Looks a key up without counting a hit or a miss.
-    pub fn peek(&self, py: Python<'_>, hash: u64, probe: &Probe<'_, '_>) -> Option<Value> {
+    pub fn peek(&self, py: Python<'_>, hash: u64, probe: &Probe<'_, '_>) -> Result<Option<Value>> {
+        let now = self.now(py)?;
         let mut out = Out::new();
-        let hit = self
-            .inner
-            .peek(hash, |k| probe.matches(k), |v| v.clone_ref(py), &mut out);
+        let hit = self.inner.peek(
+            now,
+            hash,
+            |k| probe.matches(k),
+            |v| v.clone_ref(py),
+            &mut out,
+        );
         self.after(py, out);
-        hit
+        Ok(hit)
     }
 
     #[inline(always)]
@@ -104,9 +99,11 @@ impl MemoryCache {
         probe: &Probe<'_, '_>,
         value: Value,
         ttl: Option<Duration>,
-    ) {
+    ) -> Result<()> {
+        let now = self.now(py)?;
         let mut out = Out::new();
         let replaced = self.inner.insert(
+            now,
             hash,
             || probe.to_key(),
             value,
@@ -117,13 +114,20 @@ impl MemoryCache {
         self.after(py, out);
         // The old value is dropped here, after the shard lock is released.
         drop(replaced);
+        Ok(())
     }
 
-    pub fn forget(&self, py: Python<'_>, hash: u64, probe: &Probe<'_, '_>) -> Option<Value> {
+    pub fn forget(
+        &self,
+        py: Python<'_>,
+        hash: u64,
+        probe: &Probe<'_, '_>,
+    ) -> Result<Option<Value>> {
+        let now = self.now(py)?;
         let mut out = Out::new();
-        let removed = self.inner.remove(hash, |k| probe.matches(k), &mut out);
+        let removed = self.inner.remove(now, hash, |k| probe.matches(k), &mut out);
         self.after(py, out);
-        removed.map(|(_, v)| v)
+        Ok(removed.map(|(_, v)| v))
     }
 
     /// Runs after the shard lock is released: reports evictions and expiries
@@ -143,14 +147,15 @@ impl MemoryCache {
             return;
         };
         for (key, value, cause) in removed {
-            let result =
-                key_to_py(py, key).and_then(|key| callback.call1(py, (key, value, cause.name())));
+            let result = key
+                .into_py(py)
+                .and_then(|key| callback.call1(py, (key, value, cause.name())));
             if let Err(err) = result {
                 // A failing listener is the listener's problem: it is logged
                 // and the cache operation that triggered it still succeeds.
                 log_callback_error(
                     py,
-                    "langcluster.cache",
+                    "langcluster.cache.memory",
                     "on_evict callback raised".into(),
                     &err,
                 );
@@ -162,40 +167,26 @@ impl MemoryCache {
 #[pymethods]
 impl MemoryCache {
     #[new]
-    #[pyo3(signature = (capacity, *, policy="tinylfu", ttl=None, shards=None, on_evict=None))]
+    #[pyo3(signature = (capacity, *, policy="tinylfu", ttl=None, shards=None, on_evict=None, clock=None))]
     fn new(
         capacity: &Bound<'_, PyAny>,
         policy: &str,
         ttl: Option<&Bound<'_, PyAny>>,
         shards: Option<&Bound<'_, PyAny>>,
-        on_evict: Option<Py<PyAny>>,
-    ) -> PyResult<Self> {
-        let capacity = positive_int("capacity", capacity)?;
-        let policy = PolicyKind::parse(policy).map_err(to_py)?;
-        let shards = shards
-            .filter(|s| !s.is_none())
-            .map(|s| positive_int("shards", s))
-            .transpose()?;
-        if let Some(callback) = &on_evict {
-            Python::attach(|py| {
-                if callback.bind(py).is_callable() {
-                    Ok(())
-                } else {
-                    Err(PyTypeError::new_err("on_evict: must be callable or None"))
-                }
-            })?;
-        }
-        let inner = Cache::new(Config {
-            capacity,
+        on_evict: Option<&Bound<'_, PyAny>>,
+        clock: Option<&Bound<'_, PyAny>>,
+    ) -> Result<Self> {
+        let config = Config::from_settings(
+            integer("capacity", capacity)?,
             policy,
-            shards,
-            ttl: ttl_arg("ttl", ttl)?,
-        })
-        .map_err(to_py)?;
+            optional_integer("shards", shards)?,
+            optional_number("ttl", ttl)?,
+        )?;
         Ok(MemoryCache {
-            inner,
+            inner: Cache::new(config)?,
             seed: fastrand::u64(..),
-            on_evict,
+            on_evict: crate::convert::optional_callable("on_evict", on_evict)?,
+            clock: self::clock("clock", clock)?,
         })
     }
 
@@ -206,18 +197,18 @@ impl MemoryCache {
         py: Python<'_>,
         key: &Bound<'_, PyAny>,
         default: Option<Py<PyAny>>,
-    ) -> PyResult<Py<PyAny>> {
+    ) -> Result<Py<PyAny>> {
         let (hash, probe) = Probe::new(key, self.seed)?;
-        Ok(match self.lookup(py, hash, &probe) {
+        Ok(match self.lookup(py, hash, &probe)? {
             Some(v) => v,
             None => default.unwrap_or_else(|| py.None()),
         })
     }
 
-    fn __getitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    fn __getitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> Result<Py<PyAny>> {
         let (hash, probe) = Probe::new(key, self.seed)?;
-        self.lookup(py, hash, &probe)
-            .ok_or_else(|| PyKeyError::new_err(key.clone().unbind()))
+        self.lookup(py, hash, &probe)?
+            .ok_or_else(|| Error::MissingKey(key.clone().unbind()))
     }
 
     /// Stores `value` under `key`; `ttl` (seconds) overrides the default TTL.
@@ -228,35 +219,28 @@ impl MemoryCache {
         key: &Bound<'_, PyAny>,
         value: Py<PyAny>,
         ttl: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
+    ) -> Result<()> {
         let ttl = ttl_arg("ttl", ttl)?;
         let (hash, probe) = Probe::new(key, self.seed)?;
-        self.store(py, hash, &probe, value, ttl);
-        Ok(())
+        self.store(py, hash, &probe, value, ttl)
     }
 
-    fn __setitem__(
-        &self,
-        py: Python<'_>,
-        key: &Bound<'_, PyAny>,
-        value: Py<PyAny>,
-    ) -> PyResult<()> {
+    fn __setitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>, value: Py<PyAny>) -> Result<()> {
         let (hash, probe) = Probe::new(key, self.seed)?;
-        self.store(py, hash, &probe, value, None);
-        Ok(())
+        self.store(py, hash, &probe, value, None)
     }
 
     /// Removes `key`; returns whether it was present.
-    fn delete(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fn delete(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> Result<bool> {
         let (hash, probe) = Probe::new(key, self.seed)?;
-        Ok(self.forget(py, hash, &probe).is_some())
+        Ok(self.forget(py, hash, &probe)?.is_some())
     }
 
-    fn __delitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn __delitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> Result<()> {
         if self.delete(py, key)? {
             Ok(())
         } else {
-            Err(PyKeyError::new_err(key.clone().unbind()))
+            Err(Error::MissingKey(key.clone().unbind()))
         }
     }
 
@@ -267,19 +251,22 @@ impl MemoryCache {
         py: Python<'_>,
         key: &Bound<'_, PyAny>,
         default: Option<Py<PyAny>>,
-    ) -> PyResult<Py<PyAny>> {
+    ) -> Result<Py<PyAny>> {
         let (hash, probe) = Probe::new(key, self.seed)?;
-        match (self.forget(py, hash, &probe), default) {
+        match (self.forget(py, hash, &probe)?, default) {
             (Some(v), _) => Ok(v),
             (None, Some(d)) => Ok(d),
-            (None, None) => Err(PyKeyError::new_err(key.clone().unbind())),
+            (None, None) => Err(Error::MissingKey(key.clone().unbind())),
         }
     }
 
-    fn __contains__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fn __contains__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> Result<bool> {
         let (hash, probe) = Probe::new(key, self.seed)?;
+        let now = self.now(py)?;
         let mut out = Out::new();
-        let found = self.inner.contains(hash, |k| probe.matches(k), &mut out);
+        let found = self
+            .inner
+            .contains(now, hash, |k| probe.matches(k), &mut out);
         self.after(py, out);
         Ok(found)
     }
@@ -289,12 +276,12 @@ impl MemoryCache {
         &self,
         py: Python<'py>,
         keys: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    ) -> Result<Bound<'py, PyDict>> {
         let found = PyDict::new(py);
         for key in keys.try_iter()? {
             let key = key?;
             let (hash, probe) = Probe::new(&key, self.seed)?;
-            if let Some(v) = self.lookup(py, hash, &probe) {
+            if let Some(v) = self.lookup(py, hash, &probe)? {
                 found.set_item(&key, v)?;
             }
         }
@@ -309,7 +296,7 @@ impl MemoryCache {
         py: Python<'_>,
         mapping: &Bound<'_, PyAny>,
         ttl: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
+    ) -> Result<()> {
         let ttl = ttl_arg("ttl", ttl)?;
         let items = if mapping.hasattr("items")? {
             mapping.call_method0("items")?
@@ -318,9 +305,12 @@ impl MemoryCache {
         };
         let mut pairs = Vec::new();
         for item in items.try_iter()? {
-            let (key, value): (Bound<'_, PyAny>, Py<PyAny>) = item?.extract().map_err(|_| {
-                PyTypeError::new_err(
-                    "mapping: must be a mapping or an iterable of (key, value) pairs",
+            let item = item?;
+            let (key, value): (Bound<'_, PyAny>, Py<PyAny>) = item.extract().map_err(|_| {
+                Error::expected(
+                    "mapping",
+                    "a mapping or an iterable of (key, value) pairs",
+                    &item,
                 )
             })?;
             pairs.push((key, value));
@@ -330,13 +320,13 @@ impl MemoryCache {
             probes.push(Probe::new(key, self.seed)?);
         }
         for ((hash, probe), (_, value)) in probes.iter().zip(pairs.iter()) {
-            self.store(py, *hash, probe, value.clone_ref(py), ttl);
+            self.store(py, *hash, probe, value.clone_ref(py), ttl)?;
         }
         Ok(())
     }
 
     /// Removes every key of `keys`; returns how many were present.
-    fn delete_many(&self, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<usize> {
+    fn delete_many(&self, py: Python<'_>, keys: &Bound<'_, PyAny>) -> Result<usize> {
         let mut removed = 0;
         for key in keys.try_iter()? {
             removed += usize::from(self.delete(py, &key?)?);
@@ -353,11 +343,11 @@ impl MemoryCache {
     /// Frees every expired entry now; returns how many. Other operations free
     /// expired entries as they go, so this is only needed to reclaim memory
     /// from a cache that sits idle.
-    fn purge_expired(&self, py: Python<'_>) -> usize {
-        let expired = self.inner.purge_expired();
+    fn purge_expired(&self, py: Python<'_>) -> Result<usize> {
+        let expired = self.inner.purge_expired(self.now(py)?);
         let count = expired.len();
         self.notify(py, expired.into_iter());
-        count
+        Ok(count)
     }
 
     fn __len__(&self) -> usize {
@@ -365,16 +355,16 @@ impl MemoryCache {
     }
 
     /// A snapshot of the live keys, in no particular order.
-    fn keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let keys = self.inner.keys(|k| k.clone_ref(py));
+    fn keys<'py>(&self, py: Python<'py>) -> Result<Bound<'py, PyList>> {
+        let keys = self.inner.keys(self.now(py)?, |k| k.clone_ref(py));
         let objects = keys
             .into_iter()
-            .map(|k| key_to_py(py, k))
+            .map(|k| k.into_py(py))
             .collect::<PyResult<Vec<_>>>()?;
-        PyList::new(py, objects)
+        Ok(PyList::new(py, objects)?)
     }
 
-    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    fn __iter__<'py>(&self, py: Python<'py>) -> Result<Bound<'py, PyAny>> {
         Ok(self.keys(py)?.as_any().try_iter()?.into_any())
     }
 

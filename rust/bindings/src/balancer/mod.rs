@@ -4,32 +4,30 @@
 
 use std::sync::Arc;
 
+mod lease;
+
 use langcluster_core::balancer::{
     self as core, NodeSpec, NodeState, NodeStats, Strategy, DEFAULT_DECAY_S,
 };
-use langcluster_core::Error;
+use langcluster_core::Error as CoreError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::errors::to_py;
-use crate::keys::{check_key, hash_key};
-use crate::lease::Lease;
-use crate::nodes::node_specs;
+use crate::convert::{check_routing_key, node_specs, number, optional_number, routing_hash};
+use crate::errors::Result;
+pub use lease::Lease;
+use lease::PickState;
 
 type Handle = Py<PyAny>;
+type CoreResult<T> = std::result::Result<T, CoreError>;
 
 /// What the Python classes need from a core balancer, whatever its strategy.
-pub(crate) trait DynBalancer: Send + Sync {
-    fn pick(&self, py: Python<'_>, key: Option<u64>) -> Result<Handle, Error>;
-    fn pick_state(
-        &self,
-        py: Python<'_>,
-        key: Option<u64>,
-    ) -> Result<(Handle, Arc<NodeState>), Error>;
-    fn update(&self, nodes: Vec<NodeSpec<Handle>>) -> Result<(), Error>;
-    fn set_available(&self, id: &str, available: bool) -> Result<bool, Error>;
-    fn begin(&self, id: &str) -> Result<(), Error>;
-    fn end(&self, id: &str, latency_s: f64, ok: bool) -> Result<bool, Error>;
+trait DynBalancer: Send + Sync {
+    fn pick(&self, py: Python<'_>, key: Option<u64>) -> CoreResult<Handle>;
+    fn update(&self, nodes: Vec<NodeSpec<Handle>>) -> CoreResult<()>;
+    fn set_available(&self, id: &str, available: bool) -> CoreResult<bool>;
+    fn begin(&self, id: &str) -> CoreResult<()>;
+    fn end(&self, id: &str, latency_s: f64, ok: bool) -> CoreResult<bool>;
     fn release(&self, id: &str) -> bool;
     fn stats(&self) -> Vec<NodeStats>;
     fn handles(&self, py: Python<'_>) -> Vec<Handle>;
@@ -40,32 +38,23 @@ pub(crate) trait DynBalancer: Send + Sync {
 
 impl<S: Strategy> DynBalancer for core::Balancer<Handle, S> {
     #[inline]
-    fn pick(&self, py: Python<'_>, key: Option<u64>) -> Result<Handle, Error> {
+    fn pick(&self, py: Python<'_>, key: Option<u64>) -> CoreResult<Handle> {
         self.pick_with(key, |m| m.handle.clone_ref(py))
     }
 
-    #[inline]
-    fn pick_state(
-        &self,
-        py: Python<'_>,
-        key: Option<u64>,
-    ) -> Result<(Handle, Arc<NodeState>), Error> {
-        self.pick_with(key, |m| (m.handle.clone_ref(py), Arc::clone(&m.state)))
-    }
-
-    fn update(&self, nodes: Vec<NodeSpec<Handle>>) -> Result<(), Error> {
+    fn update(&self, nodes: Vec<NodeSpec<Handle>>) -> CoreResult<()> {
         core::Balancer::update(self, nodes)
     }
 
-    fn set_available(&self, id: &str, available: bool) -> Result<bool, Error> {
+    fn set_available(&self, id: &str, available: bool) -> CoreResult<bool> {
         core::Balancer::set_available(self, id, available)
     }
 
-    fn begin(&self, id: &str) -> Result<(), Error> {
+    fn begin(&self, id: &str) -> CoreResult<()> {
         core::Balancer::begin(self, id)
     }
 
-    fn end(&self, id: &str, latency_s: f64, ok: bool) -> Result<bool, Error> {
+    fn end(&self, id: &str, latency_s: f64, ok: bool) -> CoreResult<bool> {
         core::Balancer::end(self, id, latency_s, ok)
     }
 
@@ -94,10 +83,18 @@ impl<S: Strategy> DynBalancer for core::Balancer<Handle, S> {
     }
 }
 
+impl<S: Strategy> PickState for core::Balancer<Handle, S> {
+    fn pick_state(&self, py: Python<'_>, key: Option<u64>) -> CoreResult<(Handle, Arc<NodeState>)> {
+        self.pick_with(key, |m| (m.handle.clone_ref(py), Arc::clone(&m.state)))
+    }
+}
+
 /// Base class of every balancer. Not instantiable itself.
 #[pyclass(subclass, frozen, module = "langcluster._core")]
 pub struct Balancer {
-    inner: Box<dyn DynBalancer>,
+    inner: Arc<dyn DynBalancer>,
+    /// The same core balancer, as leases see it.
+    leases: Arc<dyn PickState>,
     /// Whether the strategy routes by key (consistent hashing).
     routes_by_key: bool,
 }
@@ -107,31 +104,24 @@ impl Balancer {
         strategy: S,
         nodes: Option<&Bound<'_, PyAny>>,
         decay_s: f64,
-    ) -> PyResult<Self> {
+    ) -> Result<Self> {
         let specs = node_specs(nodes)?;
-        let inner = core::Balancer::with_decay(strategy, specs, decay_s).map_err(to_py)?;
+        let core = Arc::new(core::Balancer::with_decay(strategy, specs, decay_s)?);
         Ok(Self {
-            inner: Box::new(inner),
+            inner: core.clone(),
+            leases: core,
             routes_by_key: S::ROUTES_BY_KEY,
         })
     }
 
     #[inline]
-    fn key_hash(&self, key: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>> {
+    fn key_hash(&self, key: Option<&Bound<'_, PyAny>>) -> Result<Option<u64>> {
         match key {
             None => Ok(None),
             Some(k) if k.is_none() => Ok(None),
-            Some(k) if self.routes_by_key => hash_key(k).map(Some),
-            Some(k) => check_key(k).map(|()| None),
+            Some(k) if self.routes_by_key => routing_hash(k).map(Some),
+            Some(k) => check_routing_key(k).map(|()| None),
         }
-    }
-
-    pub(crate) fn pick_for_lease(
-        &self,
-        py: Python<'_>,
-        key: Option<u64>,
-    ) -> PyResult<(Handle, Arc<NodeState>)> {
-        self.inner.pick_state(py, key).map_err(to_py)
     }
 }
 
@@ -140,29 +130,30 @@ impl Balancer {
     /// Picks a node and returns the node object itself.
     #[pyo3(signature = (key=None))]
     #[inline]
-    fn pick(&self, py: Python<'_>, key: Option<&Bound<'_, PyAny>>) -> PyResult<Handle> {
+    fn pick(&self, py: Python<'_>, key: Option<&Bound<'_, PyAny>>) -> Result<Handle> {
         let hash = self.key_hash(key)?;
-        self.inner.pick(py, hash).map_err(to_py)
+        Ok(self.inner.pick(py, hash)?)
     }
 
     /// A context manager (sync and async) that picks a node on entry, counts
     /// the request in flight, and on exit reports its latency and outcome.
     #[pyo3(signature = (key=None))]
-    fn acquire(slf: &Bound<'_, Self>, key: Option<&Bound<'_, PyAny>>) -> PyResult<Lease> {
-        let hash = slf.get().key_hash(key)?;
-        Ok(Lease::new(slf.clone().unbind(), hash))
+    fn acquire(&self, key: Option<&Bound<'_, PyAny>>) -> Result<Lease> {
+        let hash = self.key_hash(key)?;
+        Ok(Lease::new(Arc::clone(&self.leases), hash))
     }
 
     /// Counts one request in flight on `node_id`.
-    fn begin(&self, node_id: &str) -> PyResult<()> {
-        self.inner.begin(node_id).map_err(to_py)
+    fn begin(&self, node_id: &str) -> Result<()> {
+        Ok(self.inner.begin(node_id)?)
     }
 
     /// Ends one request on `node_id` with its latency and outcome. Returns
     /// False, changing nothing, when the node has been removed meanwhile.
     #[pyo3(signature = (node_id, latency_s, ok=true))]
-    fn end(&self, node_id: &str, latency_s: f64, ok: bool) -> PyResult<bool> {
-        self.inner.end(node_id, latency_s, ok).map_err(to_py)
+    fn end(&self, node_id: &str, latency_s: &Bound<'_, PyAny>, ok: bool) -> Result<bool> {
+        let latency_s = number("latency_s", latency_s)?;
+        Ok(self.inner.end(node_id, latency_s, ok)?)
     }
 
     /// Ends one request on `node_id` without an outcome (a cancelled
@@ -173,14 +164,14 @@ impl Balancer {
     }
 
     /// Replaces the node set atomically; nodes that stay keep their counters.
-    fn update(&self, nodes: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn update(&self, nodes: &Bound<'_, PyAny>) -> Result<()> {
         let specs = node_specs(Some(nodes))?;
-        self.inner.update(specs).map_err(to_py)
+        Ok(self.inner.update(specs)?)
     }
 
     /// Takes a node out of rotation or puts it back. Returns whether it changed.
-    fn set_available(&self, node_id: &str, available: bool) -> PyResult<bool> {
-        self.inner.set_available(node_id, available).map_err(to_py)
+    fn set_available(&self, node_id: &str, available: bool) -> Result<bool> {
+        Ok(self.inner.set_available(node_id, available)?)
     }
 
     /// Per-node counters: `{id: {"picks", "in_flight", "successes",
@@ -245,7 +236,7 @@ macro_rules! simple_balancer {
         impl $name {
             #[new]
             #[pyo3(signature = (nodes=None))]
-            fn new(nodes: Option<&Bound<'_, PyAny>>) -> PyResult<PyClassInitializer<Self>> {
+            fn new(nodes: Option<&Bound<'_, PyAny>>) -> Result<PyClassInitializer<Self>> {
                 let base = Balancer::build($strategy, nodes, DEFAULT_DECAY_S)?;
                 Ok(PyClassInitializer::from(base).add_subclass($name))
             }
@@ -288,7 +279,7 @@ impl Adaptive {
     #[new]
     // The literal (equal to DEFAULT_DECAY_S) shows in the Python signature.
     #[pyo3(signature = (nodes=None, *, decay_s=10.0))]
-    fn new(nodes: Option<&Bound<'_, PyAny>>, decay_s: f64) -> PyResult<PyClassInitializer<Self>> {
+    fn new(nodes: Option<&Bound<'_, PyAny>>, decay_s: f64) -> Result<PyClassInitializer<Self>> {
         let base = Balancer::build(core::Adaptive, nodes, decay_s)?;
         Ok(PyClassInitializer::from(base).add_subclass(Adaptive))
     }
@@ -308,10 +299,12 @@ impl ConsistentHash {
     #[pyo3(signature = (nodes=None, *, vnodes=160, load_factor=None))]
     fn new(
         nodes: Option<&Bound<'_, PyAny>>,
-        vnodes: u32,
-        load_factor: Option<f64>,
-    ) -> PyResult<PyClassInitializer<Self>> {
-        let strategy = core::ConsistentHash::new(vnodes, load_factor).map_err(to_py)?;
+        vnodes: i64,
+        load_factor: Option<&Bound<'_, PyAny>>,
+    ) -> Result<PyClassInitializer<Self>> {
+        let load_factor = optional_number("load_factor", load_factor)?;
+        let strategy = core::ConsistentHash::from_settings(vnodes, load_factor)?;
+        let vnodes = strategy.vnodes();
         let base = Balancer::build(strategy, nodes, DEFAULT_DECAY_S)?;
         Ok(PyClassInitializer::from(base).add_subclass(ConsistentHash {
             vnodes,

@@ -5,11 +5,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use langcluster_core::balancer::NodeState;
-use pyo3::exceptions::{PyException, PyRuntimeError, PyStopIteration};
+use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use pyo3::types::PyType;
+use pyo3::types::{PyBool, PyType};
 
-use crate::balancer::Balancer;
+use crate::errors::{Error, Result};
+use crate::ready::Ready;
+
+/// What a lease needs of a balancer: a pick that also hands over the
+/// node's live counters.
+pub trait PickState: Send + Sync {
+    fn pick_state(
+        &self,
+        py: Python<'_>,
+        key: Option<u64>,
+    ) -> std::result::Result<(Py<PyAny>, Arc<NodeState>), langcluster_core::Error>;
+}
 
 struct Held {
     state: Arc<NodeState>,
@@ -22,14 +33,14 @@ struct Held {
 /// a `BaseException` such as `asyncio.CancelledError` or `KeyboardInterrupt`.
 #[pyclass(frozen, module = "langcluster._core")]
 pub struct Lease {
-    balancer: Py<Balancer>,
+    balancer: Arc<dyn PickState>,
     key: Option<u64>,
     /// Only this lease's own enter/exit touch it; never held across Python code.
     held: Mutex<Option<Held>>,
 }
 
 impl Lease {
-    pub fn new(balancer: Py<Balancer>, key: Option<u64>) -> Self {
+    pub fn new(balancer: Arc<dyn PickState>, key: Option<u64>) -> Self {
         Self {
             balancer,
             key,
@@ -46,13 +57,13 @@ impl Lease {
 
 #[pymethods]
 impl Lease {
-    fn __enter__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+    fn __enter__(&self, py: Python<'_>) -> Result<Py<PyAny>> {
         if self.held().is_some() {
-            return Err(PyRuntimeError::new_err(
+            return Err(Error::Misuse(
                 "acquire: this lease is already entered; call acquire() once per request",
             ));
         }
-        let (node, state) = self.balancer.get().pick_for_lease(py, self.key)?;
+        let (node, state) = self.balancer.pick_state(py, self.key)?;
         state.begin();
         *self.held() = Some(Held {
             state,
@@ -67,7 +78,7 @@ impl Lease {
         exc_type: Option<&Bound<'_, PyType>>,
         _exc_value: Option<&Bound<'_, PyAny>>,
         _traceback: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<bool> {
+    ) -> Result<bool> {
         let Some(held) = self.held().take() else {
             return Ok(false);
         };
@@ -82,10 +93,8 @@ impl Lease {
         Ok(false)
     }
 
-    fn __aenter__(&self, py: Python<'_>) -> PyResult<Ready> {
-        Ok(Ready {
-            value: self.__enter__(py)?,
-        })
+    fn __aenter__(&self, py: Python<'_>) -> Result<Ready> {
+        Ok(Ready::new(self.__enter__(py)?))
     }
 
     #[pyo3(signature = (exc_type=None, exc_value=None, traceback=None))]
@@ -95,36 +104,10 @@ impl Lease {
         exc_type: Option<&Bound<'_, PyType>>,
         exc_value: Option<&Bound<'_, PyAny>>,
         traceback: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Ready> {
+    ) -> Result<Ready> {
         let suppress = self.__exit__(exc_type, exc_value, traceback)?;
-        Ok(Ready {
-            value: pyo3::types::PyBool::new(py, suppress)
-                .to_owned()
-                .into_any()
-                .unbind(),
-        })
-    }
-}
-
-/// An awaitable that is already done: `await` returns `value` at once.
-/// Lets `async with balancer.acquire()` work without a coroutine per call.
-#[pyclass(frozen, module = "langcluster._core")]
-pub struct Ready {
-    pub(crate) value: Py<PyAny>,
-}
-
-#[pymethods]
-impl Ready {
-    fn __await__(slf: Py<Self>) -> Py<Self> {
-        slf
-    }
-
-    fn __iter__(slf: Py<Self>) -> Py<Self> {
-        slf
-    }
-
-    fn __next__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        // Wrapped in a 1-tuple so a tuple value is not unpacked as arguments.
-        Err(PyStopIteration::new_err((self.value.clone_ref(py),)))
+        Ok(Ready::new(
+            PyBool::new(py, suppress).to_owned().into_any().unbind(),
+        ))
     }
 }
