@@ -1,7 +1,11 @@
-"""langcluster: cluster machinery for applications that talk to many model servers.
+"""langcluster: cluster machinery for applications that talk to many model
+servers.
 
-Load balancers and the memory cache run in a Rust core; see the README for
-what is built.
+Balancers, the memory cache and circuit breakers run in a Rust core; the
+tiers that do I/O (discovery, health, Redis, failover) are Python on
+asyncio, with sync faces. Every public name is importable from here; the
+subpackages (``cache``, ``discovery``, ``health``, ``cluster``,
+``integrations``, ``testing``, ``cli``) follow the architecture.
 """
 
 from __future__ import annotations
@@ -18,11 +22,10 @@ from langcluster._core import (
     WeightedRoundRobin,
     __version__,
 )
-from langcluster.breaker import CircuitBreaker
-from langcluster.cache import CachedFunction, MemoryCache, cached
-from langcluster.cluster import Cluster, ClusterEvent, FailoverConfig, HealthConfig
-from langcluster.consul_discovery import ConsulDiscovery
-from langcluster.discovery import Discovery, StaticDiscovery
+from langcluster.breaker import BreakerConfig, CircuitBreaker
+from langcluster.cache import CachedFunction, LayeredCache, MemoryCache, RedisCache, cached
+from langcluster.cluster import Cluster, ClusterEvent, ClusterEventSource
+from langcluster.discovery import ConsulDiscovery, Discovery, EtcdDiscovery, StaticDiscovery
 from langcluster.errors import (
     CacheError,
     CircuitOpenError,
@@ -30,20 +33,26 @@ from langcluster.errors import (
     LangClusterError,
     NoAvailableNode,
 )
-from langcluster.etcd import EtcdDiscovery
-from langcluster.failover import Backoff, BreakerConfig, FailoverEvent, FailoverManager
+from langcluster.failover import (
+    Backoff,
+    FailoverConfig,
+    FailoverEvent,
+    FailoverEventKind,
+    FailoverManager,
+)
 from langcluster.health import (
     CallableCheck,
     CompositeCheck,
+    HealthCheck,
+    HealthConfig,
     HealthMonitor,
     HttpCheck,
     NodeHealth,
     TcpCheck,
 )
-from langcluster.layered import LayeredCache
 from langcluster.node import Node, NodeStatus
-from langcluster.redis_cache import RedisCache
 from langcluster.registry import NodeEvent, NodeEventKind, NodeRegistry
+from langcluster.types import Key, NodeLike
 
 __all__ = [
     "Adaptive",
@@ -57,6 +66,7 @@ __all__ = [
     "CircuitOpenError",
     "Cluster",
     "ClusterEvent",
+    "ClusterEventSource",
     "CompositeCheck",
     "ConsistentHash",
     "ConsulDiscovery",
@@ -65,10 +75,13 @@ __all__ = [
     "EtcdDiscovery",
     "FailoverConfig",
     "FailoverEvent",
+    "FailoverEventKind",
     "FailoverManager",
+    "HealthCheck",
     "HealthConfig",
     "HealthMonitor",
     "HttpCheck",
+    "Key",
     "LangClusterError",
     "LayeredCache",
     "Lease",
@@ -79,6 +92,7 @@ __all__ = [
     "NodeEvent",
     "NodeEventKind",
     "NodeHealth",
+    "NodeLike",
     "NodeRegistry",
     "NodeStatus",
     "PowerOfTwoChoices",

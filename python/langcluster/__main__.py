@@ -1,36 +1,10 @@
-"""``python -m langcluster demo`` runs the main demo; ``python -m langcluster
-bench`` a short benchmark against the floor and the peers."""
+"""``python -m langcluster demo`` and ``python -m langcluster bench``."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m langcluster", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="simulated model servers, chaos, a live view")
-    demo.add_argument("--duration", type=float, default=12.0, help="seconds of workload")
-    demo.add_argument("--json", action="store_true", help="print only the summary, as JSON")
-    demo.add_argument("--no-live", action="store_true", help="plain logs instead of a live view")
-    demo.add_argument("--redis", metavar="URL", help="a LayeredCache over this Redis")
-    demo.add_argument("--etcd", metavar="URL", help="discover the servers through this etcd")
-    demo.add_argument("--seed", type=int, default=7)
-    bench = commands.add_parser("bench", help="ns per call against the floor and the peers")
-    bench.add_argument("--number", type=int, default=100_000, help="calls per measurement")
-    bench.add_argument("--repeat", type=int, default=5, help="measurements (the best counts)")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        if not 1 <= args.duration <= 600:
-            parser.error("--duration: must be between 1 and 600 seconds")
-        from langcluster._demo import cli
-
-        return cli(args)
-    from langcluster._bench import cli as bench_cli
-
-    return bench_cli(args)
-
+from langcluster.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

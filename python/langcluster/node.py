@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Mapping
 from typing import Any
+
+from langcluster._core import check_node
 
 __all__ = ["Node", "NodeStatus"]
 
@@ -54,8 +55,6 @@ class Node:
     ) -> None:
         if not isinstance(id, str):
             raise TypeError(f"id: must be a str, got {type(id).__name__}")
-        if not id:
-            raise ValueError("id: must be a non-empty string")
         if not isinstance(address, str):
             raise TypeError(f"address: must be a str, got {type(address).__name__}")
         if port is not None:
@@ -63,10 +62,7 @@ class Node:
                 raise TypeError(f"port: must be an int or None, got {type(port).__name__}")
             if not 0 < port < 65536:
                 raise ValueError(f"port: must be between 1 and 65535, got {port}")
-        if not isinstance(weight, (int, float)) or isinstance(weight, bool):
-            raise TypeError(f"weight: must be a number, got {type(weight).__name__}")
-        if not (math.isfinite(weight) and weight > 0):
-            raise ValueError(f"weight: must be a positive finite number, got {weight}")
+        check_node(id, weight)  # the balancers' own rule for ids and weights
         if metadata is not None and not isinstance(metadata, Mapping):
             raise TypeError(f"metadata: must be a mapping or None, got {type(metadata).__name__}")
         try:

@@ -16,14 +16,16 @@ import copy
 import enum
 import logging
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from langcluster._aio import call_in_loop
 from langcluster._core import Balancer
-from langcluster._loops import call_in_loop
+from langcluster._events import Broadcast
 from langcluster.node import Node, NodeStatus
 
 if TYPE_CHECKING:
@@ -31,15 +33,17 @@ if TYPE_CHECKING:
 
 __all__ = ["NodeEvent", "NodeEventKind", "NodeRegistry"]
 
-_log = logging.getLogger("langcluster.registry")
+_log = logging.getLogger(__name__)
 _IN_ROTATION = (NodeStatus.HEALTHY, NodeStatus.UNKNOWN)
 
 
 class NodeEventKind(str, enum.Enum):
+    """The kinds of ``NodeEvent``; a ``str`` enum, equal to its value."""
+
     ADDED = "added"
     REMOVED = "removed"
-    UPDATED = "updated"
-    STATUS_CHANGED = "status_changed"
+    UPDATED = "updated"  # a new weight, address or metadata
+    STATUS_CHANGED = "status_changed"  # health (or draining) changed
 
     def __str__(self) -> str:
         return self.value
@@ -48,11 +52,13 @@ class NodeEventKind(str, enum.Enum):
 @dataclass(frozen=True)
 class NodeEvent:
     """``node`` is the node after the change (for REMOVED, the node that
-    left); ``previous`` a copy of it before (None for ADDED)."""
+    left); ``previous`` a copy of it before (None for ADDED); ``at`` a
+    ``time.time()`` timestamp."""
 
     kind: NodeEventKind
     node: Node
     previous: Node | None = None
+    at: float = field(default_factory=time.time)
 
 
 class _Watcher:
@@ -89,7 +95,7 @@ class NodeRegistry:
     def __init__(self, nodes: Iterable[Node] = ()) -> None:
         self._nodes: dict[str, Node] = {}
         self._lock = threading.RLock()
-        self._listeners: list[Callable[[NodeEvent], object]] = []
+        self._listeners: Broadcast[NodeEvent] = Broadcast(_log)
         self._watchers: weakref.WeakSet[_Watcher] = weakref.WeakSet()
         for node in nodes:
             self.register(node)
@@ -197,15 +203,7 @@ class NodeRegistry:
     def subscribe(self, callback: Callable[[NodeEvent], object]) -> Callable[[], None]:
         """Calls ``callback(event)`` after every change, in order; returns a
         function that unsubscribes. A raising callback is logged."""
-        with self._lock:
-            self._listeners.append(callback)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if callback in self._listeners:
-                    self._listeners.remove(callback)
-
-        return unsubscribe
+        return self._listeners.subscribe(callback)
 
     async def watch(self) -> AsyncIterator[NodeEvent]:
         """Every change from the first iteration on; see the module docstring
@@ -224,11 +222,7 @@ class NodeRegistry:
         # "healthy" before the "unhealthy" it follows). Listeners must be
         # quick; a listener may call back into the registry (the lock is
         # re-entrant).
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:
-                _log.exception("node registry listener raised on %s", event.kind)
+        self._listeners.emit(event)
         for watcher in list(self._watchers):
             watcher.push(event)
 

@@ -46,18 +46,15 @@ except ImportError as missing:  # pragma: no cover - depends on the install
         "LangClusterCache needs langchain-core: pip install 'langcluster[langchain]'"
     ) from missing
 
-from langcluster._core import MemoryCache
-from langcluster.layered import LayeredCache
-from langcluster.redis_cache import RedisCache
+from langcluster.cache import Cache, LayeredCache, MemoryCache, RedisCache
 
 __all__ = ["LangClusterCache"]
 
-_log = logging.getLogger("langcluster.langchain")
+_log = logging.getLogger(__name__)
 _ALLOWED: list[type[Serializable]] = [
     Generation, GenerationChunk, ChatGeneration, ChatGenerationChunk, AIMessage,
     AIMessageChunk, HumanMessage, SystemMessage, ChatMessage, FunctionMessage, ToolMessage,
 ]  # fmt: skip
-_Cache = MemoryCache | RedisCache | LayeredCache
 # langchain_core marks `loads` beta and warns on every call; the function
 # under the marker is the same code, without a warning per cache hit.
 _loads: Any = getattr(loads, "__wrapped__", loads)
@@ -68,7 +65,7 @@ class LangClusterCache(BaseCache):
     ``LayeredCache``; see the module docstring."""
 
     def __init__(
-        self, cache: _Cache, *, namespace: str = "langchain", ttl: float | None = None
+        self, cache: Cache, *, namespace: str = "langchain", ttl: float | None = None
     ) -> None:
         if not isinstance(cache, MemoryCache | RedisCache | LayeredCache):
             raise TypeError(

@@ -1,16 +1,5 @@
-"""Service discovery: where the nodes of a service come from.
-
-Every backend has the same asyncio interface (``Discovery``):
-``register(node, ttl_s=...)``, ``deregister(node_id)``, ``nodes()`` (the
-current snapshot), ``watch()`` (an async iterator of snapshots, one per
-change) and ``close()``. ``NodeRegistry.attach(discovery)`` keeps a registry
-in step with one.
-
-Backends: ``StaticDiscovery`` here, a fixed list or a JSON/TOML file
-re-read when it changes (the embedded default: no server needed);
-``EtcdDiscovery`` in ``langcluster.etcd``; ``ConsulDiscovery`` in
-``langcluster.consul_discovery``.
-"""
+"""``StaticDiscovery``: a fixed list of nodes, or a JSON/TOML file re-read
+when it changes (the embedded default: no server needed)."""
 
 from __future__ import annotations
 
@@ -21,47 +10,15 @@ import logging
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
+from langcluster.discovery.base import node_from_record
 from langcluster.errors import DiscoveryError
 from langcluster.node import Node
 
-__all__ = ["Discovery", "StaticDiscovery", "node_from_record"]
+__all__ = ["StaticDiscovery"]
 
-_log = logging.getLogger("langcluster.discovery")
-
-
-@runtime_checkable
-class Discovery(Protocol):
-    async def register(self, node: Node, *, ttl_s: float | None = None) -> None: ...
-    async def deregister(self, node_id: str) -> None: ...
-    async def nodes(self) -> list[Node]: ...
-    def watch(self) -> AsyncIterator[list[Node]]: ...
-    async def close(self) -> None: ...
-
-
-def node_from_record(record: object) -> Node:
-    """A Node from a mapping with ``id``, ``address`` and optionally
-    ``port``, ``weight``, ``metadata``, ``status``; ``DiscoveryError`` naming
-    the bad field otherwise."""
-    if not isinstance(record, Mapping):
-        raise DiscoveryError(f"node record must be a mapping, got {type(record).__name__}")
-    unknown = set(record) - {"id", "address", "port", "weight", "metadata", "status"}
-    if unknown:
-        raise DiscoveryError(f"node record has unknown fields: {sorted(unknown)}")
-    try:
-        return Node(
-            record["id"],
-            record["address"],
-            record.get("port"),
-            record.get("weight", 1),
-            record.get("metadata"),
-            status=record.get("status", "unknown"),
-        )
-    except KeyError as missing:
-        raise DiscoveryError(f"node record lacks {missing.args[0]!r}: {dict(record)!r}") from None
-    except (TypeError, ValueError) as bad:
-        raise DiscoveryError(f"bad node record {dict(record)!r}: {bad}") from None
+_log = logging.getLogger(__name__)
 
 
 class StaticDiscovery:

@@ -1,22 +1,4 @@
-"""Service discovery on Consul, through the maintained client py-consul
-(its ``consul`` module; ``pip install langcluster[consul]``).
-
-- ``register`` registers the node as a service instance with a health
-  check: a TTL check (the default) kept passing by a background task every
-  ``ttl_s / 3``, or an HTTP or TCP check run by the agent. With
-  ``deregister_critical_after_s`` the agent removes an instance whose check
-  stays critical that long, so a process that dies disappears.
-- ``watch`` follows ``/v1/health/service/<name>?passing`` with blocking
-  queries (``index`` and ``wait``): a new snapshot as soon as the set of
-  passing instances changes, no polling. An index that goes backwards (an
-  agent restart) resets the watch to index 0; queries are spaced at least
-  ``min_query_interval_s`` apart. On a Consul error the last snapshot stands,
-  the error is logged and passed to ``on_error``, and the watch retries with
-  backoff.
-
-py-consul's client is synchronous (requests); its calls run in worker
-threads (``asyncio.to_thread``), one per blocking query in flight.
-"""
+"""Service discovery on Consul, through the maintained client py-consul."""
 
 from __future__ import annotations
 
@@ -27,13 +9,14 @@ import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from langcluster._loops import cancel_and_wait
+from langcluster._aio import cancel_and_wait
 from langcluster.errors import DiscoveryError
 from langcluster.node import Node
+from langcluster.types import CheckKind, Scheme
 
 __all__ = ["ConsulDiscovery"]
 
-_log = logging.getLogger("langcluster.consul")
+_log = logging.getLogger(__name__)
 
 
 def _consul() -> Any:
@@ -47,7 +30,26 @@ def _consul() -> Any:
 
 
 class ConsulDiscovery:
-    """Registers and discovers the instances of ``service`` in Consul."""
+    """Registers and discovers the instances of ``service`` in Consul,
+    through the maintained client py-consul (``pip install
+    langcluster[consul]``).
+
+    - ``register`` registers the node as a service instance with a health
+      check (``check_kind``): a TTL check (the default) kept passing by a background task every
+      ``ttl_s / 3``, or an HTTP or TCP check run by the agent. With
+      ``deregister_critical_after_s`` the agent removes an instance whose check
+      stays critical that long, so a process that dies disappears.
+    - ``watch`` follows ``/v1/health/service/<name>?passing`` with blocking
+      queries (``index`` and ``wait``): a new snapshot as soon as the set of
+      passing instances changes, no polling. An index that goes backwards (an
+      agent restart) resets the watch to index 0; queries are spaced at least
+      ``min_query_interval_s`` apart. On a Consul error the last snapshot stands,
+      the error is logged and passed to ``on_error``, and the watch retries with
+      backoff.
+
+    py-consul's client is synchronous (requests); its calls run in worker
+    threads (``asyncio.to_thread``), one per blocking query in flight.
+    """
 
     def __init__(
         self,
@@ -57,8 +59,8 @@ class ConsulDiscovery:
         host: str = "127.0.0.1",
         port: int = 8500,
         token: str | None = None,
-        scheme: str = "http",
-        check: str = "ttl",
+        scheme: Scheme = "http",
+        check_kind: CheckKind = "ttl",
         ttl_s: float = 10.0,
         check_interval_s: float = 10.0,
         check_timeout_s: float = 2.0,
@@ -70,8 +72,8 @@ class ConsulDiscovery:
     ) -> None:
         if not service:
             raise ValueError("service: must be a non-empty name")
-        if check not in ("ttl", "http", "tcp"):
-            raise ValueError(f"check: must be 'ttl', 'http' or 'tcp', got {check!r}")
+        if check_kind not in ("ttl", "http", "tcp"):
+            raise ValueError(f"check_kind: must be 'ttl', 'http' or 'tcp', got {check_kind!r}")
         for name, value in (
             ("ttl_s", ttl_s),
             ("check_interval_s", check_interval_s),
@@ -88,7 +90,7 @@ class ConsulDiscovery:
             if client is not None
             else _consul().Consul(host=host, port=port, token=token, scheme=scheme)
         )
-        self.check = check
+        self.check_kind = check_kind
         self.ttl_s = ttl_s
         self.check_interval_s = check_interval_s
         self.check_timeout_s = check_timeout_s
@@ -106,9 +108,9 @@ class ConsulDiscovery:
     # -------------------------------------------------------- registration
 
     def _check_definition(self, node: Node, ttl_s: float) -> dict[str, Any]:
-        if self.check == "ttl":
+        if self.check_kind == "ttl":
             definition: dict[str, Any] = {"ttl": f"{ttl_s:g}s"}
-        elif self.check == "http":
+        elif self.check_kind == "http":
             definition = {
                 "http": f"http://{node.url}{self.check_path}",
                 "interval": f"{self.check_interval_s:g}s",
@@ -137,7 +139,7 @@ class ConsulDiscovery:
             meta=meta,
             check=self._check_definition(node, ttl_s),
         )
-        if self.check == "ttl":
+        if self.check_kind == "ttl":
             self.client.agent.check.ttl_pass(f"service:{node.id}")
 
     async def register(self, node: Node, *, ttl_s: float | None = None) -> None:
@@ -148,7 +150,7 @@ class ConsulDiscovery:
             raise DiscoveryError(f"consul: registering {node.id} failed: {error}") from error
         await self._stop_keeper(node.id)
         self._registered[node.id] = node
-        if self.check == "ttl":
+        if self.check_kind == "ttl":
             self._keepers[node.id] = asyncio.get_running_loop().create_task(
                 self._keep_passing(node.id, ttl)
             )

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import langcluster as lc
+from langcluster.types import Policy
 
 Case = tuple[str, str, Callable[[], tuple[Callable[..., Any], tuple[Any, ...]]]]
 KEY = "conversation-1234:system-prompt-v2"
@@ -119,7 +120,7 @@ def _noop() -> None:
     return None
 
 
-def _memory(policy: str) -> Any:
+def _memory(policy: Policy) -> Any:
     return _get(_filled(lc.MemoryCache(20_000, policy=policy), lambda c, k, v: c.set(k, v)))
 
 

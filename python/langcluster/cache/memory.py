@@ -2,8 +2,8 @@
 
 ``MemoryCache`` lives in the Rust core. ``cached`` wraps a function in a
 ``CachedFunction`` whose hit path is Rust too; only a miss comes back here,
-to :class:`_Flights`, which makes sure that concurrent callers of one missing
-key compute it once.
+to ``Flights``, which makes sure that concurrent callers of one missing key
+compute it once (``LayeredCache.get_or_set`` uses it too).
 """
 
 from __future__ import annotations
@@ -14,15 +14,25 @@ import inspect
 import threading
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
-from langcluster._core import CachedFunction, CallKey, MemoryCache
+from langcluster._core import CachedFunction, MemoryCache, wrap_cached
+from langcluster._sentinel import MISSING
 
-__all__ = ["CachedFunction", "MemoryCache", "cached"]
+__all__ = ["CachedFunction", "Flights", "MemoryCache", "cached"]
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-_MISSING: Any = object()
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class FlightKey(Protocol):
+    """What single flight needs of a key: hashable, comparable, and able to
+    look its value up (a caller may have stored it meanwhile) and store it."""
+
+    def __hash__(self) -> int: ...
+    def __eq__(self, other: object, /) -> bool: ...
+    def lookup(self, default: Any) -> Any: ...
+    def store(self, value: Any) -> None: ...
 
 
 class _LeaderGone(Exception):
@@ -39,7 +49,7 @@ class _Flight:
         self.error: BaseException | None = None
 
 
-class _Flights:
+class Flights:
     """Single flight for one decorated function.
 
     Threads: the first caller of a missing key computes it; the others wait
@@ -53,15 +63,16 @@ class _Flights:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._threads: dict[CallKey, _Flight] = {}
+        self._threads: dict[FlightKey, _Flight] = {}
         self._loops: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[CallKey, tuple[asyncio.Future[Any], asyncio.Task[Any]]]
+            asyncio.AbstractEventLoop,
+            dict[FlightKey, tuple[asyncio.Future[Any], asyncio.Task[Any]]],
         ] = weakref.WeakKeyDictionary()
 
     def run(
         self,
         fn: Callable[..., Any],
-        token: CallKey,
+        token: FlightKey,
         args: tuple[Any, ...],
         kwargs: dict[str, Any] | None,
     ) -> Any:
@@ -79,8 +90,8 @@ class _Flights:
                 raise flight.error
             return flight.value
         try:
-            value = token.lookup(_MISSING)
-            if value is _MISSING:
+            value = token.lookup(MISSING)
+            if value is MISSING:
                 value = fn(*args, **(kwargs or {}))
                 token.store(value)
             flight.value = value
@@ -96,7 +107,7 @@ class _Flights:
     async def arun(
         self,
         fn: Callable[..., Awaitable[Any]],
-        token: CallKey,
+        token: FlightKey,
         args: tuple[Any, ...],
         kwargs: dict[str, Any] | None,
     ) -> Any:
@@ -117,8 +128,8 @@ class _Flights:
         future = loop.create_future()
         flights[token] = (future, cast("asyncio.Task[Any]", me))
         try:
-            value = token.lookup(_MISSING)
-            if value is _MISSING:
+            value = token.lookup(MISSING)
+            if value is MISSING:
                 value = await fn(*args, **(kwargs or {}))
                 token.store(value)
         except asyncio.CancelledError:
@@ -140,40 +151,35 @@ def cached(
     cache: MemoryCache,
     *,
     ttl: float | None = None,
-    key: Callable[..., Any] | None = None,
-) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    key_fn: Callable[..., Any] | None = None,
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Caches a function's results in ``cache``, keyed by its arguments.
 
     Works on plain and ``async def`` functions. Arguments must be str, bytes,
     int, float, bool, None or tuples of them (``f(1)`` and ``f(True)`` are
     different calls; keyword arguments are sorted, so their order does not
-    matter); for anything else pass ``key``, a function of the same
+    matter); for anything else pass ``key_fn``, a function of the same
     arguments that returns such a value. ``ttl`` (seconds) overrides the
     cache's default for these entries.
 
     Concurrent calls with the same missing arguments run the function once
     and share its result; an exception is not cached and is raised in every
     caller that waited for it. The wrapper has ``invalidate(*args, **kwargs)``
-    and ``cache``. Methods are not supported directly: use ``key`` and a
+    and ``cache``. Methods are not supported directly: use ``key_fn`` and a
     plain function, since ``self`` is not a valid key.
     """
     if not isinstance(cache, MemoryCache):
         raise TypeError(f"cache: must be a MemoryCache, got {type(cache).__name__}")
-    if key is not None and not callable(key):
-        raise TypeError("key: must be callable or None")
+    if key_fn is not None and not callable(key_fn):
+        raise TypeError("key_fn: must be callable or None")
 
-    def decorate(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         if not callable(fn):
             raise TypeError(f"cached: expected a function, got {type(fn).__name__}")
-        wrapper = CachedFunction(
-            fn,
-            cache,
-            _Flights(),
-            ttl=ttl,
-            key=key,
-            is_async=inspect.iscoroutinefunction(fn),
+        wrapper = wrap_cached(
+            fn, cache, Flights(), ttl=ttl, key_fn=key_fn, is_async=inspect.iscoroutinefunction(fn)
         )
         functools.update_wrapper(wrapper, fn)
-        return cast("Callable[_P, _R]", wrapper)
+        return cast("Callable[P, R]", wrapper)
 
     return decorate

@@ -1,14 +1,4 @@
-"""Simulated model servers for the demo, the examples and the tests: real
-HTTP/1.1 servers on loopback (asyncio streams, keep-alive), each with its
-own latency and error rate, that can be killed, slowed and restarted.
-
-- ``GET /health`` answers 200 ``ok``.
-- ``POST /v1/completions`` (and ``/v1/chat/completions``) with a JSON body
-  answers after ``latency_s`` (times a random factor in [0.5, 1.5]) with
-  ``{"id", "node", "text", "usage"}``, or with a 500 at ``error_rate``.
-- ``kill()`` closes the listening socket and every open connection, as a
-  crashed process would; ``start()`` listens again on the same port.
-"""
+"""``SimulatedServer``: a model server on loopback for demos and tests."""
 
 from __future__ import annotations
 
@@ -26,7 +16,17 @@ _REASONS = {200: "OK", 404: "Not Found", 400: "Bad Request", 500: "Internal Serv
 
 
 class SimulatedServer:
-    """One simulated model server; see the module docstring."""
+    """One simulated model server: a real HTTP/1.1 server on loopback
+    (asyncio streams, keep-alive) with its own latency and error rate.
+
+    - ``GET /health`` answers 200 ``ok`` (after ``health_latency_s``).
+    - ``POST /v1/completions`` (and ``/v1/chat/completions``) with a JSON
+      body answers after ``latency_s`` (times a random factor in [0.5, 1.5])
+      with ``{"id", "node", "text", "usage"}``, or with a 500 at
+      ``error_rate``.
+    - ``kill()`` closes the listening socket and every open connection, as a
+      crashed process would; ``start()`` listens again on the same port.
+    """
 
     def __init__(
         self,

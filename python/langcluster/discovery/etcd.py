@@ -1,22 +1,4 @@
-"""Service discovery on etcd v3, through its JSON gateway (httpx).
-
-Each registered node is a key ``{prefix}{service}/{node_id}`` holding the
-node as JSON, attached to a lease of ``ttl_s`` that a background task keeps
-alive (every ``ttl_s / 3``). A process that dies without deregistering
-stops renewing, and etcd deletes its nodes when the lease runs out. If a
-lease is found expired (etcd was down longer than the TTL), it is granted
-again and the nodes are written again.
-
-``watch()`` reads the prefix once, then follows etcd's watch stream from the
-next revision: every change yields a new snapshot, without polling. When
-the stream breaks (etcd restarting, an endpoint down) it reconnects with
-backoff, to the next endpoint in turn, reads the prefix again and goes on;
-meanwhile the last snapshot stands.
-
-The gateway's conventions: every call is a POST; keys and values are
-base64; 64-bit integers are JSON strings; fields at their zero value are
-left out.
-"""
+"""Service discovery on etcd v3, through its JSON gateway (httpx)."""
 
 from __future__ import annotations
 
@@ -31,14 +13,14 @@ from typing import Any
 
 import httpx
 
-from langcluster._loops import cancel_and_wait
-from langcluster.discovery import node_from_record
+from langcluster._aio import cancel_and_wait
+from langcluster.discovery.base import node_from_record
 from langcluster.errors import DiscoveryError
 from langcluster.node import Node
 
 __all__ = ["EtcdDiscovery"]
 
-_log = logging.getLogger("langcluster.etcd")
+_log = logging.getLogger(__name__)
 
 
 def _b64(text: str) -> str:
@@ -69,7 +51,26 @@ def _record(node: Node) -> str:
 
 
 class EtcdDiscovery:
-    """Registers and discovers the nodes of ``service`` in etcd."""
+    """Registers and discovers the nodes of ``service`` in etcd v3, through
+    its JSON gateway (httpx).
+
+    Each registered node is a key ``{prefix}{service}/{node_id}`` holding the
+    node as JSON, attached to a lease of ``ttl_s`` that a background task keeps
+    alive (every ``ttl_s / 3``). A process that dies without deregistering
+    stops renewing, and etcd deletes its nodes when the lease runs out. If a
+    lease is found expired (etcd was down longer than the TTL), it is granted
+    again and the nodes are written again.
+
+    ``watch()`` reads the prefix once, then follows etcd's watch stream from the
+    next revision: every change yields a new snapshot, without polling. When
+    the stream breaks (etcd restarting, an endpoint down) it reconnects with
+    backoff, to the next endpoint in turn, reads the prefix again and goes on;
+    meanwhile the last snapshot stands.
+
+    The gateway's conventions: every call is a POST; keys and values are
+    base64; 64-bit integers are JSON strings; fields at their zero value are
+    left out.
+    """
 
     def __init__(
         self,

@@ -22,15 +22,14 @@ from typing import Any
 
 import httpx
 
-from langcluster._core import MemoryCache
-from langcluster.cluster import Cluster, ClusterEvent, FailoverConfig, HealthConfig
-from langcluster.discovery import Discovery, StaticDiscovery
-from langcluster.failover import Backoff, BreakerConfig
-from langcluster.health import HttpCheck
-from langcluster.layered import LayeredCache
+from langcluster.breaker import BreakerConfig
+from langcluster.cache import LayeredCache, MemoryCache, RedisCache
+from langcluster.cluster import Cluster, ClusterEvent
+from langcluster.discovery import Discovery, EtcdDiscovery, StaticDiscovery
+from langcluster.failover import Backoff, FailoverConfig
+from langcluster.health import HealthConfig, HttpCheck
 from langcluster.node import Node
-from langcluster.redis_cache import RedisCache
-from langcluster.simulate import SimulatedServer
+from langcluster.testing import SimulatedServer
 
 # (id, latency s, error rate): a mix of fast and slower servers.
 SERVERS = [
@@ -150,8 +149,6 @@ async def main(
     discovery: Discovery
     announcer = None
     if etcd_url:
-        from langcluster.etcd import EtcdDiscovery
-
         discovery = EtcdDiscovery("langcluster-demo", endpoints=[etcd_url])
         announcer = EtcdDiscovery("langcluster-demo", endpoints=[etcd_url])
         for node in nodes:

@@ -1,0 +1,425 @@
+"""``FailoverManager`` and ``FailoverConfig``, its settings held for later.
+
+A call is one flow (``langcluster._flow``): pick a node, attempt, and on a
+retryable failure back off and pick another; ``call`` drives it on the
+running loop (where an attempt may be hedged), ``call_sync`` in the calling
+thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from langcluster._core import Balancer
+from langcluster._events import Broadcast
+from langcluster._flow import Call, Effect, Flow, Sleep, adrive, drive
+from langcluster._settings import Settings, complete, keyword_parameters, typed_like
+from langcluster.breaker import BreakerConfig, CircuitBreaker
+from langcluster.errors import CircuitOpenError, NoAvailableNode
+from langcluster.failover.events import FailoverEvent
+from langcluster.failover.events import FailoverEventKind as Kind
+from langcluster.failover.retry import Backoff, Plan, RetryBudget
+from langcluster.types import BreakerState, Key
+
+__all__ = ["FailoverConfig", "FailoverManager"]
+
+T = TypeVar("T")
+_log = logging.getLogger(__name__)
+
+
+class FailoverManager:
+    """Runs calls on balancer-picked nodes behind per-node circuit breakers,
+    retrying on other nodes.
+
+    ``await manager.call(fn)`` (or ``manager.call_sync(fn)``) runs
+    ``fn(node)``, which does the work on the node it is given, on a node the
+    balancer picks. What the manager does around it:
+
+    - **Breakers per node.** Each node gets a ``CircuitBreaker`` made from
+      ``breaker`` (a ``BreakerConfig``). A node whose breaker opens is taken
+      out of the balancer's rotation at once; when its open time is over it
+      is put back, its breaker admits a few trial calls, and their outcome
+      closes the breaker (back in rotation for good) or reopens it.
+    - **Retries on another node**, for exceptions in ``retry_on``, after a
+      ``Backoff`` delay with full jitter, at most ``max_attempts`` attempts
+      in all, and only within the **retry budget**: over the last 10
+      seconds, retries may be at most ``retry_budget`` of the calls (but
+      ``min_retries`` are always allowed), as Envoy's ``retry_budget``
+      does, so that a failing cluster is not hammered by retries.
+    - **Priority groups.** With ``priority`` (a function of the node, or a
+      mapping of node ids, to a level; 0 is the primary level), nodes of a
+      level are in rotation only while the levels before it are not healthy
+      enough: a level is enough when its share of healthy nodes times
+      ``overprovisioning`` (1.4, as Envoy) reaches 1. Backups come in when
+      primaries fail (a ``failover`` event) and leave when they recover
+      (``failback``).
+    - **Hedging** (``call`` only, for idempotent calls): with
+      ``hedge_after_s``, a call that has not answered by then is started
+      again on another node; the first success wins and the other attempt
+      is cancelled.
+    - **Events**: ``subscribe(callback)`` and ``async for event in
+      manager.events()`` receive a ``FailoverEvent`` for each
+      ``FailoverEventKind``.
+
+    ``clock`` (seconds) drives the breakers and the cool-down, for tests;
+    ``seed`` makes the backoff jitter repeatable.
+    """
+
+    def __init__(
+        self,
+        balancer: Balancer,
+        *,
+        breaker: BreakerConfig | None = None,
+        max_attempts: int = 3,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        backoff: Backoff | None = None,
+        retry_budget: float | None = 0.2,
+        min_retries: int = 3,
+        hedge_after_s: float | None = None,
+        priority: Callable[[Any], int] | Mapping[str, int] | None = None,
+        overprovisioning: float = 1.4,
+        clock: Callable[[], float] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if not isinstance(balancer, Balancer):
+            raise TypeError(
+                f"balancer: must be a langcluster balancer, got {type(balancer).__name__}"
+            )
+        given = {k: v for k, v in locals().items() if k not in ("self", "balancer")}
+        self.config = config = FailoverConfig(**given)
+        self.balancer = balancer
+        self.breaker_config: BreakerConfig = config.breaker
+        self.max_attempts: int = config.max_attempts
+        self.retry_on: tuple[type[BaseException], ...] = config.retry_on
+        self.backoff: Backoff = config.backoff
+        self.hedge_after_s: float | None = config.hedge_after_s
+        self.overprovisioning: float = config.overprovisioning
+        self._priority = priority
+        self._clock = clock
+        self._now = clock or time.monotonic
+        self._rng = random.Random(seed)
+        self._budget = RetryBudget(retry_budget, config.min_retries)
+        self._lock = threading.RLock()
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._cooling: dict[str, float] = {}  # node id -> when to put it back
+        self._taken_out: set[str] = set()  # nodes this manager took out of rotation
+        self._levels_in_use = 1
+        self._events: Broadcast[FailoverEvent] = Broadcast(_log)
+        self._stats = dict.fromkeys(
+            ("calls", "successes", "failures", "attempts", "retries", "hedges",
+             "budget_exhausted", "all_nodes_down"),
+            0,
+        )  # fmt: skip
+        self._sync_availability()
+
+    # ----------------------------------------------------------------- events
+
+    def subscribe(self, callback: Callable[[FailoverEvent], object]) -> Callable[[], None]:
+        """Calls ``callback(event)`` for every event; returns a function that
+        unsubscribes. A raising callback is logged and never breaks a call."""
+        return self._events.subscribe(callback)
+
+    def events(self, maxsize: int = 1000) -> AsyncIterator[FailoverEvent]:
+        """Every event from the first iteration on, through a queue of
+        ``maxsize``; a consumer that falls behind loses the oldest ones."""
+        return self._events.stream(maxsize)
+
+    def _emit(
+        self, kind: Kind, node: Any = None, error: BaseException | None = None, detail: str = ""
+    ) -> None:
+        self._events.emit(FailoverEvent(kind, node, error, time.time(), detail))
+
+    # ----------------------------------------------------------- node state
+
+    def breaker(self, node_id: str) -> CircuitBreaker:
+        """The breaker of a node (made on first use)."""
+        with self._lock:
+            found = self._breakers.get(node_id)
+            if found is None:
+                found = self.breaker_config.make(node_id, clock=self._clock)
+                found.on_state_change(
+                    lambda old, new, node_id=node_id: self._on_breaker(node_id, old, new)
+                )
+                self._breakers[node_id] = found
+            return found
+
+    def _node(self, node_id: str) -> Any:
+        for node in self.balancer.nodes:
+            if node.id == node_id:
+                return node
+        return None
+
+    def _on_breaker(self, node_id: str, old: BreakerState, new: BreakerState) -> None:
+        node = self._node(node_id)
+        if new in ("open", "forced_open"):
+            retry_after = self.breaker(node_id).metrics()["retry_after_s"]
+            with self._lock:
+                self._cooling[node_id] = self._now() + retry_after if new == "open" else math.inf
+            self._emit(Kind.BREAKER_OPENED, node, detail=f"{old} -> {new}")
+        elif new == "half_open":
+            self._emit(Kind.BREAKER_HALF_OPEN, node)
+        elif new in ("closed", "disabled"):
+            with self._lock:
+                self._cooling.pop(node_id, None)
+            self._emit(Kind.BREAKER_CLOSED, node, detail=f"{old} -> {new}")
+        self._sync_availability()
+
+    def _level(self, node: Any) -> int:
+        if self._priority is None:
+            return 0
+        if callable(self._priority):
+            return int(self._priority(node))
+        return int(self._priority.get(node.id, 0))
+
+    def _sync_availability(self) -> None:
+        """Puts cooled-down nodes back, then decides which priority levels
+        are in use, and tells the balancer what changed."""
+        now = self._now()
+        with self._lock:
+            for node_id, until in list(self._cooling.items()):
+                if until <= now:
+                    del self._cooling[node_id]
+            nodes = self.balancer.nodes
+            levels: dict[int, list[Any]] = {}
+            for node in nodes:
+                levels.setdefault(self._level(node), []).append(node)
+            order = sorted(levels)
+            in_use = len(order)
+            for i, level in enumerate(order):
+                members = levels[level]
+                healthy = sum(1 for n in members if n.id not in self._cooling)
+                if healthy / len(members) * self.overprovisioning >= 1:
+                    in_use = i + 1
+                    break
+            active_levels = set(order[:in_use])
+            # Only nodes this manager took out are put back: availability
+            # set by others (health checks, the registry) is left alone.
+            changes = []
+            for node in nodes:
+                out = self._level(node) not in active_levels or node.id in self._cooling
+                if out and node.id not in self._taken_out:
+                    self._taken_out.add(node.id)
+                    changes.append((node.id, False))
+                elif not out and node.id in self._taken_out:
+                    self._taken_out.discard(node.id)
+                    changes.append((node.id, True))
+            if not order:  # no nodes (yet): nothing to fail over from or back to
+                in_use = self._levels_in_use
+            previous, self._levels_in_use = self._levels_in_use, in_use
+            # Applied under the lock, so that two threads' decisions reach
+            # the balancer in the order they were made (the call is a short
+            # Rust call that runs no Python code).
+            for node_id, want in changes:
+                self.balancer.set_available(node_id, want)
+        if in_use > previous:
+            self._emit(Kind.FAILOVER, detail=f"priority levels in use: {order[:in_use]}")
+        elif in_use < previous:
+            self._emit(Kind.FAILBACK, detail=f"priority levels in use: {order[:in_use]}")
+
+    def _revive_due(self) -> None:
+        if self._cooling:
+            now = self._now()
+            if any(until <= now for until in list(self._cooling.values())):
+                self._sync_availability()
+
+    def _choose(self, key: Key | None, tried: set[str]) -> Any:
+        """A node not tried yet in this call: the balancer's pick, or, when
+        it keeps returning tried nodes (a consistent hash of one key), the
+        first untried node in rotation."""
+        for _ in range(len(self.balancer) + 1):
+            try:
+                node = self.balancer.pick(key)
+            except NoAvailableNode:
+                return None
+            if node.id not in tried:
+                return node
+        stats = self.balancer.stats()
+        for node in self.balancer.nodes:
+            if node.id not in tried and stats.get(node.id, {}).get("available", False):
+                return node
+        return None
+
+    # ------------------------------------------------------------------ calls
+
+    def _attempt(self, node: Any, fn: Callable[[Any], Any]) -> Flow[Any]:
+        """One attempt on `node`, behind its breaker, reported to the
+        balancer (latency and outcome) and to the breaker."""
+        breaker = self.breaker(node.id)
+        breaker.admit()
+        self.balancer.begin(node.id)
+        started = time.perf_counter()
+        try:
+            result = yield Call(fn, node)
+        except BaseException as error:
+            latency = time.perf_counter() - started
+            if isinstance(error, Exception):
+                self.balancer.end(node.id, latency, False)
+            else:  # a cancellation: no outcome
+                self.balancer.release(node.id)
+            breaker.report(error, latency)
+            raise
+        latency = time.perf_counter() - started
+        self.balancer.end(node.id, latency, True)
+        breaker.report(None, latency)
+        return result
+
+    def _call(self, fn: Callable[[Any], Any], key: Key | None) -> Flow[Any]:
+        plan = Plan(self, key)
+        while (delay := plan.next_delay()) is not None:
+            if delay:
+                yield Sleep(delay)
+                self._revive_due()
+            node = plan.next_node()
+            try:
+                if self.hedge_after_s is None:
+                    self._count("attempts")
+                    result = yield from self._attempt(node, fn)
+                else:
+                    result = yield _Hedged(self, node, fn, plan)
+            except CircuitOpenError as error:
+                plan.refused(error)
+                continue
+            except BaseException as error:
+                plan.failed(node, error)
+                continue
+            return plan.succeeded(result)
+        raise plan.give_up()
+
+    async def call(self, fn: Callable[[Any], Awaitable[T]], *, key: Key | None = None) -> T:
+        """Awaits ``fn(node)`` on a picked node, failing over as configured
+        (``key`` routes a consistent hash)."""
+        return await adrive(self._call(fn, key))
+
+    def call_sync(self, fn: Callable[[Any], T], *, key: Key | None = None) -> T:
+        """``call`` in the calling thread (without hedging)."""
+        return drive(self._call(fn, key))  # type: ignore[no-any-return]
+
+    async def _hedged(self, node: Any, fn: Callable[[Any], Any], plan: Plan) -> Any:
+        """The first answer of one attempt, and of a second on another node
+        if the first is slower than ``hedge_after_s``."""
+        first = asyncio.ensure_future(adrive(self._attempt(node, fn)))
+        self._count("attempts")
+        done, _ = await asyncio.wait({first}, timeout=self.hedge_after_s)
+        if done:
+            return first.result()
+        other = self._choose(plan.key, plan.tried)
+        if other is None:
+            return await first
+        plan.tried.add(other.id)
+        self._count("hedges")
+        self._count("attempts")
+        self._emit(Kind.HEDGE, other, detail=f"{node.id} slower than {self.hedge_after_s} s")
+        second = asyncio.ensure_future(adrive(self._attempt(other, fn)))
+        pending = {first, second}
+        error: BaseException | None = None
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.exception() is None:
+                        return task.result()
+                    error = task.exception()
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        assert error is not None
+        raise error
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._stats[name] += 1
+
+    def stats(self) -> dict[str, Any]:
+        """Counters, and each node's breaker state and availability."""
+        with self._lock:
+            out: dict[str, Any] = dict(self._stats)
+            out["levels_in_use"] = self._levels_in_use
+            out["nodes"] = {
+                node_id: {"breaker": breaker.state, "taken_out": node_id in self._taken_out}
+                for node_id, breaker in self._breakers.items()
+            }
+        return out
+
+    def taken_out(self) -> list[str]:
+        """Ids of the nodes this manager holds out of rotation (open
+        breakers, unused priority levels)."""
+        with self._lock:
+            return sorted(self._taken_out)
+
+
+class _Hedged(Effect):
+    """An attempt that ``call`` may hedge. In a thread there is no second
+    attempt to race: it is a plain attempt."""
+
+    __slots__ = ("fn", "manager", "node", "plan")
+
+    def __init__(
+        self, manager: FailoverManager, node: Any, fn: Callable[[Any], Any], plan: Plan
+    ) -> None:
+        self.manager = manager
+        self.node = node
+        self.fn = fn
+        self.plan = plan
+
+    def run(self) -> Any:
+        self.manager._count("attempts")
+        return drive(self.manager._attempt(self.node, self.fn))
+
+    async def arun(self) -> Any:
+        return await self.manager._hedged(self.node, self.fn, self.plan)
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: must be a positive int, got {value!r}")
+    return value
+
+
+def _check(given: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a FailoverManager, checked and completed."""
+    values = complete("FailoverManager", keyword_parameters(FailoverManager, skip=1), given)
+    breaker = values["breaker"] if values["breaker"] is not None else BreakerConfig()
+    if not isinstance(breaker, BreakerConfig):
+        raise TypeError(f"breaker: must be a BreakerConfig, got {type(breaker).__name__}")
+    _positive_int("max_attempts", values["max_attempts"])
+    _positive_int("min_retries", values["min_retries"])
+    retry_on = values["retry_on"]
+    retry_on = tuple(retry_on) if isinstance(retry_on, tuple | list) else (retry_on,)
+    if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
+        raise TypeError(f"retry_on: must be exception classes, got {values['retry_on']!r}")
+    backoff = values["backoff"] if values["backoff"] is not None else Backoff()
+    if not isinstance(backoff, Backoff):
+        raise TypeError(f"backoff: must be a Backoff, got {type(backoff).__name__}")
+    budget = values["retry_budget"]
+    if budget is not None and not (isinstance(budget, int | float) and 0 < budget <= 1):
+        raise ValueError(f"retry_budget: must be in (0, 1] or None, got {budget!r}")
+    hedge = values["hedge_after_s"]
+    if hedge is not None and not (isinstance(hedge, int | float) and 0 < hedge < math.inf):
+        raise ValueError(f"hedge_after_s: must be a positive number or None, got {hedge!r}")
+    over = values["overprovisioning"]
+    if not (isinstance(over, int | float) and 1 <= over < math.inf):
+        raise ValueError(f"overprovisioning: must be >= 1, got {over!r}")
+    priority = values["priority"]
+    if priority is not None and not (callable(priority) or isinstance(priority, Mapping)):
+        raise TypeError(f"priority: must be a function, a mapping or None, got {priority!r}")
+    if values["clock"] is not None and not callable(values["clock"]):
+        raise TypeError("clock: must be a function returning seconds, or None")
+    return {**values, "breaker": breaker, "retry_on": retry_on, "backoff": backoff}
+
+
+class FailoverConfig(Settings, check=_check):
+    """The settings of a ``FailoverManager`` (its keyword arguments, with
+    its defaults), for ``Cluster``: checked when made."""
+
+    @typed_like(FailoverManager)
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)

@@ -1,0 +1,154 @@
+"""When a failed call may be retried, and after how long: ``Backoff``, the
+retry budget, and ``Plan``, the bookkeeping of one call's attempts."""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from langcluster.errors import CircuitOpenError, NoAvailableNode
+from langcluster.failover.events import FailoverEventKind as Kind
+from langcluster.types import Key
+
+if TYPE_CHECKING:
+    from langcluster.failover.manager import FailoverManager
+
+__all__ = ["Backoff", "Plan", "RetryBudget"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delay before retry ``n`` (1, 2, ...): ``base_s * multiplier**(n-1)``
+    capped at ``max_s``; with ``jitter`` (full jitter) a uniform draw below
+    that."""
+
+    base_s: float = 0.02
+    max_s: float = 1.0
+    multiplier: float = 2.0
+    jitter: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("base_s", "max_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}: must be a number >= 0, got {value!r}")
+        if not (math.isfinite(self.multiplier) and self.multiplier >= 1):
+            raise ValueError(f"multiplier: must be >= 1, got {self.multiplier!r}")
+
+    def delay(self, retry: int, rng: random.Random) -> float:
+        ceiling = min(self.max_s, self.base_s * self.multiplier ** max(0, retry - 1))
+        return rng.uniform(0, ceiling) if self.jitter else ceiling
+
+
+class RetryBudget:
+    """Calls and retries over a sliding window of 1-second buckets: retries
+    may be ``ratio`` of the calls (``None``: no limit), and at least
+    ``min_retries`` are always allowed."""
+
+    def __init__(self, ratio: float | None, min_retries: int, window_s: int = 10) -> None:
+        self.ratio = ratio
+        self.min_retries = min_retries
+        self.window_s = window_s
+        self.buckets: deque[list[int]] = deque()  # [second, calls, retries]
+        self.lock = threading.Lock()
+
+    def _bucket(self, now: float) -> list[int]:
+        second = int(now)
+        while self.buckets and self.buckets[0][0] <= second - self.window_s:
+            self.buckets.popleft()
+        if not self.buckets or self.buckets[-1][0] != second:
+            self.buckets.append([second, 0, 0])
+        return self.buckets[-1]
+
+    def note_call(self) -> None:
+        with self.lock:
+            self._bucket(time.monotonic())[1] += 1
+
+    def try_retry(self) -> bool:
+        if self.ratio is None:
+            return True
+        with self.lock:
+            bucket = self._bucket(time.monotonic())
+            calls = sum(b[1] for b in self.buckets)
+            retries = sum(b[2] for b in self.buckets)
+            if retries >= max(self.min_retries, self.ratio * calls):
+                return False
+            bucket[2] += 1
+            return True
+
+
+class Plan:
+    """The bookkeeping of one call's attempts: which nodes were tried, which
+    refused (an open breaker is not an attempt), whether another attempt is
+    allowed, and when."""
+
+    def __init__(self, manager: FailoverManager, key: Key | None) -> None:
+        self.manager = manager
+        self.key = key
+        self.tried: set[str] = set()
+        self.refusals = 0
+        self.last_error: BaseException | None = None
+        manager._count("calls")
+        manager._budget.note_call()
+        manager._revive_due()
+
+    def next_delay(self) -> float | None:
+        """0 for the first attempt and after a refusal; a backoff delay
+        before a retry; None when no attempt is left."""
+        attempts = len(self.tried) - self.refusals
+        if not attempts or isinstance(self.last_error, CircuitOpenError):
+            return 0.0
+        m = self.manager
+        if attempts >= m.max_attempts:
+            return None
+        if not m._budget.try_retry():
+            m._count("budget_exhausted")
+            m._emit(Kind.BUDGET_EXHAUSTED, error=self.last_error)
+            return None
+        m._count("retries")
+        detail = f"retry {attempts} of {m.max_attempts - 1}"
+        m._emit(Kind.RETRY, error=self.last_error, detail=detail)
+        return m.backoff.delay(attempts, m._rng) or 1e-9
+
+    def next_node(self) -> Any:
+        node = self.manager._choose(self.key, self.tried)
+        if node is None:
+            m = self.manager
+            m._count("all_nodes_down")
+            m._emit(Kind.ALL_NODES_DOWN, error=self.last_error)
+            error = NoAvailableNode(
+                "no node is available: every breaker is open or every node was tried"
+            )
+            error.__cause__ = self.last_error
+            raise error
+        self.tried.add(node.id)
+        return node
+
+    def refused(self, error: CircuitOpenError) -> None:
+        self.refusals += 1
+        self.last_error = error
+
+    def failed(self, node: Any, error: BaseException) -> None:
+        """Records a failed attempt, or re-raises an error not to retry."""
+        m = self.manager
+        if not isinstance(error, m.retry_on) or isinstance(error, CircuitOpenError):
+            m._count("failures")
+            raise error
+        self.last_error = error
+        m._emit(Kind.NODE_FAILED, node, error)
+
+    def succeeded(self, result: T) -> T:
+        self.manager._count("successes")
+        return result
+
+    def give_up(self) -> BaseException:
+        self.manager._count("failures")
+        assert self.last_error is not None
+        return self.last_error

@@ -1,0 +1,236 @@
+"""``HealthMonitor``: every node of a registry checked on one asyncio
+scheduler (not a task or thread per node), status changes written to the
+registry and so to the bound balancers; and ``HealthConfig``, its settings
+held for later."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from langcluster._aio import call_in_loop, cancel_and_wait
+from langcluster._settings import Settings, complete, keyword_parameters, typed_like
+from langcluster.health.checks import HealthCheck, positive
+from langcluster.node import Node, NodeStatus
+from langcluster.registry import NodeEvent, NodeEventKind, NodeRegistry
+
+__all__ = ["HealthConfig", "HealthMonitor", "NodeHealth"]
+
+
+@dataclass
+class NodeHealth:
+    """What the monitor knows of one node."""
+
+    status: NodeStatus = NodeStatus.UNKNOWN
+    successes: int = 0  # in a row
+    failures: int = 0  # in a row
+    last_ok: bool | None = None
+    last_error: str | None = None
+    latency_s: float | None = None
+    at: float | None = None  # when last checked, time.time()
+
+
+class HealthMonitor:
+    """Checks every node of ``registry`` every ``interval_s``.
+
+    - One scheduler task for all nodes; a node's first check comes at a
+      random point in ``[0, interval_s)`` and each later one
+      ``interval_s`` after the last, up to ``jitter x interval_s`` early
+      (never late), so checks spread out and a dead node is UNHEALTHY
+      within ``fall x interval_s + timeout_s``.
+    - ``rise`` passes in a row make a node HEALTHY, ``fall`` failures in a
+      row UNHEALTHY; in between its status stays, so a flapping node does
+      not flap the registry. A check slower than ``timeout_s`` fails.
+    - ``status()`` gives each node's last result, latency and error.
+    """
+
+    def __init__(
+        self,
+        registry: NodeRegistry,
+        check: HealthCheck,
+        *,
+        interval_s: float = 10.0,
+        timeout_s: float = 2.0,
+        rise: int = 2,
+        fall: int = 3,
+        jitter: float = 0.1,
+        max_concurrency: int = 1000,
+        seed: int | None = None,
+    ) -> None:
+        if not isinstance(registry, NodeRegistry):
+            raise TypeError(f"registry: must be a NodeRegistry, got {type(registry).__name__}")
+        given = {k: v for k, v in locals().items() if k not in ("self", "registry")}
+        self.config = config = HealthConfig(**given)
+        self.registry = registry
+        self.check: HealthCheck = config.check
+        self.interval_s: float = config.interval_s
+        self.timeout_s: float = config.timeout_s
+        self.rise: int = config.rise
+        self.fall: int = config.fall
+        self.jitter: float = config.jitter
+        self._rng = random.Random(seed)
+        self._health: dict[str, NodeHealth] = {}
+        self._queue: list[tuple[float, int, str]] = []  # (due, tiebreak, node id)
+        self._counter = 0
+        self._scheduled: set[str] = set()  # in the queue or being checked
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._slots = asyncio.Semaphore(config.max_concurrency)
+        self.checks_run = 0
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._unsubscribe = self.registry.subscribe(self._on_registry)
+        now = time.monotonic()
+        for node in self.registry.nodes():
+            self._schedule(node.id, now + self._rng.uniform(0, self.interval_s))
+
+    async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        task, self._task = self._task, None
+        self._stopping = True
+        self._wake.set()
+        for pending in [task, *self._running]:
+            await cancel_and_wait(pending)
+        self._stopping = False
+
+    async def __aenter__(self) -> HealthMonitor:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------- schedule
+
+    def _schedule(self, node_id: str, due: float) -> None:
+        if node_id in self._scheduled:
+            return  # one check chain per node, however it was announced
+        self._scheduled.add(node_id)
+        self._counter += 1
+        heapq.heappush(self._queue, (due, self._counter, node_id))
+        self._wake.set()
+
+    def _on_registry(self, event: NodeEvent) -> None:
+        # Registry events may come from any thread; the schedule belongs to
+        # the monitor's loop. Before start() nothing is scheduled: start()
+        # schedules every node the registry has then.
+        task = self._task
+        if task is None:
+            return
+        if event.kind is NodeEventKind.ADDED:
+            due = time.monotonic() + self._rng.uniform(0, self.interval_s)
+            call_in_loop(task.get_loop(), self._schedule, event.node.id, due)
+        elif event.kind is NodeEventKind.REMOVED:
+            call_in_loop(task.get_loop(), self._health.pop, event.node.id, None)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            now = time.monotonic()
+            while self._queue and self._queue[0][0] <= now:
+                _, _, node_id = heapq.heappop(self._queue)
+                node = self.registry.get(node_id)
+                if node is None:
+                    self._scheduled.discard(node_id)
+                    continue  # deregistered: forget it
+                task = asyncio.ensure_future(self._check(node))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+            self._wake.clear()
+            delay = self._queue[0][0] - now if self._queue else None
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _check(self, node: Node) -> None:
+        started = time.monotonic()
+        error: BaseException | None = None
+        async with self._slots:
+            try:
+                await asyncio.wait_for(self.check.check(node), self.timeout_s)
+            except asyncio.CancelledError:
+                raise
+            except asyncio.TimeoutError:
+                error = TimeoutError(f"no answer within {self.timeout_s} s")
+            except Exception as exc:
+                error = exc
+        self.checks_run += 1
+        latency = time.monotonic() - started
+        self._record(node, error, latency)
+        self._scheduled.discard(node.id)
+        if self.registry.get(node.id) is not None:
+            next_due = started + self.interval_s * (1 - self.jitter * self._rng.random())
+            self._schedule(node.id, next_due)
+
+    def _record(self, node: Node, error: BaseException | None, latency: float) -> None:
+        health = self._health.setdefault(node.id, NodeHealth(status=node.status))
+        health.at = time.time()
+        health.latency_s = latency
+        health.last_ok = error is None
+        health.last_error = None if error is None else f"{type(error).__name__}: {error}"
+        if error is None:
+            health.successes += 1
+            health.failures = 0
+            flip = health.successes >= self.rise and node.status is not NodeStatus.HEALTHY
+            new = NodeStatus.HEALTHY
+        else:
+            health.failures += 1
+            health.successes = 0
+            flip = health.failures >= self.fall and node.status is not NodeStatus.UNHEALTHY
+            new = NodeStatus.UNHEALTHY
+        if node.status is NodeStatus.DRAINING:
+            flip = False  # draining is an operator's decision, not the checker's
+        if flip:
+            try:
+                self.registry.set_status(node.id, new)
+            except KeyError:
+                return  # deregistered while being checked
+        current = self.registry.get(node.id)
+        health.status = current.status if current is not None else new
+
+    def status(self) -> dict[str, NodeHealth]:
+        """A copy of every checked node's health."""
+        return {k: NodeHealth(**vars(v)) for k, v in self._health.items()}
+
+
+def _check(given: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a HealthMonitor, checked and completed."""
+    values = complete("HealthMonitor", keyword_parameters(HealthMonitor, skip=1), given)
+    check = values["check"]
+    if not isinstance(check, HealthCheck):
+        raise TypeError(f"check: {check!r} has no async check(node) method")
+    interval = positive("interval_s", values["interval_s"])
+    timeout = positive("timeout_s", values["timeout_s"])
+    if timeout >= interval:
+        raise ValueError(f"timeout_s: must be shorter than interval_s ({timeout} >= {interval})")
+    for name in ("rise", "fall", "max_concurrency"):
+        value = values[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: must be a positive int, got {value!r}")
+    jitter = values["jitter"]
+    if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter < 1:
+        raise ValueError(f"jitter: must be in [0, 1), got {jitter!r}")
+    return {**values, "interval_s": interval, "timeout_s": timeout}
+
+
+class HealthConfig(Settings, check=_check):
+    """The settings of a ``HealthMonitor`` (its arguments after the
+    registry, with its defaults), for ``Cluster``: checked when made."""
+
+    @typed_like(HealthMonitor)
+    def __init__(self, check: HealthCheck, **settings: Any) -> None:
+        super().__init__(check=check, **settings)
