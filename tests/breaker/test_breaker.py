@@ -26,6 +26,7 @@ def fail() -> None:
 
 
 def tripped(clock: Clock, **kwargs: object) -> CircuitBreaker:
+    kwargs.setdefault("max_open_timeout_s", None)  # an exact open time
     breaker = CircuitBreaker(
         "llm", minimum_calls=2, window_size=4, open_timeout_s=5.0, clock=clock, **kwargs
     )

@@ -100,6 +100,7 @@ class BreakerMachine(RuleBasedStateMachine):
             minimum_calls=self.model.minimum,
             failure_rate_threshold=self.model.threshold,
             open_timeout_s=2.0,
+            max_open_timeout_s=None,  # the model's open time is exact
             half_open_max_calls=self.model.trials_max,
             clock=lambda: self.now_s,
         )

@@ -73,7 +73,7 @@ def test_ttl_invalidate_and_key_function() -> None:
     assert tick.invalidate("a") is False  # type: ignore[attr-defined]
     assert tick("a") == 2
 
-    @cached(cache, key=lambda request: request["id"])
+    @cached(cache, key_fn=lambda request: request["id"])
     def handle(request: dict[str, object]) -> object:
         return request["body"]
 
@@ -109,11 +109,11 @@ def test_unsupported_arguments_name_their_position(arg: object) -> None:
 
 
 def test_a_key_function_returning_a_bad_key_is_named() -> None:
-    @cached(MemoryCache(10), key=lambda request: [request])
+    @cached(MemoryCache(10), key_fn=lambda request: [request])
     def handle(request: str) -> str:
         return request
 
-    with pytest.raises(TypeError, match="key: the key function returned a list"):
+    with pytest.raises(TypeError, match="key_fn: the key function returned a list"):
         handle("x")
 
 
@@ -154,8 +154,8 @@ def test_decorator_arguments_are_checked() -> None:
         cached({})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="ttl"):
         cached(MemoryCache(10), ttl=-1)(lambda: None)
-    with pytest.raises(TypeError, match="key"):
-        cached(MemoryCache(10), key=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="key_fn"):
+        cached(MemoryCache(10), key_fn=5)  # type: ignore[arg-type]
 
 
 def test_threads_compute_a_missing_key_once() -> None:

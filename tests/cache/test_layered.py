@@ -5,59 +5,21 @@ Redis failures (SIGKILL included), get_or_set."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 
-from langcluster import CacheError, CircuitBreaker, MemoryCache
-from langcluster.layered import LayeredCache
-from langcluster.redis_cache import RedisCache
+from langcluster import CacheError, MemoryCache
+from langcluster.cache import LayeredCache, RedisCache
+from tests.support.helpers import redis_url, wait_until
 
 pytestmark = pytest.mark.services
-
-
-def redis_url(server: Any) -> str:
-    return f"redis://{server.url}/0"
-
-
-def wait_until(condition: Any, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return bool(condition())
-
-
-@pytest.fixture
-def make(redis_server: Any) -> Iterator[Any]:
-    """Builds LayeredCaches on the test's redis-server, and closes them."""
-    made: list[LayeredCache] = []
-
-    def build(namespace: str = "lc", capacity: int = 1000, **kwargs: Any) -> LayeredCache:
-        l2_kwargs = {
-            k: kwargs.pop(k) for k in ("ttl", "signing_key", "socket_timeout_s") if k in kwargs
-        }
-        cache = LayeredCache(
-            MemoryCache(capacity),
-            RedisCache(redis_url(redis_server), namespace=namespace, **l2_kwargs),
-            **kwargs,
-        )
-        made.append(cache)
-        return cache
-
-    yield build
-    for cache in made:
-        with contextlib.suppress(CacheError):
-            cache.close()
 
 
 def test_reads_go_l1_then_l2_and_fill_l1_no_longer_than_l2_keeps_it(make: Any) -> None:
@@ -140,7 +102,7 @@ def test_write_back_acknowledges_at_once_coalesces_and_flushes(
     make: Any, redis_server: Any
 ) -> None:
     raw = redis.Redis.from_url(redis_url(redis_server))
-    cache = make(mode="write-back", flush_interval_s=10)  # only explicit flushes
+    cache = make(mode="write_back", flush_interval_s=10)  # only explicit flushes
     other = make()
     for i in range(500):
         cache.set("hot", i)
@@ -158,7 +120,7 @@ def test_write_back_acknowledges_at_once_coalesces_and_flushes(
 
 
 def test_write_back_reads_its_queue_when_l1_has_evicted(make: Any) -> None:
-    cache = make(mode="write-back", capacity=8, flush_interval_s=10)
+    cache = make(mode="write_back", capacity=8, flush_interval_s=10)
     cache.set_many({f"k{i}": i for i in range(200)})
     assert len(cache.l1) <= 8
     assert cache.get("k3") == 3  # from the queue, not a stale L2 miss
@@ -169,143 +131,20 @@ def test_write_back_reads_its_queue_when_l1_has_evicted(make: Any) -> None:
 
 def test_write_back_flushes_by_interval_and_by_size(make: Any, redis_server: Any) -> None:
     raw = redis.Redis.from_url(redis_url(redis_server))
-    by_time = make(namespace="t", mode="write-back", flush_interval_s=0.05)
+    by_time = make(namespace="t", mode="write_back", flush_interval_s=0.05)
     by_time.set("k", 1)
     assert wait_until(lambda: raw.exists(b"t:s:k"), 2.0)
-    by_size = make(namespace="s", mode="write-back", flush_interval_s=30, flush_batch=50)
+    by_size = make(namespace="s", mode="write_back", flush_interval_s=30, flush_batch=50)
     by_size.set_many({i: i for i in range(50)})
     assert wait_until(lambda: raw.exists(b"s:i:49"), 2.0)
-
-
-def test_redis_down_reads_serve_l1_write_through_raises_unless_degraded(
-    redis_restartable: Any,
-) -> None:
-    url = redis_url(redis_restartable)
-    strict = LayeredCache(MemoryCache(100), RedisCache(url, namespace="d", socket_timeout_s=0.2))
-    degrade = LayeredCache(
-        MemoryCache(100), RedisCache(url, namespace="d2", socket_timeout_s=0.2),
-        on_l2_error="degrade",
-    )  # fmt: skip
-    strict.set("warm", 1)
-    redis_restartable.kill()
-    assert strict.get("warm") == 1  # L1
-    assert strict.get("cold", "default") == "default"  # a miss, not an error
-    with pytest.raises(CacheError):
-        strict.set("k", 2)
-    assert strict.l1.get("k") is None
-    degrade.set("k", 2)
-    assert degrade.get("k") == 2
-    assert degrade.stats()["degraded_writes"] == 1
-    # The breaker opens: a dead Redis costs a refusal, not a timeout per call.
-    for _ in range(10):
-        strict.get("cold")
-    assert strict.breaker.state == "open"
-    started = time.perf_counter()
-    for _ in range(1000):
-        assert strict.get("cold", None) is None
-    assert time.perf_counter() - started < 0.2
-    stats = strict.stats()
-    assert stats["l2_errors"] >= 4
-    assert stats["l2_refused"] >= 1000
-    with pytest.raises(CacheError, match="circuit is open"):
-        strict.set("k", 3)
-    strict.close()
-    degrade.close()
-
-
-def test_write_back_back_pressure_waits_then_fails_without_writing(
-    redis_restartable: Any,
-) -> None:
-    url = redis_url(redis_restartable)
-    cache = LayeredCache(
-        MemoryCache(100), RedisCache(url, namespace="bp", socket_timeout_s=0.2),
-        mode="write-back", max_pending=5, pending_timeout_s=0.3, flush_interval_s=0.02,
-    )  # fmt: skip
-    redis_restartable.kill()
-    cache.set_many({i: i for i in range(5)})
-    cache.set(0, "rewrite")  # a queued key takes no room
-    started = time.monotonic()
-    with pytest.raises(CacheError, match="max_pending=5"):
-        cache.set("sixth", 6)
-    assert 0.25 < time.monotonic() - started < 2
-    assert cache.get("sixth", "absent") == "absent"
-    redis_restartable.start()
-    # The flusher drains the queue once Redis is back (the subscriber's
-    # reconnect ends the breaker's wait), and the writer gets room.
-    cache.set("sixth", 6)
-    cache.close()
-    raw = redis.Redis.from_url(url)
-    assert raw.exists(b"bp:s:sixth")
-    assert raw.exists(b"bp:i:4")
-
-
-def test_sigkill_mid_run_loses_no_acknowledged_write_back_write(redis_restartable: Any) -> None:
-    url = redis_url(redis_restartable)
-    cache = LayeredCache(
-        MemoryCache(10_000), RedisCache(url, namespace="kill", socket_timeout_s=0.2),
-        mode="write-back", flush_interval_s=0.01, max_pending=100_000,
-    )  # fmt: skip
-    acknowledged: dict[str, int] = {}
-    read_errors: list[BaseException] = []
-    stop = threading.Event()
-
-    def reader() -> None:
-        while not stop.is_set():
-            try:
-                for i in range(0, 3000, 7):
-                    cache.get(f"k{i}")
-            except BaseException as error:
-                read_errors.append(error)
-
-    thread = threading.Thread(target=reader)
-    thread.start()
-    for i in range(3000):
-        cache.set(f"k{i}", i)
-        acknowledged[f"k{i}"] = i
-        if i == 1000:
-            redis_restartable.kill()  # SIGKILL, mid-run
-        if i == 2000:
-            redis_restartable.start()  # empty: writes flushed before the kill are gone
-        if i % 100 == 0:
-            time.sleep(0.005)
-    stop.set()
-    thread.join()
-    assert read_errors == []
-    cache.flush()
-    # Writes flushed before the SIGKILL died with Redis (no persistence);
-    # the queue cannot know that. Everything acknowledged after the restart
-    # began, and everything still queued at the kill, must be there.
-    raw = redis.Redis.from_url(url)
-    present = {
-        k: v for k, v in zip(acknowledged, raw.mget([f"kill:s:{k}" for k in acknowledged]),
-                             strict=True) if v is not None
-    }  # fmt: skip
-    assert all(f"k{i}" in present for i in range(2000, 3000))
-    queued_at_kill = [f"k{i}" for i in range(1001, 2000)]
-    assert all(k in present for k in queued_at_kill)
-    assert cache.stats()["l2_errors"] > 0
-    cache.close()
-
-
-def test_a_reconnect_clears_l1(redis_restartable: Any) -> None:
-    url = redis_url(redis_restartable)
-    cache = LayeredCache(MemoryCache(100), RedisCache(url, namespace="rc", socket_timeout_s=0.2))
-    cache.set("k", 1)
-    assert cache.l1.get("k") == 1
-    redis_restartable.kill()
-    assert wait_until(lambda: not cache.stats()["subscribed"], 3)
-    redis_restartable.start()
-    assert wait_until(lambda: cache.stats()["l1_resets"] == 1, 5)
-    assert cache.l1.get("k") is None  # invalidations may have been lost meanwhile
-    cache.close()
 
 
 WRITER = textwrap.dedent(
     """
     import sys, time
     from langcluster import MemoryCache
-    from langcluster.layered import LayeredCache
-    from langcluster.redis_cache import RedisCache
+    from langcluster.cache import LayeredCache
+    from langcluster.cache import RedisCache
     cache = LayeredCache(MemoryCache(100), RedisCache(sys.argv[1], namespace="shared"))
     print("ready", flush=True)
     sys.stdin.readline()
@@ -351,79 +190,6 @@ def test_two_processes_never_read_stale_l1_100ms_after_a_write(redis_server: Any
     reader.close()
 
 
-def test_get_or_set_single_flight_across_threads_and_instances(make: Any) -> None:
-    calls: list[int] = []
-    started = threading.Barrier(8)
-
-    def slow() -> str:
-        calls.append(1)
-        time.sleep(0.2)
-        return "computed"
-
-    caches = [make(namespace="gs", lock_ttl_s=2.0) for _ in range(4)]  # four "processes"
-    results: list[str] = []
-
-    def worker(n: int) -> None:
-        started.wait()
-        results.append(caches[n % 4].get_or_set("cold", slow, ttl=30, lock=True))
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert results == ["computed"] * 8
-    assert len(calls) == 1  # once in the whole "cluster"
-    assert sum(c.stats()["lock_waits"] for c in caches) >= 1
-
-
-def test_get_or_set_negative_caching(make: Any) -> None:
-    cache = make()
-    calls: list[int] = []
-
-    def absent() -> None:
-        calls.append(1)
-
-    assert cache.get_or_set("nothing", absent) is None
-    assert cache.get_or_set("nothing", absent) is None
-    assert len(calls) == 2  # None is not cached by default
-    assert cache.get_or_set("n2", absent, negative_ttl=0.2) is None
-    assert cache.get_or_set("n2", absent, negative_ttl=0.2) is None
-    assert len(calls) == 3
-    time.sleep(0.25)
-    cache.get_or_set("n2", absent, negative_ttl=0.2)
-    assert len(calls) == 4
-
-
-def test_get_or_set_early_refresh_recomputes_before_expiry(make: Any) -> None:
-    cache = make()
-    calls: list[float] = []
-
-    def factory() -> int:
-        calls.append(time.monotonic())
-        time.sleep(0.02)
-        return len(calls)
-
-    first = cache.get_or_set("x", factory, ttl=0.3, early_refresh=8.0)
-    assert first == 1
-    deadline = time.monotonic() + 0.28
-    values = set()
-    while time.monotonic() < deadline:
-        values.add(cache.get_or_set("x", factory, ttl=0.3, early_refresh=8.0))
-        time.sleep(0.005)
-    assert len(calls) >= 2  # refreshed while the old value was still valid
-    assert calls[1] - calls[0] < 0.3
-    assert cache.stats()["early_refreshes"] >= 1
-    assert None not in values
-    # beta 0 (the default) never refreshes early
-    plain = make(namespace="plain")
-    plain.get_or_set("y", factory, ttl=0.3)
-    n = len(calls)
-    for _ in range(20):
-        plain.get_or_set("y", factory, ttl=0.3)
-    assert len(calls) == n
-
-
 def test_tampered_signed_payload_is_a_miss(make: Any, redis_server: Any) -> None:
     cache = make(signing_key=b"secret")
     cache.set("k", {"a": 1})
@@ -437,7 +203,7 @@ def test_tampered_signed_payload_is_a_miss(make: Any, redis_server: Any) -> None
 
 
 def test_unserializable_value_writes_nothing(make: Any) -> None:
-    for mode in ("write-through", "write-back"):
+    for mode in ("write_through", "write_back"):
         cache = make(namespace=mode, mode=mode)
         with pytest.raises(CacheError, match="cannot serialize a lock"):
             cache.set("k", threading.Lock())
@@ -447,15 +213,15 @@ def test_unserializable_value_writes_nothing(make: Any) -> None:
 
 def test_async_twins(make: Any) -> None:
     async def main() -> None:
-        for mode in ("write-through", "write-back"):
+        for mode in ("write_through", "write_back"):
             one, two = make(namespace=f"a-{mode}", mode=mode), make(namespace=f"a-{mode}")
             await one.aset("k", 1)
             await one.aset_many({"a": 1, "b": 2})
-            await one.aflush() if mode == "write-back" else None
+            await one.aflush() if mode == "write_back" else None
             assert await two.aget("k") == 1
             assert await two.aget_many(["a", "b", "c"]) == {"a": 1, "b": 2}
             assert await one.adelete("a") is True
-            await one.aflush() if mode == "write-back" else None
+            await one.aflush() if mode == "write_back" else None
             assert await two.adelete_many(["b", "zz"]) == 1
             calls: list[int] = []
 
@@ -513,38 +279,3 @@ def test_bad_arguments_are_named(redis_server: Any, kwargs: dict[str, Any], name
         LayeredCache({}, l2)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="l2"):
         LayeredCache(MemoryCache(10), MemoryCache(10))  # type: ignore[arg-type]
-
-
-def test_bad_get_or_set_arguments_are_named(make: Any) -> None:
-    cache = make()
-    with pytest.raises(TypeError, match="factory"):
-        cache.get_or_set("k", 42)
-    with pytest.raises(ValueError, match="early_refresh"):
-        cache.get_or_set("k", lambda: 1, early_refresh=-1)
-    with pytest.raises(ValueError, match="negative_ttl"):
-        cache.get_or_set("k", lambda: 1, negative_ttl=0)
-    with pytest.raises(TypeError, match="key"):
-        cache.get(1.5)
-
-
-def test_a_custom_breaker_is_used(make: Any) -> None:
-    breaker = CircuitBreaker("mine", window_size=2, minimum_calls=1)
-    cache = make(breaker=breaker)
-    cache.set("k", 1)
-    assert cache.breaker is breaker
-    assert breaker.metrics()["calls"] == 1  # the one SET went through it
-
-
-def test_a_silent_subscriber_connection_is_noticed_and_l1_cleared(
-    make: Any, redis_server: Any
-) -> None:
-    cache = make()
-    cache.set("k", 1)
-    assert cache.l1.get("k") == 1
-    raw = redis.Redis.from_url(redis_url(redis_server))
-    # CLIENT PAUSE ALL: Redis keeps the sockets open but answers nothing,
-    # as a network partition would look. The subscriber's PINGs go unanswered.
-    raw.execute_command("CLIENT", "PAUSE", "4500", "ALL")
-    assert wait_until(lambda: cache.stats()["l1_resets"] == 1, 10)
-    assert cache.l1.get("k") is None
-    assert cache.stats()["subscribed"]

@@ -199,7 +199,7 @@ def test_a_raising_listener_is_logged_and_the_write_succeeds(
         raise RuntimeError("listener bug")
 
     cache = MemoryCache(1, on_evict=listener)
-    with caplog.at_level(logging.ERROR, logger="langcluster.cache"):
+    with caplog.at_level(logging.ERROR, logger="langcluster.cache.memory"):
         cache["a"] = 1
         cache["b"] = 2
     assert cache["b"] == 2

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from langcluster import CacheError
-from langcluster.redis_cache import RedisCache
+from langcluster.cache import RedisCache
 
 pytestmark = pytest.mark.services
 
@@ -132,7 +132,7 @@ def test_signed_pickles_reject_tampering_and_unsigned_payloads(
     evil = pickle.dumps(Boom())
     raw.set(b"signed:s:forged", b"S" + b"\0" * 32 + evil)  # a wrong signature
     raw.set(b"signed:s:plain", b"P" + evil)  # an unsigned pickle
-    with caplog.at_level(logging.WARNING, logger="langcluster.redis"):
+    with caplog.at_level(logging.WARNING, logger="langcluster.cache.redis"):
         assert cache.get("forged", "miss") == "miss"
         assert cache.get("plain", "miss") == "miss"
     assert cache.stats()["rejected"] == 2

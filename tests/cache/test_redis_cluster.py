@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from redis.cluster import RedisCluster
 
-from langcluster.redis_cache import RedisCache
+from langcluster.cache import RedisCache
 
 pytestmark = pytest.mark.services
 

@@ -121,7 +121,7 @@ def test_bad_node_sets_name_the_argument(cls):
         cls([Raw("a"), Raw("")])
     with pytest.raises(TypeError, match=r"^nodes\[0\]\.id: must be a str, got int"):
         cls([Raw(7)])
-    with pytest.raises(TypeError, match=r"^nodes\[0\]: a node needs an `id` attribute"):
+    with pytest.raises(TypeError, match=r"^nodes\[0\]: must be a node \(an object with an `id`\)"):
         cls([object()])
     for w in (0, -1, math.nan, math.inf):
         with pytest.raises(ValueError, match=r"^nodes\[0\]\.weight: must be a positive"):

@@ -6,65 +6,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import shutil
-import subprocess
-import sys
 import time
-import urllib.parse
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from threading import Thread
 
 import pytest
 
 import langcluster as lc
 from langcluster import DiscoveryError
-from langcluster.consul_discovery import ConsulDiscovery
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import free_port, wait_for_port
-from consul_emulator import ConsulEmulator
+from langcluster.discovery import ConsulDiscovery
+from tests.support.servers import Agent
 
 pytestmark = pytest.mark.services
-
-
-@dataclass
-class Agent:
-    host: str
-    port: int
-    emulator: ConsulEmulator | None
-
-
-@pytest.fixture
-def consul_agent() -> Iterator[Agent]:
-    """A real agent if one is configured or installed, else the emulator."""
-    address = os.environ.get("CONSUL_HTTP_ADDR")
-    binary = shutil.which("consul")
-    if address:
-        parsed = urllib.parse.urlsplit(address if "://" in address else f"http://{address}")
-        yield Agent(parsed.hostname or "127.0.0.1", parsed.port or 8500, None)
-    elif binary:
-        port = free_port()
-        proc = subprocess.Popen(
-            [binary, "agent", "-dev", f"-http-port={port}", "-dns-port=-1", "-grpc-port=-1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            wait_for_port(port, proc, 20)
-            time.sleep(1)  # leader election
-            yield Agent("127.0.0.1", port, None)
-        finally:
-            proc.terminate()
-            proc.wait()
-    else:
-        emulator = ConsulEmulator().start()
-        try:
-            yield Agent("127.0.0.1", emulator.port, emulator)
-        finally:
-            emulator.stop()
 
 
 def discovery(agent: Agent, **kwargs: object) -> ConsulDiscovery:
@@ -153,7 +107,7 @@ async def test_an_http_check_with_success_before_passing(consul_agent: Agent) ->
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Health)
     Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
-    d = discovery(consul_agent, check="http", check_interval_s=0.1, check_timeout_s=0.05)
+    d = discovery(consul_agent, check_kind="http", check_interval_s=0.1, check_timeout_s=0.05)
     # The client's check definition, with Consul's anti-flapping thresholds.
     original = d._check_definition
     d._check_definition = lambda node, ttl: {  # type: ignore[method-assign]
@@ -212,7 +166,7 @@ async def test_consul_errors_keep_the_last_snapshot_and_are_reported(
     watch = d.watch()
     assert await next_ids(watch) == ["a"]
     pending = asyncio.ensure_future(anext(watch))
-    with caplog.at_level(logging.WARNING, logger="langcluster.consul"):
+    with caplog.at_level(logging.WARNING, logger="langcluster.discovery.consul"):
         consul_agent.emulator.stop()
         for _ in range(100):
             if errors:
@@ -236,7 +190,7 @@ async def test_malformed_instances_are_skipped(
     d = discovery(consul_agent)
     d.client.agent.service.register("llm", service_id="bad", address="10.0.0.1", port=70000)
     await d.register(lc.Node("good", "10.0.0.2", 2))
-    with caplog.at_level(logging.WARNING, logger="langcluster.consul"):
+    with caplog.at_level(logging.WARNING, logger="langcluster.discovery.consul"):
         ids = sorted(n.id for n in await d.nodes())
     # "bad" has no check, so it is passing; its port is out of range.
     assert ids == ["good"]
@@ -249,7 +203,7 @@ def test_unreachable_consul_and_bad_arguments() -> None:
     d = ConsulDiscovery("llm", port=9)  # nothing listens on the discard port
     with pytest.raises(DiscoveryError, match="consul"):
         asyncio.run(d.nodes())
-    with pytest.raises(ValueError, match="check"):
-        ConsulDiscovery("llm", check="grpc")
+    with pytest.raises(ValueError, match=r"^check_kind"):
+        ConsulDiscovery("llm", check_kind="grpc")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="ttl_s"):
         ConsulDiscovery("llm", ttl_s=0)

@@ -18,7 +18,7 @@ import pytest
 
 import langcluster as lc
 from langcluster import DiscoveryError
-from langcluster.etcd import EtcdDiscovery
+from langcluster.discovery import EtcdDiscovery
 
 pytestmark = pytest.mark.services
 
@@ -71,7 +71,7 @@ async def test_a_registration_reaches_another_watcher_within_200_ms(etcd_server:
 async def test_a_killed_registrant_vanishes_after_its_lease(etcd_server: object) -> None:
     code = (
         "import asyncio, langcluster as lc\n"
-        "from langcluster.etcd import EtcdDiscovery\n"
+        "from langcluster.discovery import EtcdDiscovery\n"
         "async def main():\n"
         f"    d = EtcdDiscovery('llm', endpoints=['{endpoint(etcd_server)}'], ttl_s=2)\n"
         "    await d.register(lc.Node('doomed', '10.0.0.9', 9000))\n"
@@ -141,7 +141,7 @@ async def test_malformed_records_are_skipped_and_logged(
             },
         ).raise_for_status()
 
-    with caplog.at_level(logging.WARNING, logger="langcluster.etcd"):
+    with caplog.at_level(logging.WARNING, logger="langcluster.discovery.etcd"):
         put("/langcluster/services/llm/bad", "{not json")
         put("/langcluster/services/llm/port", json.dumps({"id": "port", "address": "h", "port": 0}))
         await d.register(lc.Node("good", "10.0.0.1", 1))

@@ -41,7 +41,7 @@ async def test_a_file_is_re_read_and_bad_records_skipped(
     d = StaticDiscovery(path=path, poll_s=0.01)
     snapshots = d.watch()
     assert [n.id for n in await anext(snapshots)] == ["a"]
-    with caplog.at_level(logging.WARNING, logger="langcluster.discovery"):
+    with caplog.at_level(logging.WARNING, logger="langcluster.discovery.static"):
         write(
             path,
             [
@@ -55,7 +55,7 @@ async def test_a_file_is_re_read_and_bad_records_skipped(
     assert "skipping record 1" in caplog.text
     assert "port" in caplog.text
     # A file that does not parse keeps the last good list.
-    with caplog.at_level(logging.ERROR, logger="langcluster.discovery"):
+    with caplog.at_level(logging.ERROR, logger="langcluster.discovery.static"):
         path.write_text("{not json")
         os.utime(path, (path.stat().st_mtime + 2,) * 2)
         assert sorted(n.id for n in await d.nodes()) == ["a", "c"]

@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 import langcluster as lc
-from langcluster import Backoff, BreakerConfig, FailoverEvent, FailoverManager
-from langcluster.failover import EVENT_KINDS
+from langcluster import Backoff, BreakerConfig, FailoverEvent, FailoverEventKind, FailoverManager
 
 FAST = Backoff(base_s=0.001, max_s=0.002)
 QUICK_BREAKER = BreakerConfig(
@@ -234,7 +233,7 @@ async def test_events_stream_and_a_raising_listener_is_harmless() -> None:
     await asyncio.wait_for(consumer, 1)
     assert received[0] == "node_failed"
     assert received[-1] == "breaker_opened"
-    assert set(received) <= EVENT_KINDS
+    assert all(isinstance(kind, FailoverEventKind) for kind in received)
 
 
 @pytest.mark.parametrize(
@@ -266,7 +265,7 @@ def test_breaker_config_is_checked_when_made() -> None:
 def test_backoff_is_checked_and_bounded() -> None:
     import random
 
-    with pytest.raises(ValueError, match=r"backoff\.base_s"):
+    with pytest.raises(ValueError, match=r"^base_s"):
         Backoff(base_s=-1)
     b = Backoff(base_s=0.1, max_s=0.3)
     rng = random.Random(1)

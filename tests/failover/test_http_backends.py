@@ -10,6 +10,7 @@ import pytest
 
 import langcluster as lc
 from langcluster import Backoff, BreakerConfig, FailoverManager
+from tests.support.helpers import ManualClock
 
 
 class Backend:
@@ -68,11 +69,13 @@ async def test_a_killed_backend_costs_no_failed_call_and_comes_back() -> None:
     for b in backends:
         await b.start()
     nodes = [lc.Node(b.name, "127.0.0.1", b.port) for b in backends]
+    clock = ManualClock()  # breakers and cool-downs move only when the test says
     fm = FailoverManager(
         lc.RoundRobin(nodes),
         max_attempts=2,
         backoff=Backoff(base_s=0.001, max_s=0.005),
         breaker=BreakerConfig(minimum_calls=2, window_size=10, open_timeout_s=0.3),
+        clock=clock,
     )
     failures = 0
     answers: list[str] = []
@@ -88,7 +91,8 @@ async def test_a_killed_backend_costs_no_failed_call_and_comes_back() -> None:
 
     try:
         run = asyncio.gather(*(client(100) for _ in range(4)))
-        await asyncio.sleep(0.1)
+        while len(answers) < 40:  # traffic flows to all three
+            await asyncio.sleep(0.001)
         await backends[1].kill()
         await run
         assert failures == 0
@@ -96,7 +100,7 @@ async def test_a_killed_backend_costs_no_failed_call_and_comes_back() -> None:
         killed_answers = len(answers)
 
         await backends[1].start()  # same port
-        await asyncio.sleep(0.35)
+        clock.advance(60.0)  # past any open time: the next call to b1 is a trial
         await asyncio.gather(*(client(30) for _ in range(4)))
         assert failures == 0
         assert "b1" in answers[killed_answers:]
