@@ -21,7 +21,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "api.md"
 STUB = ROOT / "python" / "langcluster" / "_core.pyi"
-EXTRA_MODULES = ["langcluster.integrations.langchain", "langcluster.simulate"]
+EXTRA_MODULES = ["langcluster.types", "langcluster.integrations.langchain", "langcluster.testing"]
 
 
 def stub_signatures() -> dict[str, dict[str, str]]:
@@ -61,7 +61,9 @@ class _Raw:
 def signature(owners: list[str], name: str, obj: Any) -> str:
     for owner in owners:
         if name in STUBS.get(owner, {}):
-            return STUBS[owner][name].replace("self, ", "").replace("(self)", "()")
+            text = STUBS[owner][name].replace("self, ", "").replace("(self)", "()")
+            # Stubs must name type variables privately; the reader sees T, F.
+            return re.sub(r"(?<![\w.])_(T_co|T|F)\b", r"\1", text)
     try:
         sig = inspect.signature(obj)
     except (TypeError, ValueError):
@@ -74,6 +76,7 @@ def signature(owners: list[str], name: str, obj: Any) -> str:
     ret = _Raw(ret) if isinstance(ret, str) else ret
     sig = sig.replace(parameters=params, return_annotation=ret)
     text = str(sig).replace("(self, ", "(").replace("(self)", "()")
+    text = re.sub(r"<class '(\w+)'>", r"\1", text)
     return re.sub(r"<object object at 0x[0-9a-f]+>", "<missing>", text)
 
 
@@ -94,13 +97,28 @@ def public_members(cls: type) -> list[tuple[str, Any]]:
     return members
 
 
+def settings_signature(obj: type) -> str | None:
+    """A config class's signature: its component's parameters after the first."""
+    component = getattr(obj.__init__, "__settings_of__", None)
+    if component is None:
+        return None
+    owners = [c.__name__ for c in component.__mro__ if c.__module__ == "langcluster._core"]
+    stub_new = any("__new__" in STUBS.get(o, {}) for o in owners)
+    full = signature(owners if stub_new else [], "__new__" if stub_new else "__init__", component)
+    inner = full.split(" -> ")[0].strip()[1:-1]
+    params = [p.strip() for p in re.split(r",\s*(?![^\[\]()]*[\])])", inner) if p.strip()]
+    if params and params[0] in ("cls", "self"):
+        params = params[1:]
+    return "(" + ", ".join(params[1:]) + ")"
+
+
 def document(module: str, name: str, obj: Any) -> list[str]:
     lines = []
     if inspect.isclass(obj):
         owners = [c.__name__ for c in obj.__mro__ if c.__module__ == "langcluster._core"]
         stub_new = any("__new__" in STUBS.get(o, {}) for o in owners)
         init = "__new__" if stub_new else "__init__"
-        sig = signature(owners if stub_new else [], init, obj)
+        sig = settings_signature(obj) or signature(owners if stub_new else [], init, obj)
         sig = sig.replace("(cls, ", "(").replace("(cls)", "()")
         sig = sig.split(" -> ")[0]
         lines.append(f"### `{name}{sig}`\n")
@@ -152,7 +170,8 @@ def render() -> str:
         module = importlib.import_module(module_name)
         lines += [f"## `{module_name}`", "", first_paragraph(module.__doc__), ""]
         for name in module.__all__:
-            lines += document(module_name, name, getattr(module, name))
+            if name not in langcluster.__all__:  # documented above already
+                lines += document(module_name, name, getattr(module, name))
     return "\n".join(lines).rstrip() + "\n"
 
 

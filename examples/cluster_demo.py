@@ -12,7 +12,7 @@ import asyncio
 import httpx
 
 import langcluster as lc
-from langcluster.simulate import SimulatedServer
+from langcluster.testing import SimulatedServer
 
 
 async def main() -> None:

@@ -16,7 +16,7 @@ import json
 import httpx
 
 import langcluster as lc
-from langcluster.simulate import SimulatedServer
+from langcluster.testing import SimulatedServer
 
 
 def prefix(body: dict) -> str:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import langcluster as lc
-from langcluster._bench import _PureLru
+from langcluster.cli.bench import _PureLru
 
 KEYS = [f"user:{i}:profile" for i in range(10_000)]
 HIT = KEYS[1234]

@@ -174,7 +174,7 @@ def many_from_l2(url: str) -> None:
 
 def write_throughput(url: str) -> None:
     results = {}
-    for mode, n in (("write-through", 3_000), ("write-back", 100_000)):
+    for mode, n in (("write_through", 3_000), ("write_back", 100_000)):
         cache = layered(url, f"bench-{mode}", mode=mode, max_pending=200_000)
         best = float("inf")
         for _ in range(3):
@@ -188,16 +188,16 @@ def write_throughput(url: str) -> None:
     print("\n### set throughput against a local Redis\n")
     print("| mode | sets/s | x write-through |\n|---|---:|---:|")
     for mode, rate in results.items():
-        print(f"| {mode} | {rate:,.0f} | {rate / results['write-through']:.1f} |")
+        print(f"| {mode} | {rate:,.0f} | {rate / results['write_through']:.1f} |")
     # What write-back actually got into Redis per second, flushing included.
-    cache = layered(url, "bench-drain", mode="write-back", max_pending=200_000)
+    cache = layered(url, "bench-drain", mode="write_back", max_pending=200_000)
     started = time.perf_counter()
     for i in range(50_000):
         cache.set(f"d{i}", i)
     cache.flush()
     drained = 50_000 / (time.perf_counter() - started)
     print(f"| write-back, 50,000 distinct keys incl. the final flush | {drained:,.0f} | "
-          f"{drained / results['write-through']:.1f} |")  # fmt: skip
+          f"{drained / results['write_through']:.1f} |")  # fmt: skip
     cache.close()
 
 

@@ -24,13 +24,12 @@ import time
 from pathlib import Path
 
 import langcluster as lc
-from langcluster.consul_discovery import ConsulDiscovery
-from langcluster.etcd import EtcdDiscovery
+from langcluster.discovery import ConsulDiscovery, EtcdDiscovery
 
 REGISTRANT = """
 import asyncio, sys, time, langcluster as lc
-from langcluster.etcd import EtcdDiscovery
-from langcluster.consul_discovery import ConsulDiscovery
+from langcluster.discovery import EtcdDiscovery
+from langcluster.discovery import ConsulDiscovery
 async def main():
     if sys.argv[2] == "etcd":
         d = EtcdDiscovery("bench", endpoints=[sys.argv[1]], ttl_s=10)
