@@ -38,7 +38,7 @@ async def test_a_file_is_re_read_and_bad_records_skipped(
 ) -> None:
     path = tmp_path / "nodes.json"
     write(path, [{"id": "a", "address": "127.0.0.1", "port": 8000}])
-    d = StaticDiscovery(path=path, poll_s=0.01)
+    d = StaticDiscovery(file=path, poll_s=0.01)
     snapshots = d.watch()
     assert [n.id for n in await anext(snapshots)] == ["a"]
     with caplog.at_level(logging.WARNING, logger="langcluster.discovery.static"):
@@ -65,11 +65,11 @@ async def test_a_file_is_re_read_and_bad_records_skipped(
 
 def test_a_missing_or_broken_file_at_start_is_a_discovery_error(tmp_path: Path) -> None:
     with pytest.raises(DiscoveryError, match=r"nodes\.json"):
-        StaticDiscovery(path=tmp_path / "nodes.json")
+        StaticDiscovery(file=tmp_path / "nodes.json")
     bad = tmp_path / "bad.json"
     bad.write_text("[")
     with pytest.raises(DiscoveryError):
-        StaticDiscovery(path=bad)
+        StaticDiscovery(file=bad)
     with pytest.raises(ValueError, match="poll_s"):
         StaticDiscovery(poll_s=0)
 
@@ -77,7 +77,7 @@ def test_a_missing_or_broken_file_at_start_is_a_discovery_error(tmp_path: Path) 
 def test_toml_files(tmp_path: Path) -> None:
     path = tmp_path / "nodes.toml"
     path.write_text('[[nodes]]\nid = "t1"\naddress = "10.0.0.1"\nport = 9000\nweight = 3\n')
-    d = StaticDiscovery(path=path)
+    d = StaticDiscovery(file=path)
     nodes = asyncio.run(d.nodes())
     assert [(n.id, n.weight) for n in nodes] == [("t1", 3)]
 
@@ -86,7 +86,7 @@ def test_toml_files(tmp_path: Path) -> None:
 async def test_attach_keeps_a_registry_and_its_balancer_in_step(tmp_path: Path) -> None:
     path = tmp_path / "nodes.json"
     write(path, [{"id": "a", "address": "127.0.0.1", "port": 1}])
-    d = StaticDiscovery(path=path, poll_s=0.01)
+    d = StaticDiscovery(file=path, poll_s=0.01)
     registry = NodeRegistry()
     balancer = lc.RoundRobin()
     registry.bind(balancer)

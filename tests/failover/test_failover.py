@@ -270,6 +270,6 @@ def test_backoff_is_checked_and_bounded() -> None:
     b = Backoff(base_s=0.1, max_s=0.3)
     rng = random.Random(1)
     assert all(0 <= b.delay(n, rng) <= 0.3 for n in range(1, 10))
-    assert Backoff(base_s=0.1, max_s=0.3, jitter=False).delay(3, rng) == pytest.approx(0.3)
+    assert Backoff(base_s=0.1, max_s=0.3, jitter=0).delay(3, rng) == pytest.approx(0.3)
     with pytest.raises(TypeError, match="balancer"):
         FailoverManager([])  # type: ignore[arg-type]

@@ -83,12 +83,12 @@ async def test_callable_and_composite_checks() -> None:
     await CallableCheck(async_ok).check(node)
     with pytest.raises(Exception, match="returned False"):
         await bad.check(node)
-    await CompositeCheck([ok, bad], mode="any").check(node)
-    await CompositeCheck([ok, ok, bad], mode="quorum").check(node)
+    await CompositeCheck([ok, bad], require="any").check(node)
+    await CompositeCheck([ok, ok, bad], require="quorum").check(node)
     with pytest.raises(Exception, match="1 of 2"):
-        await CompositeCheck([ok, bad], mode="all").check(node)
-    with pytest.raises(ValueError, match="mode"):
-        CompositeCheck([ok], mode="most")
+        await CompositeCheck([ok, bad], require="all").check(node)
+    with pytest.raises(ValueError, match=r"^require"):
+        CompositeCheck([ok], require="most")  # type: ignore[arg-type]
 
 
 @pytest.mark.asyncio

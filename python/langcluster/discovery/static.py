@@ -40,12 +40,12 @@ class StaticDiscovery:
         self,
         nodes: Iterable[Node] = (),
         *,
-        path: str | os.PathLike[str] | None = None,
+        file: str | os.PathLike[str] | None = None,
         poll_s: float = 1.0,
     ) -> None:
         if not poll_s > 0:
             raise ValueError(f"poll_s: must be positive, got {poll_s!r}")
-        self.path = Path(path) if path is not None else None
+        self.file = Path(file) if file is not None else None
         self.poll_s = poll_s
         self._nodes: dict[str, Node] = {}
         for node in nodes:
@@ -55,46 +55,46 @@ class StaticDiscovery:
         self._stamp: tuple[float, int] | None = None
         self._version = 0
         self._closed = False
-        if self.path is not None:
+        if self.file is not None:
             self._load(initial=True)
 
     # ------------------------------------------------------------- the file
 
     def _read(self) -> list[Node]:
-        assert self.path is not None
-        text = self.path.read_text(encoding="utf-8")
-        if self.path.suffix == ".toml":
+        assert self.file is not None
+        text = self.file.read_text(encoding="utf-8")
+        if self.file.suffix == ".toml":
             try:
                 tomllib = importlib.import_module("tomllib")
             except ImportError:  # Python 3.10
-                raise DiscoveryError(f"{self.path}: TOML needs Python 3.11+; use JSON") from None
+                raise DiscoveryError(f"{self.file}: TOML needs Python 3.11+; use JSON") from None
             data: Any = tomllib.loads(text)
         else:
             data = json.loads(text)
         records = data.get("nodes", []) if isinstance(data, Mapping) else data
         if not isinstance(records, list):
-            raise DiscoveryError(f"{self.path}: 'nodes' must be a list")
+            raise DiscoveryError(f"{self.file}: 'nodes' must be a list")
         nodes = []
         for i, record in enumerate(records):
             try:
                 nodes.append(node_from_record(record))
             except DiscoveryError as bad:
-                _log.warning("%s: skipping record %d: %s", self.path, i, bad)
+                _log.warning("%s: skipping record %d: %s", self.file, i, bad)
         return nodes
 
     def _load(self, initial: bool = False) -> bool:
         """Re-reads the file if it changed; returns whether the nodes did."""
-        assert self.path is not None
+        assert self.file is not None
         try:
-            st = self.path.stat()
+            st = self.file.stat()
             stamp = (st.st_mtime, st.st_size)
             if stamp == self._stamp:
                 return False
             nodes = self._read()
         except (OSError, ValueError, DiscoveryError) as error:
             if initial:
-                raise DiscoveryError(f"{self.path}: {error}") from error
-            _log.error("%s: keeping the last good node list: %s", self.path, error)
+                raise DiscoveryError(f"{self.file}: {error}") from error
+            _log.error("%s: keeping the last good node list: %s", self.file, error)
             return False
         self._stamp = stamp
         new = {n.id: n for n in nodes}
@@ -115,7 +115,7 @@ class StaticDiscovery:
             self._version += 1
 
     async def nodes(self) -> list[Node]:
-        if self.path is not None:
+        if self.file is not None:
             self._load()
         return list(self._nodes.values())
 
@@ -123,12 +123,12 @@ class StaticDiscovery:
         """The current snapshot, then one per change."""
         seen = -1
         while not self._closed:
-            if self.path is not None:
+            if self.file is not None:
                 self._load()
             if self._version != seen:
                 seen = self._version
                 yield list(self._nodes.values())
-            await asyncio.sleep(self.poll_s if self.path is not None else min(self.poll_s, 0.05))
+            await asyncio.sleep(self.poll_s if self.file is not None else min(self.poll_s, 0.05))
 
     async def close(self) -> None:
         self._closed = True

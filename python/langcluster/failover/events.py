@@ -5,7 +5,8 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Any
+
+from langcluster.types import NodeLike
 
 __all__ = ["FailoverEvent", "FailoverEventKind"]
 
@@ -35,7 +36,7 @@ class FailoverEvent:
     ``at`` a ``time.time()`` timestamp."""
 
     kind: FailoverEventKind
-    node: Any = None
+    node: NodeLike | None = None
     error: BaseException | None = None
     at: float = field(default_factory=time.time)
     detail: str = ""

@@ -26,13 +26,14 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Backoff:
     """Delay before retry ``n`` (1, 2, ...): ``base_s * multiplier**(n-1)``
-    capped at ``max_s``; with ``jitter`` (full jitter) a uniform draw below
-    that."""
+    capped at ``max_s``, less a random part of up to ``jitter`` of it
+    (``1.0``, the default, is full jitter: a uniform draw below the cap;
+    ``0`` no jitter)."""
 
     base_s: float = 0.02
     max_s: float = 1.0
     multiplier: float = 2.0
-    jitter: bool = True
+    jitter: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("base_s", "max_s"):
@@ -41,10 +42,14 @@ class Backoff:
                 raise ValueError(f"{name}: must be a number >= 0, got {value!r}")
         if not (math.isfinite(self.multiplier) and self.multiplier >= 1):
             raise ValueError(f"multiplier: must be >= 1, got {self.multiplier!r}")
+        if isinstance(self.jitter, bool) or not (
+            isinstance(self.jitter, int | float) and 0 <= self.jitter <= 1
+        ):
+            raise ValueError(f"jitter: must be a fraction from 0 to 1, got {self.jitter!r}")
 
     def delay(self, retry: int, rng: random.Random) -> float:
         ceiling = min(self.max_s, self.base_s * self.multiplier ** max(0, retry - 1))
-        return rng.uniform(0, ceiling) if self.jitter else ceiling
+        return ceiling * (1 - self.jitter * rng.random())
 
 
 class RetryBudget:

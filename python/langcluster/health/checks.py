@@ -162,19 +162,19 @@ class CallableCheck(HealthCheck):
 
 
 class CompositeCheck(HealthCheck):
-    """Runs several checks at once: ``mode="all"`` needs every one to pass,
-    ``"any"`` one, ``"quorum"`` more than half."""
+    """Runs several checks at once: ``require="all"`` needs every one to
+    pass, ``"any"`` one, ``"quorum"`` more than half."""
 
-    def __init__(self, checks: Iterable[HealthCheck], mode: CompositeMode = "all") -> None:
+    def __init__(self, checks: Iterable[HealthCheck], require: CompositeMode = "all") -> None:
         self.checks = list(checks)
         if not self.checks:
             raise ValueError("checks: must not be empty")
         for c in self.checks:
             if not isinstance(c, HealthCheck):
                 raise TypeError(f"checks: {c!r} has no async check(node) method")
-        if mode not in ("all", "any", "quorum"):
-            raise ValueError(f"mode: must be 'all', 'any' or 'quorum', got {mode!r}")
-        self.mode = mode
+        if require not in ("all", "any", "quorum"):
+            raise ValueError(f"require: must be 'all', 'any' or 'quorum', got {require!r}")
+        self.require = require
 
     async def aclose(self) -> None:
         """Closes the checks that hold connections (``HttpCheck``)."""
@@ -192,9 +192,9 @@ class CompositeCheck(HealthCheck):
                 raise r
         failures = [r for r in results if isinstance(r, Exception)]
         passed = len(results) - len(failures)
-        needed = {"all": len(results), "any": 1, "quorum": len(results) // 2 + 1}[self.mode]
+        needed = {"all": len(results), "any": 1, "quorum": len(results) // 2 + 1}[self.require]
         if passed < needed:
             raise CheckFailed(
-                f"{node.id}: {passed} of {len(results)} checks passed ({self.mode}); "
+                f"{node.id}: {passed} of {len(results)} checks passed ({self.require}); "
                 f"first failure: {failures[0]!r}"
             )
