@@ -46,36 +46,34 @@ Flow = Generator[Effect, Any, T]
 
 def drive(flow: Flow[T]) -> T:
     """Runs ``flow`` to its end in the calling thread; returns its value."""
-    result: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            effect = flow.send(result) if error is None else flow.throw(error)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        finally:
-            error = None  # not kept alive with its traceback
-        try:
-            result = effect.run()
-        except BaseException as failed:
-            result, error = None, failed
+    send = flow.send
+    try:
+        effect = send(None)
+        while True:
+            try:
+                result = effect.run()
+            except BaseException as error:
+                effect = flow.throw(error)
+            else:
+                effect = send(result)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
 
 
 async def adrive(flow: Flow[T]) -> T:
     """Runs ``flow`` to its end on the running event loop; returns its value."""
-    result: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            effect = flow.send(result) if error is None else flow.throw(error)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        finally:
-            error = None
-        try:
-            result = await effect.arun()
-        except BaseException as failed:
-            result, error = None, failed
+    send = flow.send
+    try:
+        effect = send(None)
+        while True:
+            try:
+                result = await effect.arun()
+            except BaseException as error:
+                effect = flow.throw(error)
+            else:
+                effect = send(result)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
 
 
 class Sleep(Effect):
@@ -113,18 +111,11 @@ class Call(Effect):
         return result
 
 
-class InThread(Effect):
+class InThread(Call):
     """A blocking call: made directly in a thread, in a worker thread from a
     loop (so the loop keeps running)."""
 
-    __slots__ = ("args", "fn")
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self.fn = fn
-        self.args = args
-
-    def run(self) -> Any:
-        return self.fn(*self.args)
+    __slots__ = ()
 
     async def arun(self) -> Any:
         return await asyncio.to_thread(self.fn, *self.args)

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from langcluster import MemoryCache, cached
+from tests.support.helpers import ManualClock
 
 
 def test_hits_skip_the_function_and_keys_follow_the_arguments() -> None:
@@ -59,7 +60,8 @@ def test_two_functions_sharing_a_cache_never_share_entries() -> None:
 
 
 def test_ttl_invalidate_and_key_function() -> None:
-    cache = MemoryCache(10)
+    clock = ManualClock()
+    cache = MemoryCache(10, clock=clock)
     counter = iter(range(100))
 
     @cached(cache, ttl=0.05)
@@ -67,7 +69,7 @@ def test_ttl_invalidate_and_key_function() -> None:
         return next(counter)
 
     assert tick("a") == tick("a") == 0
-    time.sleep(0.08)
+    clock.advance(0.06)
     assert tick("a") == 1
     assert tick.invalidate("a") is True  # type: ignore[attr-defined]
     assert tick.invalidate("a") is False  # type: ignore[attr-defined]

@@ -17,14 +17,17 @@ import redis
 
 from langcluster import CacheError, MemoryCache
 from langcluster.cache import LayeredCache, RedisCache
-from tests.support.helpers import redis_url, wait_until
+from tests.support.helpers import ManualClock, redis_url, wait_until
 
 pytestmark = pytest.mark.services
 
 
-def test_reads_go_l1_then_l2_and_fill_l1_no_longer_than_l2_keeps_it(make: Any) -> None:
-    writer, reader = make(), make()
-    writer.set("prompt", "answer", ttl=0.4)
+def test_reads_go_l1_then_l2_and_fill_l1_no_longer_than_l2_keeps_it(
+    make: Any, redis_server: Any
+) -> None:
+    clock = ManualClock()
+    writer, reader = make(), make(clock=clock)
+    writer.set("prompt", "answer", ttl=100)
     # (a read racing with the write's invalidation would not fill L1)
     assert wait_until(lambda: reader.stats()["invalidations_received"] == 1)
     assert reader.l1.get("prompt") is None
@@ -34,16 +37,20 @@ def test_reads_go_l1_then_l2_and_fill_l1_no_longer_than_l2_keeps_it(make: Any) -
     stats = reader.stats()
     assert stats["l2_hits"] == 1
     assert stats["l1_hits"] >= 1
-    time.sleep(0.45)
+    clock.advance(98)
+    assert reader.l1.get("prompt") == "answer"
+    clock.advance(2.5)
     assert reader.l1.get("prompt") is None  # the fill's TTL followed L2's
+    redis.Redis.from_url(redis_url(redis_server)).delete(b"lc:s:prompt")
     assert reader.get("prompt", "gone") == "gone"
     assert reader.stats()["misses"] == 1
 
 
 def test_l1_ttl_caps_the_l1_copy(make: Any) -> None:
-    cache = make(l1_ttl=0.1)
+    clock = ManualClock()
+    cache = make(l1_ttl=0.1, clock=clock)
     cache.set("k", 1)  # no TTL in Redis
-    time.sleep(0.15)
+    clock.advance(0.11)
     assert cache.l1.get("k") is None
     assert cache.get("k") == 1  # back from L2
 

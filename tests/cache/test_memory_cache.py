@@ -6,11 +6,11 @@ from __future__ import annotations
 import enum
 import gc
 import logging
-import time
 
 import pytest
 
 from langcluster import MemoryCache
+from tests.support.helpers import ManualClock
 
 POLICIES = ["tinylfu", "lru", "lfu", "fifo"]
 
@@ -129,12 +129,16 @@ def test_capacity_is_never_exceeded_and_evictions_are_counted(cache: MemoryCache
     assert cache.stats()["evictions"] == 900
 
 
-def test_ttl_expires_entries(cache: MemoryCache) -> None:
+def test_ttl_expires_entries() -> None:
+    clock = ManualClock()
+    cache = MemoryCache(100, clock=clock)
     cache.set("short", 1, ttl=0.05)
     cache.set("long", 2, ttl=60)
     cache.set("forever", 3)
     assert cache.get("short") == 1
-    time.sleep(0.08)
+    clock.advance(0.049)
+    assert cache.get("short") == 1
+    clock.advance(0.002)
     assert cache.get("short") is None
     assert "short" not in cache
     assert cache.get("long") == 2
@@ -143,29 +147,32 @@ def test_ttl_expires_entries(cache: MemoryCache) -> None:
 
 
 def test_default_ttl_and_per_entry_override() -> None:
-    cache = MemoryCache(10, ttl=0.05)
+    clock = ManualClock()
+    cache = MemoryCache(10, ttl=0.05, clock=clock)
     assert cache.ttl == pytest.approx(0.05)
     cache["default"] = 1
     cache.set("override", 2, ttl=60)
-    time.sleep(0.08)
+    clock.advance(0.06)
     assert cache.get("default") is None
     assert cache["override"] == 2
 
 
 def test_purge_expired_frees_an_idle_cache() -> None:
-    cache = MemoryCache(1000, ttl=0.02)
+    clock = ManualClock()
+    cache = MemoryCache(1000, ttl=0.02, clock=clock)
     cache.set_many({i: i for i in range(500)})
-    time.sleep(0.04)
+    clock.advance(0.03)
     assert len(cache) == 500  # still held: nothing has touched the cache
     assert cache.purge_expired() == 500
     assert len(cache) == 0
 
 
 def test_reads_free_expired_entries_without_a_write() -> None:
-    cache = MemoryCache(1000, policy="lru", shards=1)
+    clock = ManualClock()
+    cache = MemoryCache(1000, policy="lru", shards=1, clock=clock)
     for i in range(200):
         cache.set(i, i, ttl=0.02)
-    time.sleep(0.04)
+    clock.advance(0.03)
     for _ in range(64 * 30):
         cache.get("other")
     assert len(cache) == 0
@@ -180,14 +187,15 @@ def test_on_evict_reports_size_and_expiry_after_the_lock_is_released() -> None:
         assert holder["cache"].get(key) is None
         seen.append((key, value, cause))
 
-    cache = MemoryCache(2, policy="lru", shards=1, on_evict=listener)
+    clock = ManualClock()
+    cache = MemoryCache(2, policy="lru", shards=1, on_evict=listener, clock=clock)
     holder["cache"] = cache
     cache["a"] = 1
     cache["b"] = 2
     cache["a"] = 10  # a replacement is not an eviction
     cache["c"] = 3
     cache.set("d", 4, ttl=0.01)
-    time.sleep(0.02)
+    clock.advance(0.02)
     cache.get("d")
     assert seen == [("b", 2, "size"), ("a", 10, "size"), ("d", 4, "expired")]
 
@@ -286,3 +294,32 @@ def test_set_ttl_is_checked_and_set_many_checks_every_key_first() -> None:
     assert "ok" not in cache
     with pytest.raises(TypeError, match="mapping"):
         cache.set_many([1, 2])  # type: ignore[list-item]
+
+
+def test_an_injected_clock_drives_expiry_and_its_failures_reach_the_caller() -> None:
+    clock = ManualClock()
+    cache = MemoryCache(10, ttl=5, clock=clock)
+    cache["k"] = 1
+    clock.advance(4.9)
+    assert cache["k"] == 1
+    clock.advance(0.2)
+    assert "k" not in cache
+
+    def broken() -> float:
+        raise RuntimeError("clock stopped")
+
+    with pytest.raises(TypeError, match=r"^clock: must be a function"):
+        MemoryCache(10, clock=lambda: "noon")  # type: ignore[arg-type, return-value]
+    with pytest.raises(TypeError, match=r"^clock:"):
+        MemoryCache(10, clock=5)  # type: ignore[arg-type]
+    flaky = {"ok": True}
+
+    def sometimes() -> float:
+        if flaky["ok"]:
+            return 1.0
+        return broken()
+
+    cache = MemoryCache(10, clock=sometimes)
+    flaky["ok"] = False
+    with pytest.raises(RuntimeError, match="clock stopped"):
+        cache.get("k")

@@ -248,26 +248,37 @@ class FailoverManager:
 
     # ------------------------------------------------------------------ calls
 
-    def _attempt(self, node: Any, fn: Callable[[Any], Any]) -> Flow[Any]:
-        """One attempt on `node`, behind its breaker, reported to the
-        balancer (latency and outcome) and to the breaker."""
+    def _start(self, node: Any) -> tuple[CircuitBreaker, float]:
+        """An attempt on `node` begins: its breaker's permit (or
+        CircuitOpenError), and one request in flight on the balancer."""
         breaker = self.breaker(node.id)
         breaker.admit()
         self.balancer.begin(node.id)
-        started = time.perf_counter()
+        return breaker, time.perf_counter()
+
+    def _finish(
+        self, node: Any, breaker: CircuitBreaker, started: float, error: BaseException | None
+    ) -> None:
+        """An attempt ended: its latency and outcome to the balancer and the
+        breaker (a cancellation is no outcome)."""
+        latency = time.perf_counter() - started
+        if error is None:
+            self.balancer.end(node.id, latency, True)
+        elif isinstance(error, Exception):
+            self.balancer.end(node.id, latency, False)
+        else:
+            self.balancer.release(node.id)
+        breaker.report(error, latency)
+
+    def _attempt(self, node: Any, fn: Callable[[Any], Any]) -> Flow[Any]:
+        """One attempt on `node`, behind its breaker."""
+        breaker, started = self._start(node)
         try:
             result = yield Call(fn, node)
         except BaseException as error:
-            latency = time.perf_counter() - started
-            if isinstance(error, Exception):
-                self.balancer.end(node.id, latency, False)
-            else:  # a cancellation: no outcome
-                self.balancer.release(node.id)
-            breaker.report(error, latency)
+            self._finish(node, breaker, started, error)
             raise
-        latency = time.perf_counter() - started
-        self.balancer.end(node.id, latency, True)
-        breaker.report(None, latency)
+        self._finish(node, breaker, started, None)
         return result
 
     def _call(self, fn: Callable[[Any], Any], key: Key | None) -> Flow[Any]:

@@ -63,32 +63,29 @@ impl MemoryCache {
         hash: u64,
         probe: &Probe<'_, '_>,
     ) -> Result<Option<Value>> {
+        self.with_shard(py, |now, out| {
+            self.inner
+                .get(now, hash, |k| probe.matches(k), |v| v.clone_ref(py), out)
+        })
+    }
+
+    /// Runs one core operation with its time and a buffer for what leaves
+    /// the cache, then settles the buffer once the shard is unlocked.
+    #[inline(always)]
+    fn with_shard<R>(&self, py: Python<'_>, op: impl FnOnce(Now, &mut Out) -> R) -> Result<R> {
         let now = self.now(py)?;
         let mut out = Out::new();
-        let hit = self.inner.get(
-            now,
-            hash,
-            |k| probe.matches(k),
-            |v| v.clone_ref(py),
-            &mut out,
-        );
+        let result = op(now, &mut out);
         self.after(py, out);
-        Ok(hit)
+        Ok(result)
     }
 
     /// Looks a key up without counting a hit or a miss.
     pub fn peek(&self, py: Python<'_>, hash: u64, probe: &Probe<'_, '_>) -> Result<Option<Value>> {
-        let now = self.now(py)?;
-        let mut out = Out::new();
-        let hit = self.inner.peek(
-            now,
-            hash,
-            |k| probe.matches(k),
-            |v| v.clone_ref(py),
-            &mut out,
-        );
-        self.after(py, out);
-        Ok(hit)
+        self.with_shard(py, |now, out| {
+            self.inner
+                .peek(now, hash, |k| probe.matches(k), |v| v.clone_ref(py), out)
+        })
     }
 
     #[inline(always)]
@@ -100,18 +97,11 @@ impl MemoryCache {
         value: Value,
         ttl: Option<Duration>,
     ) -> Result<()> {
-        let now = self.now(py)?;
-        let mut out = Out::new();
-        let replaced = self.inner.insert(
-            now,
-            hash,
-            || probe.to_key(),
-            value,
-            ttl,
-            |k| probe.matches(k),
-            &mut out,
-        );
-        self.after(py, out);
+        let replaced = self.with_shard(py, |now, out| {
+            let key = || probe.to_key();
+            self.inner
+                .insert(now, hash, key, value, ttl, |k| probe.matches(k), out)
+        })?;
         // The old value is dropped here, after the shard lock is released.
         drop(replaced);
         Ok(())
@@ -123,10 +113,9 @@ impl MemoryCache {
         hash: u64,
         probe: &Probe<'_, '_>,
     ) -> Result<Option<Value>> {
-        let now = self.now(py)?;
-        let mut out = Out::new();
-        let removed = self.inner.remove(now, hash, |k| probe.matches(k), &mut out);
-        self.after(py, out);
+        let removed = self.with_shard(py, |now, out| {
+            self.inner.remove(now, hash, |k| probe.matches(k), out)
+        })?;
         Ok(removed.map(|(_, v)| v))
     }
 
@@ -262,13 +251,9 @@ impl MemoryCache {
 
     fn __contains__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> Result<bool> {
         let (hash, probe) = Probe::new(key, self.seed)?;
-        let now = self.now(py)?;
-        let mut out = Out::new();
-        let found = self
-            .inner
-            .contains(now, hash, |k| probe.matches(k), &mut out);
-        self.after(py, out);
-        Ok(found)
+        self.with_shard(py, |now, out| {
+            self.inner.contains(now, hash, |k| probe.matches(k), out)
+        })
     }
 
     /// The entries found among `keys`, as a dict; misses are left out.
