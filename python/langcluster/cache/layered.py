@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from langcluster._core import MemoryCache
+from langcluster._counters import Counters
 from langcluster._flow import Flow, adrive, drive
 from langcluster._sentinel import MISSING
 from langcluster.breaker import BreakerConfig
@@ -56,39 +56,34 @@ class LayeredCache:
       only and the error is counted. Concurrent writes of one key leave L1
       without the key rather than with a value Redis may not hold.
     - ``"write_back"``: L1 at once, and the write joins a queue that keeps
-      the last write per key. A background thread sends the queue to Redis
-      as pipelined batches of up to ``flush_batch`` every
-      ``flush_interval_s``, sooner when a batch is full, and on ``flush()``
-      / ``close()``. When Redis is down the queue keeps everything and
-      retries; a write that finds ``max_pending`` keys queued waits for a
-      flush, up to ``pending_timeout_s``, and then raises ``CacheError``
-      without writing anything. No write that returned is ever dropped,
-      but a write lives only in this process until its batch reaches
-      Redis: if the process crashes, the writes of the last
-      ``flush_interval_s`` (all queued ones while Redis is down) are lost.
-      ``close()`` flushes, and raises if it could not.
+      the last write per key, sent to Redis in pipelined batches of up to
+      ``flush_batch`` every ``flush_interval_s``, sooner when a batch is
+      full, and on ``flush()`` / ``close()``. With Redis down the queue
+      keeps everything and retries; a write that finds ``max_pending`` keys
+      queued waits up to ``pending_timeout_s``, then raises ``CacheError``
+      without writing. No write that returned is dropped, but it lives only
+      in this process until its batch reaches Redis: a crash loses the last
+      ``flush_interval_s`` of writes (all queued ones while Redis is down).
 
     **Coherence**: every write that reaches Redis publishes the keys it
-    changed on the channel ``langcluster:inv:<namespace>``, and the other
-    instances on that namespace drop them from their L1 as the message
-    arrives (``invalidation=False`` turns this off). Pub/sub delivers at
-    most once, so a reconnecting subscriber clears the whole L1 (it pings
-    every second, and a connection silent for 3 s counts as lost), and
-    ``l1_ttl`` bounds how long any L1 entry can live without Redis. An L2
-    read that raced with a write or an invalidation does not fill L1.
+    changed on ``langcluster:inv:<namespace>``, and the other instances
+    drop them from L1 as the message arrives (``invalidation=False`` turns
+    this off). Pub/sub delivers at most once, so a reconnecting subscriber
+    clears L1 (it pings every second; 3 s of silence counts as a lost
+    connection), and ``l1_ttl`` bounds how long an L1 entry can live
+    without Redis. An L2 read that raced a write or an invalidation does
+    not fill L1.
 
-    The L2 path is guarded by a circuit breaker made from ``breaker`` (a
-    ``BreakerConfig``; by default open 1 s, up to 10 s): with Redis dead, a
-    call costs one refusal, not a socket timeout. Reads never raise for L2
-    errors: they serve L1 and count the error.
+    The L2 path is guarded by a circuit breaker made from ``breaker`` (by
+    default open 1 s, up to 10 s): with Redis dead, a call costs a refusal,
+    not a socket timeout. Reads never raise for L2 errors: they serve L1
+    and count the error.
 
     ``get_or_set`` computes a missing key once per process (single flight),
-    and with ``lock=True`` once per cluster: the first process takes a
-    Redis lock (SET NX PX, ``lock_ttl_s``) while the others poll L2 for the
-    value. ``early_refresh`` (the beta of XFetch) recomputes a key before
-    it expires, with a probability that grows as expiry nears and with the
-    time the factory takes. ``negative_ttl`` caches a ``None`` result for
-    that long; without it, ``None`` is not cached.
+    and with ``lock=True`` once per cluster (a Redis lock of ``lock_ttl_s``
+    while the others poll L2). ``early_refresh`` (XFetch's beta) recomputes
+    a key before it expires, more likely as expiry nears and the longer the
+    factory takes. ``negative_ttl`` caches a ``None`` result for that long.
     """
 
     def __init__(
@@ -132,13 +127,12 @@ class LayeredCache:
         self.lock_ttl_s = lock_ttl_s
         self.breaker = breaker.make(f"redis:{l2.namespace}")
         self._l1_get = l1.get
-        self._lock = threading.Lock()  # the counters
-        self._counts = dict.fromkeys(
-            ("l2_hits", "misses", "l2_errors", "l2_refused", "degraded_writes",
-             "flushed_writes", "invalidations_sent", "invalidations_received",
-             "l1_resets", "early_refreshes", "lock_waits"),
-            0,
+        self._counts = Counters(
+            "l2_hits", "misses", "l2_errors", "l2_refused", "degraded_writes", "flushed_writes",
+            "invalidations_sent", "invalidations_received", "l1_resets", "early_refreshes",
+            "lock_waits",
         )  # fmt: skip
+        self._count = self._counts.add
         self._flights = Flights()
         self._refresh = EarlyRefresh(limit=max(1024, l1.capacity))
         self._coherence = Coherence(l1)
@@ -162,10 +156,6 @@ class LayeredCache:
             self._invalidations.wait_subscribed(l2.socket_timeout_s * 2)
 
     # ------------------------------------------------------------- helpers
-
-    def _count(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self._counts[name] += n
 
     def _l1_ttl_for(self, ttl: float | None) -> float | None:
         """L1 may keep an entry no longer than L2 does, nor than l1_ttl."""
@@ -466,8 +456,7 @@ class LayeredCache:
     def stats(self) -> dict[str, Any]:
         """Counters of both tiers. ``l1_hits`` is the L1 cache's own hit
         count (so it includes direct use of that MemoryCache)."""
-        with self._lock:
-            out: dict[str, Any] = dict(self._counts)
+        out: dict[str, Any] = self._counts.snapshot()
         out["l1_hits"] = self.l1.stats()["hits"]
         out["pending_writes"] = len(self._queue) if self._queue is not None else 0
         out["l2_rejected"] = self.l2.stats()["rejected"]

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from langcluster._counters import Counters
 from langcluster._flow import Effect, Flow, adrive, drive
 from langcluster._sentinel import MISSING
 from langcluster.cache.codec import Codec
@@ -164,8 +164,8 @@ class RedisCache:
             )
         )
         self._async_client = async_client
-        self._lock = threading.Lock()
-        self._stats = {"hits": 0, "misses": 0, "errors": 0, "rejected": 0}
+        self._stats = Counters("hits", "misses", "errors", "rejected")
+        self._count = self._stats.add
 
     # ----------------------------------------------------------- values
 
@@ -207,10 +207,6 @@ class RedisCache:
             return MISSING
         self._count("hits")
         return value
-
-    def _count(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self._stats[name] += n
 
     def _failed(self, error: Exception) -> CacheError:
         self._count("errors")
@@ -461,8 +457,7 @@ class RedisCache:
 
     def stats(self) -> dict[str, int]:
         """``hits``, ``misses``, ``errors`` and ``rejected`` payloads."""
-        with self._lock:
-            return dict(self._stats)
+        return self._stats.snapshot()
 
     def close(self) -> None:
         """Closes the sync client's connections."""

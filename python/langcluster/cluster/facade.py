@@ -28,6 +28,7 @@ from langcluster._core import (
     RoundRobin,
     WeightedRoundRobin,
 )
+from langcluster._counters import Counters
 from langcluster._events import Broadcast
 from langcluster._sentinel import MISSING
 from langcluster.breaker import BreakerConfig
@@ -178,9 +179,9 @@ class Cluster:
         self._registered = False
         self._started = False
         self._events: Broadcast[ClusterEvent] = Broadcast(_log)
-        self._lock = threading.Lock()
         self._unsubscribe: list[Callable[[], None]] = []
-        self._calls = {"calls": 0, "cache_hits": 0, "errors": 0}
+        self._calls = Counters("calls", "cache_hits", "errors")  # call_sync runs in many threads
+        self._count = self._calls.add
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -348,10 +349,6 @@ class Cluster:
             cache.set(cache_key, result, ttl)
         return result
 
-    def _count(self, name: str) -> None:
-        with self._lock:  # call_sync may run in many threads
-            self._calls[name] += 1
-
     async def _cache_get(self, key: Any) -> Any:
         cache = self.cache
         if isinstance(cache, MemoryCache):
@@ -411,16 +408,12 @@ class Cluster:
         out: dict[str, Any] = {
             "service": self.service,
             "nodes": nodes,
-            "calls": self._calls_snapshot(),
+            "calls": self._calls.snapshot(),
             "failover": {k: v for k, v in failover.items() if k != "nodes"},
         }
         if self.cache is not None:
             out["cache"] = self.cache.stats()
         return out
-
-    def _calls_snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._calls)
 
     # --------------------------------------------------------------- config
 

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from langcluster._core import Balancer
+from langcluster._counters import Counters
 from langcluster._events import Broadcast
 from langcluster._flow import Call, Effect, Flow, Sleep, adrive, drive
 from langcluster._settings import Settings, complete, keyword_parameters, typed_like
@@ -112,11 +113,11 @@ class FailoverManager:
         self._taken_out: set[str] = set()  # nodes this manager took out of rotation
         self._levels_in_use = 1
         self._events: Broadcast[FailoverEvent] = Broadcast(_log)
-        self._stats = dict.fromkeys(
-            ("calls", "successes", "failures", "attempts", "retries", "hedges",
-             "budget_exhausted", "all_nodes_down"),
-            0,
+        self._stats = Counters(
+            "calls", "successes", "failures", "attempts", "retries", "hedges",
+            "budget_exhausted", "all_nodes_down",
         )  # fmt: skip
+        self._count = self._stats.add
         self._sync_availability()
 
     # ----------------------------------------------------------------- events
@@ -345,14 +346,10 @@ class FailoverManager:
         assert error is not None
         raise error
 
-    def _count(self, name: str) -> None:
-        with self._lock:
-            self._stats[name] += 1
-
     def stats(self) -> dict[str, Any]:
         """Counters, and each node's breaker state and availability."""
+        out: dict[str, Any] = self._stats.snapshot()
         with self._lock:
-            out: dict[str, Any] = dict(self._stats)
             out["levels_in_use"] = self._levels_in_use
             out["nodes"] = {
                 node_id: {"breaker": breaker.state, "taken_out": node_id in self._taken_out}
