@@ -106,8 +106,8 @@ def main() -> None:
         finally:
             etcd.terminate()
             etcd.wait()
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-    from consul_emulator import ConsulEmulator
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
+    from tests.support.consul_emulator import ConsulEmulator
 
     emulator = ConsulEmulator().start()
     try:
