@@ -5,9 +5,9 @@ arguments of ``CircuitBreaker``, ``FailoverManager`` and ``HealthMonitor``,
 held for later: the same names, the same defaults, checked by the same code
 as the component itself, so a bad value fails where the config is made and
 names its field. No field list is written twice: a ``Settings`` subclass
-names its component and the function that checks and completes the
-arguments, and ``typed_like`` gives its ``__init__`` the component's
-signature for type checkers.
+names the function that checks and completes the arguments (the one the
+component uses itself), and ``typed_like`` gives its ``__init__`` the
+component's signature, for type checkers and the API reference.
 """
 
 from __future__ import annotations
