@@ -10,11 +10,15 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 # Debian packages of the servers the integration tests start themselves.
 SERVER_PACKAGES := redis-server etcd-server
+# Every CPython the package supports. `make test` runs the suite on $(PYTHON);
+# `make test-versions` on each of the others, found through pyenv when it is
+# installed, else as pythonX.Y on the PATH, each in a .venv-X.Y of its own.
+PYTHON_VERSIONS := 3.10 3.11 3.12 3.13
 
 .PHONY: help
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
-		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +53,33 @@ servers: ## Make sure redis-server and etcd are installed (installs them as root
 test: dev servers ## Build, then run the Rust and Python test suites
 	cargo test --workspace --release --quiet
 	$(PY) -m pytest
+
+.PHONY: test-versions
+test-versions: servers ## Build and run the Python suite on every other supported CPython
+	@set -e; own=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	for v in $(PYTHON_VERSIONS); do \
+		[ "$$v" = "$$own" ] && continue; \
+		if command -v pyenv >/dev/null 2>&1; then \
+			found=$$(pyenv versions --bare | grep -E "^$$v(\.[0-9]+)?$$" | tail -n 1); \
+			py=$$([ -n "$$found" ] && PYENV_VERSION=$$found pyenv which python || true); \
+		else \
+			py=$$(command -v python$$v || true); \
+		fi; \
+		if [ -z "$$py" ]; then \
+			echo "CPython $$v is not installed; make test-versions needs each of $(PYTHON_VERSIONS)"; \
+			exit 1; \
+		fi; \
+		echo "== CPython $$v ($$py)"; \
+		venv=.venv-$$v; \
+		[ -x $$venv/bin/python ] || $$py -m venv $$venv; \
+		$$venv/bin/python -m pip install --quiet --upgrade pip "maturin>=1.9,<2"; \
+		VIRTUAL_ENV=$$(pwd)/$$venv PATH=$$(pwd)/$$venv/bin:$$PATH \
+			$$venv/bin/maturin develop --profile ci --quiet --extras test; \
+		$$venv/bin/python -m pytest; \
+	done
+
+.PHONY: test-all
+test-all: test test-versions ## make test, then the Python suite on every other supported CPython
 
 .PHONY: demo
 demo: dev ## Run the main demo on embedded defaults (no Redis or Consul needed)
@@ -85,4 +116,4 @@ fmt: ## Format Rust and Python sources
 .PHONY: clean
 clean: ## Remove build outputs and the virtualenv
 	cargo clean
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks
+	rm -rf $(VENV) .venv-* .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks

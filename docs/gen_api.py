@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import enum
 import importlib
 import inspect
 import re
@@ -114,7 +115,13 @@ def settings_signature(obj: type) -> str | None:
 
 def document(module: str, name: str, obj: Any) -> list[str]:
     lines = []
-    if inspect.isclass(obj):
+    if inspect.isclass(obj) and issubclass(obj, enum.Enum):
+        lines.append(f"### `{name}`\n")
+        lines.append(f"*{module}*\n")
+        lines.append((inspect.getdoc(obj) or "").strip() + "\n")
+        lines += [f"- `{member.name}` = `{member.value!r}`" for member in obj]
+        lines.append("")
+    elif inspect.isclass(obj):
         owners = [c.__name__ for c in obj.__mro__ if c.__module__ == "langcluster._core"]
         stub_new = any("__new__" in STUBS.get(o, {}) for o in owners)
         init = "__new__" if stub_new else "__init__"

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Generic, TypeVar
 
 from langcluster._aio import call_in_loop
+from langcluster._checks import count
 
 __all__ = ["Broadcast"]
 
@@ -65,8 +66,7 @@ class Broadcast(Generic[E]):
     async def stream(self, maxsize: int = 1000) -> AsyncIterator[E]:
         """Every event from the first iteration on, through a queue of
         ``maxsize``; a consumer that falls behind loses the oldest ones."""
-        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
-            raise ValueError(f"maxsize: must be an int >= 1, got {maxsize!r}")
+        count("maxsize", maxsize)
         stream: _Stream[E] = _Stream(asyncio.get_running_loop(), maxsize)
         self._streams.add(stream)
         try:

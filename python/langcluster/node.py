@@ -6,6 +6,7 @@ import enum
 from collections.abc import Mapping
 from typing import Any
 
+from langcluster._checks import text
 from langcluster._core import check_node
 
 __all__ = ["Node", "NodeStatus"]
@@ -53,10 +54,8 @@ class Node:
         *,
         status: NodeStatus | str = NodeStatus.UNKNOWN,
     ) -> None:
-        if not isinstance(id, str):
-            raise TypeError(f"id: must be a str, got {type(id).__name__}")
-        if not isinstance(address, str):
-            raise TypeError(f"address: must be a str, got {type(address).__name__}")
+        text("id", id, empty=True)  # an empty id is the core's to refuse, as everywhere
+        text("address", address, empty=True)
         if port is not None:
             if not isinstance(port, int) or isinstance(port, bool):
                 raise TypeError(f"port: must be an int or None, got {type(port).__name__}")

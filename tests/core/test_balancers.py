@@ -124,7 +124,7 @@ def test_bad_node_sets_name_the_argument(cls):
     with pytest.raises(TypeError, match=r"^nodes\[0\]: must be a node \(an object with an `id`\)"):
         cls([object()])
     for w in (0, -1, math.nan, math.inf):
-        with pytest.raises(ValueError, match=r"^nodes\[0\]\.weight: must be a positive"):
+        with pytest.raises(ValueError, match=r"^nodes\[0\]\.weight: must be a number above 0"):
             cls([Raw("a", w)])
     with pytest.raises(TypeError, match=r"^nodes\[0\]\.weight: must be a number, got str"):
         cls([Raw("a", "heavy")])

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from langcluster._checks import seconds
 from langcluster._core import MemoryCache
 from langcluster._flow import Call, Flow, Sleep
 from langcluster._sentinel import MISSING
@@ -24,17 +25,9 @@ from langcluster.types import Key
 if TYPE_CHECKING:
     from langcluster.cache.layered import LayeredCache
 
-__all__ = ["FlightToken", "compute", "positive", "start"]
+__all__ = ["FlightToken", "compute", "start"]
 
 _log = logging.getLogger(__name__)
-
-
-def positive(name: str, value: float | None, *, optional: bool = True) -> None:
-    """Refuses, naming it, a value that is not a positive number."""
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{name}: must be a positive number, got {value!r}")
 
 
 class FlightToken:
@@ -76,9 +69,9 @@ def start(
         raise TypeError(f"factory: must be callable, got {type(factory).__name__}")
     if isinstance(early_refresh, bool) or not isinstance(early_refresh, int | float):
         raise TypeError("early_refresh: must be a number (the XFetch beta; 0 turns it off)")
-    if early_refresh < 0:
-        raise ValueError(f"early_refresh: must be >= 0, got {early_refresh!r}")
-    positive("negative_ttl", negative_ttl)
+    if not 0 <= early_refresh <= 100:
+        raise ValueError(f"early_refresh: must be from 0 to 100, got {early_refresh!r}")
+    seconds("negative_ttl", negative_ttl, optional=True)
     value = cache.l1.get(key, MISSING)
     refresh = False
     if value is not MISSING and early_refresh and cache._refresh.due(key, early_refresh):

@@ -8,6 +8,7 @@ pattern, so listing and clearing the namespace skip them.
 
 from __future__ import annotations
 
+from langcluster._checks import text
 from langcluster.types import Key
 
 __all__ = ["Keyspace"]
@@ -19,15 +20,14 @@ class Keyspace:
     __slots__ = ("namespace", "prefix")
 
     def __init__(self, namespace: str) -> None:
-        if not namespace or not isinstance(namespace, str):
-            raise ValueError(f"namespace: must be a non-empty str, got {namespace!r}")
+        text("namespace", namespace)
         self.namespace = namespace
         self.prefix = namespace.encode() + b":"
 
     def name(self, key: Key) -> bytes:
         """The Redis name of ``key``."""
         if isinstance(key, str):
-            return self.prefix + b"s:" + key.encode()
+            return self.prefix + b"s:" + text("key", key, empty=True).encode()
         if isinstance(key, bytes):
             return self.prefix + b"b:" + key
         if isinstance(key, int) and not isinstance(key, bool):

@@ -15,13 +15,14 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from langcluster._checks import count, seconds
 from langcluster._core import MemoryCache
 from langcluster._counters import Counters
 from langcluster._flow import Flow, adrive, drive
 from langcluster._sentinel import MISSING
 from langcluster.breaker import BreakerConfig
 from langcluster.cache.coherence import DELETED, Coherence
-from langcluster.cache.compute import compute, positive, start
+from langcluster.cache.compute import compute, start
 from langcluster.cache.invalidation import Invalidations
 from langcluster.cache.memory import Flights
 from langcluster.cache.redis import Item, RedisCache
@@ -110,13 +111,12 @@ class LayeredCache:
             raise ValueError(f"mode: must be 'write_through' or 'write_back', got {mode!r}")
         if on_l2_error not in ("raise", "degrade"):
             raise ValueError(f"on_l2_error: must be 'raise' or 'degrade', got {on_l2_error!r}")
-        positive("l1_ttl", l1_ttl)
-        positive("flush_interval_s", flush_interval_s, optional=False)
-        positive("pending_timeout_s", pending_timeout_s, optional=False)
-        positive("lock_ttl_s", lock_ttl_s, optional=False)
-        for name, count in (("flush_batch", flush_batch), ("max_pending", max_pending)):
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise ValueError(f"{name}: must be an int >= 1, got {count!r}")
+        seconds("l1_ttl", l1_ttl, optional=True)
+        seconds("flush_interval_s", flush_interval_s)
+        seconds("pending_timeout_s", pending_timeout_s)
+        seconds("lock_ttl_s", lock_ttl_s)
+        count("flush_batch", flush_batch)
+        count("max_pending", max_pending)
         if not isinstance(breaker, BreakerConfig):
             raise TypeError(f"breaker: must be a BreakerConfig, got {type(breaker).__name__}")
         self.l1 = l1

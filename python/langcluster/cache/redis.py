@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from langcluster._checks import fraction, seconds, text
 from langcluster._counters import Counters
 from langcluster._flow import Effect, Flow, adrive, drive
 from langcluster._sentinel import MISSING
@@ -138,12 +139,10 @@ class RedisCache:
         cluster: bool = False,
     ) -> None:
         self.keyspace = Keyspace(namespace)
-        if ttl is not None and not ttl > 0:
-            raise ValueError(f"ttl: must be a positive number of seconds or None, got {ttl!r}")
-        if not 0 <= ttl_jitter < 1:
-            raise ValueError(f"ttl_jitter: must be in [0, 1), got {ttl_jitter!r}")
-        if not socket_timeout_s > 0:
-            raise ValueError(f"socket_timeout_s: must be positive, got {socket_timeout_s!r}")
+        seconds("ttl", ttl, optional=True)
+        fraction("ttl_jitter", ttl_jitter, below_one=True)
+        seconds("socket_timeout_s", socket_timeout_s)
+        text("url", url)
         key = signing_key.encode() if isinstance(signing_key, str) else signing_key
         self._codec = Codec(serializer, key)
         self.namespace = namespace
@@ -170,11 +169,9 @@ class RedisCache:
     # ----------------------------------------------------------- values
 
     def _px(self, ttl: float | None) -> int | None:
-        ttl = self.ttl if ttl is None else ttl
+        ttl = self.ttl if ttl is None else seconds("ttl", ttl)
         if ttl is None:
             return None
-        if not ttl > 0:
-            raise ValueError(f"ttl: must be a positive number of seconds, got {ttl!r}")
         if self.ttl_jitter:
             ttl *= random.uniform(1 - self.ttl_jitter, 1 + self.ttl_jitter)
         return max(1, round(ttl * 1000))

@@ -11,13 +11,13 @@ table's (``breaker.window_size: ...``).
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from langcluster import _toml
 from langcluster._core import Balancer
 from langcluster.breaker import BreakerConfig
 from langcluster.cache import Cache, LayeredCache, MemoryCache, RedisCache
@@ -41,23 +41,21 @@ T = TypeVar("T")
 _NAMED = re.compile(r"^[A-Za-z_][\w.\[\]]*: ")
 
 
-def _toml(path: Path) -> dict[str, Any]:
+def _read(path: Path) -> dict[str, Any]:
     try:
-        tomllib: Any = importlib.import_module("tomllib")
-    except ImportError:  # pragma: no cover - Python 3.10
-        raise ValueError("config: a TOML file needs Python 3.11+; pass a mapping") from None
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+        return _toml.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise ValueError(f"config: cannot read {path}: {error}") from error
-    except tomllib.TOMLDecodeError as error:
+    except UnicodeDecodeError as error:
+        raise ValueError(f"config: {path} is not UTF-8 text: {error}") from error
+    except _toml.TOMLDecodeError as error:
         raise ValueError(f"config: {path} is not valid TOML: {error}") from error
 
 
 def load(config: Mapping[str, Any] | str | Path) -> Cluster:
     """The cluster a config describes; see the module docstring."""
     if isinstance(config, str | Path):
-        config = _toml(Path(config))
+        config = _read(Path(config))
     if not isinstance(config, Mapping):
         raise TypeError(f"config: must be a mapping or a path, got {type(config).__name__}")
     fields = dict(config)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from langcluster._aio import cancel_and_wait
+from langcluster._checks import text
 from langcluster._core import (
     Adaptive,
     Balancer,
@@ -125,8 +126,7 @@ class Cluster:
         close_cache: bool = False,
         register: Node | None = None,
     ) -> None:
-        if not isinstance(service, str) or not service:
-            raise ValueError(f"service: must be a non-empty str, got {service!r}")
+        text("service", service)
         if discovery is not None and nodes is not None:
             raise ValueError("nodes: give either discovery or nodes, not both")
         if discovery is None:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from langcluster._aio import cancel_and_wait
+from langcluster._checks import seconds, text
 from langcluster.errors import DiscoveryError
 from langcluster.node import Node
 from langcluster.types import CheckKind, Scheme
@@ -70,8 +71,7 @@ class ConsulDiscovery:
         min_query_interval_s: float = 0.01,
         on_error: Callable[[Exception], object] | None = None,
     ) -> None:
-        if not service:
-            raise ValueError("service: must be a non-empty name")
+        text("service", service)
         if check_kind not in ("ttl", "http", "tcp"):
             raise ValueError(f"check_kind: must be 'ttl', 'http' or 'tcp', got {check_kind!r}")
         for name, value in (
@@ -80,10 +80,10 @@ class ConsulDiscovery:
             ("check_timeout_s", check_timeout_s),
             ("wait_s", wait_s),
         ):
-            if not value > 0:
-                raise ValueError(f"{name}: must be positive, got {value!r}")
-        if deregister_critical_after_s is not None and not deregister_critical_after_s > 0:
-            raise ValueError("deregister_critical_after_s: must be positive or None")
+            seconds(name, value)
+        seconds("deregister_critical_after_s", deregister_critical_after_s, optional=True)
+        seconds("min_query_interval_s", min_query_interval_s, zero=True)
+        text("check_path", check_path)
         self.service = service
         self.client = (
             client

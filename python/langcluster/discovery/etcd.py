@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from langcluster._aio import cancel_and_wait
+from langcluster._checks import seconds, text
 from langcluster.discovery.base import node_from_record
 from langcluster.errors import DiscoveryError
 from langcluster.node import Node
@@ -81,15 +82,18 @@ class EtcdDiscovery:
         ttl_s: float = 10.0,
         timeout_s: float = 2.0,
     ) -> None:
-        if not service or "/" in service:
-            raise ValueError(f"service: must be a non-empty name without '/', got {service!r}")
-        self.endpoints = [e.rstrip("/") for e in endpoints]
+        if "/" in text("service", service):
+            raise ValueError(f"service: must be a name without '/', got {service!r}")
+        if isinstance(endpoints, str):
+            raise TypeError("endpoints: must be a list of URLs, not one str")
+        self.endpoints = [text("endpoints", e).rstrip("/") for e in endpoints]
         if not self.endpoints:
             raise ValueError("endpoints: must not be empty")
-        if not prefix.endswith("/"):
+        if not text("prefix", prefix).endswith("/"):
             raise ValueError(f"prefix: must end with '/', got {prefix!r}")
-        if not ttl_s >= 2:
+        if seconds("ttl_s", ttl_s) < 2:
             raise ValueError(f"ttl_s: must be at least 2 seconds, got {ttl_s!r}")
+        seconds("timeout_s", timeout_s)
         self.service = service
         self.root = f"{prefix}{service}/"
         self.ttl_s = ttl_s

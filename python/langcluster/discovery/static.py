@@ -4,7 +4,6 @@ when it changes (the embedded default: no server needed)."""
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
 import os
@@ -12,6 +11,8 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from langcluster import _toml
+from langcluster._checks import seconds
 from langcluster.discovery.base import node_from_record
 from langcluster.errors import DiscoveryError
 from langcluster.node import Node
@@ -43,8 +44,7 @@ class StaticDiscovery:
         file: str | os.PathLike[str] | None = None,
         poll_s: float = 1.0,
     ) -> None:
-        if not poll_s > 0:
-            raise ValueError(f"poll_s: must be positive, got {poll_s!r}")
+        seconds("poll_s", poll_s)
         self.file = Path(file) if file is not None else None
         self.poll_s = poll_s
         self._nodes: dict[str, Node] = {}
@@ -64,11 +64,7 @@ class StaticDiscovery:
         assert self.file is not None
         text = self.file.read_text(encoding="utf-8")
         if self.file.suffix == ".toml":
-            try:
-                tomllib = importlib.import_module("tomllib")
-            except ImportError:  # Python 3.10
-                raise DiscoveryError(f"{self.file}: TOML needs Python 3.11+; use JSON") from None
-            data: Any = tomllib.loads(text)
+            data: Any = _toml.loads(text)
         else:
             data = json.loads(text)
         records = data.get("nodes", []) if isinstance(data, Mapping) else data

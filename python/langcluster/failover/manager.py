@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
+from langcluster._checks import count, fraction, seconds
 from langcluster._core import Balancer
 from langcluster._counters import Counters
 from langcluster._events import Broadcast
@@ -386,20 +387,14 @@ class _Hedged(Effect):
         return await self.manager._hedged(self.node, self.fn, self.plan)
 
 
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: must be a positive int, got {value!r}")
-    return value
-
-
 def _check(given: dict[str, Any]) -> dict[str, Any]:
     """The settings of a FailoverManager, checked and completed."""
     values = complete("FailoverManager", keyword_parameters(FailoverManager, skip=1), given)
     breaker = values["breaker"] if values["breaker"] is not None else BreakerConfig()
     if not isinstance(breaker, BreakerConfig):
         raise TypeError(f"breaker: must be a BreakerConfig, got {type(breaker).__name__}")
-    _positive_int("max_attempts", values["max_attempts"])
-    _positive_int("min_retries", values["min_retries"])
+    count("max_attempts", values["max_attempts"])
+    count("min_retries", values["min_retries"])
     retry_on = values["retry_on"]
     retry_on = tuple(retry_on) if isinstance(retry_on, tuple | list) else (retry_on,)
     if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
@@ -408,14 +403,17 @@ def _check(given: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(backoff, Backoff):
         raise TypeError(f"backoff: must be a Backoff, got {type(backoff).__name__}")
     budget = values["retry_budget"]
-    if budget is not None and not (isinstance(budget, int | float) and 0 < budget <= 1):
-        raise ValueError(f"retry_budget: must be in (0, 1] or None, got {budget!r}")
-    hedge = values["hedge_after_s"]
-    if hedge is not None and not (isinstance(hedge, int | float) and 0 < hedge < math.inf):
-        raise ValueError(f"hedge_after_s: must be a positive number or None, got {hedge!r}")
+    if budget is not None and fraction("retry_budget", budget) == 0:
+        raise ValueError("retry_budget: must be above 0 (None turns the budget off)")
+    seconds("hedge_after_s", values["hedge_after_s"], optional=True)
     over = values["overprovisioning"]
-    if not (isinstance(over, int | float) and 1 <= over < math.inf):
-        raise ValueError(f"overprovisioning: must be >= 1, got {over!r}")
+    if isinstance(over, bool) or not isinstance(over, int | float):
+        raise TypeError(f"overprovisioning: must be a number, got {type(over).__name__}")
+    if not 1 <= over <= 100:
+        raise ValueError(f"overprovisioning: must be from 1 to 100, got {over!r}")
+    seed = values["seed"]
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed: must be an int or None, got {type(seed).__name__}")
     priority = values["priority"]
     if priority is not None and not (callable(priority) or isinstance(priority, Mapping)):
         raise TypeError(f"priority: must be a function, a mapping or None, got {priority!r}")

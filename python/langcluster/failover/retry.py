@@ -11,6 +11,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from langcluster._checks import fraction, seconds
 from langcluster.errors import CircuitOpenError, NoAvailableNode
 from langcluster.failover.events import FailoverEventKind as Kind
 from langcluster.types import Key
@@ -36,20 +37,20 @@ class Backoff:
     jitter: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("base_s", "max_s"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name}: must be a number >= 0, got {value!r}")
-        if not (math.isfinite(self.multiplier) and self.multiplier >= 1):
-            raise ValueError(f"multiplier: must be >= 1, got {self.multiplier!r}")
-        if isinstance(self.jitter, bool) or not (
-            isinstance(self.jitter, int | float) and 0 <= self.jitter <= 1
-        ):
-            raise ValueError(f"jitter: must be a fraction from 0 to 1, got {self.jitter!r}")
+        seconds("base_s", self.base_s, zero=True)
+        seconds("max_s", self.max_s, zero=True)
+        if isinstance(self.multiplier, bool) or not isinstance(self.multiplier, int | float):
+            raise TypeError(f"multiplier: must be a number, got {type(self.multiplier).__name__}")
+        if not 1 <= self.multiplier <= 1000:
+            raise ValueError(f"multiplier: must be from 1 to 1000, got {self.multiplier!r}")
+        fraction("jitter", self.jitter)
 
     def delay(self, retry: int, rng: random.Random) -> float:
-        ceiling = min(self.max_s, self.base_s * self.multiplier ** max(0, retry - 1))
-        return ceiling * (1 - self.jitter * rng.random())
+        try:
+            grown = self.base_s * self.multiplier ** max(0, retry - 1)
+        except OverflowError:  # a long run of retries: far past any cap
+            grown = math.inf
+        return min(self.max_s, grown) * (1 - self.jitter * rng.random())
 
 
 class RetryBudget:

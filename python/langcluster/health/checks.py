@@ -9,10 +9,10 @@ import abc
 import asyncio
 import contextlib
 import inspect
-import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from langcluster._checks import count, seconds, text
 from langcluster.node import Node
 from langcluster.types import CompositeMode, Scheme
 
@@ -23,7 +23,6 @@ __all__ = [
     "HealthCheck",
     "HttpCheck",
     "TcpCheck",
-    "positive",
 ]
 
 
@@ -52,22 +51,12 @@ class HealthCheck(abc.ABC):
         return NotImplemented
 
 
-def positive(name: str, value: float) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not (math.isfinite(value) and value > 0)
-    ):
-        raise ValueError(f"{name}: must be a positive number, got {value!r}")
-    return float(value)
-
-
 class TcpCheck(HealthCheck):
     """Healthy when a TCP connection to ``address:port`` opens within
     ``timeout_s``."""
 
     def __init__(self, timeout_s: float = 2.0) -> None:
-        self.timeout_s = positive("timeout_s", timeout_s)
+        self.timeout_s = float(seconds("timeout_s", timeout_s))
 
     async def check(self, node: Node) -> None:
         if node.port is None:
@@ -98,16 +87,23 @@ class HttpCheck(HealthCheck):
         headers: Mapping[str, str] | None = None,
         scheme: Scheme = "http",
     ) -> None:
-        if not path.startswith("/"):
+        if not text("path", path).startswith("/"):
             raise ValueError(f"path: must start with '/', got {path!r}")
         if scheme not in ("http", "https"):
             raise ValueError(f"scheme: must be 'http' or 'https', got {scheme!r}")
         self.path = path
-        self.expect_status = frozenset(expect_status)
+        try:
+            self.expect_status = frozenset(
+                count("expect_status", s, minimum=100) for s in expect_status
+            )
+        except TypeError as error:
+            raise TypeError(f"expect_status: must be HTTP status codes ({error})") from None
         if not self.expect_status:
             raise ValueError("expect_status: must not be empty")
-        self.timeout_s = positive("timeout_s", timeout_s)
-        self.method = method.upper()
+        self.timeout_s = float(seconds("timeout_s", timeout_s))
+        self.method = text("method", method).upper()
+        if headers is not None and not isinstance(headers, Mapping):
+            raise TypeError(f"headers: must be a mapping or None, got {type(headers).__name__}")
         self.headers = dict(headers or {})
         self.scheme = scheme
         self._clients: dict[asyncio.AbstractEventLoop, Any] = {}

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from langcluster._aio import call_in_loop, cancel_and_wait
+from langcluster._checks import count, fraction, seconds
 from langcluster._settings import Settings, complete, keyword_parameters, typed_like
-from langcluster.health.checks import HealthCheck, positive
+from langcluster.health.checks import HealthCheck
 from langcluster.node import Node, NodeStatus
 from langcluster.registry import NodeEvent, NodeEventKind, NodeRegistry
 
@@ -213,17 +214,16 @@ def _check(given: dict[str, Any]) -> dict[str, Any]:
     check = values["check"]
     if not isinstance(check, HealthCheck):
         raise TypeError(f"check: {check!r} has no async check(node) method")
-    interval = positive("interval_s", values["interval_s"])
-    timeout = positive("timeout_s", values["timeout_s"])
+    interval = float(seconds("interval_s", values["interval_s"]))
+    timeout = float(seconds("timeout_s", values["timeout_s"]))
     if timeout >= interval:
         raise ValueError(f"timeout_s: must be shorter than interval_s ({timeout} >= {interval})")
     for name in ("rise", "fall", "max_concurrency"):
-        value = values[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: must be a positive int, got {value!r}")
-    jitter = values["jitter"]
-    if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter < 1:
-        raise ValueError(f"jitter: must be in [0, 1), got {jitter!r}")
+        count(name, values[name])
+    fraction("jitter", values["jitter"], below_one=True)
+    seed = values["seed"]
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed: must be an int or None, got {type(seed).__name__}")
     return {**values, "interval_s": interval, "timeout_s": timeout}
 
 

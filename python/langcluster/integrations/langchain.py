@@ -46,6 +46,7 @@ except ImportError as missing:  # pragma: no cover - depends on the install
         "LangClusterCache needs langchain-core: pip install 'langcluster[langchain]'"
     ) from missing
 
+from langcluster._checks import seconds
 from langcluster.cache import Cache, LayeredCache, MemoryCache, RedisCache
 
 __all__ = ["LangClusterCache"]
@@ -74,8 +75,7 @@ class LangClusterCache(BaseCache):
             )
         if not namespace or not isinstance(namespace, str) or ":" in namespace:
             raise ValueError(f"namespace: must be a non-empty str without ':', got {namespace!r}")
-        if ttl is not None and not ttl > 0:
-            raise ValueError(f"ttl: must be a positive number of seconds or None, got {ttl!r}")
+        seconds("ttl", ttl, optional=True)
         self.cache = cache
         self.namespace = namespace
         self.ttl = ttl

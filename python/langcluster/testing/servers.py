@@ -8,6 +8,7 @@ import json
 import random
 from typing import Any
 
+from langcluster._checks import count, fraction, seconds, text
 from langcluster.node import Node
 
 __all__ = ["SimulatedServer"]
@@ -37,10 +38,10 @@ class SimulatedServer:
         error_rate: float = 0.0,
         seed: int | None = None,
     ) -> None:
-        if not latency_s >= 0:
-            raise ValueError(f"latency_s: must be >= 0, got {latency_s!r}")
-        if not 0 <= error_rate <= 1:
-            raise ValueError(f"error_rate: must be in [0, 1], got {error_rate!r}")
+        text("node_id", node_id)
+        seconds("latency_s", latency_s, zero=True)
+        fraction("error_rate", error_rate)
+        count("port", port, minimum=0)
         self.node_id = node_id
         self.port = port
         self.latency_s = latency_s

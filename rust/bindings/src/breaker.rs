@@ -17,7 +17,7 @@ use crate::convert::{
     clock, exception_types, integer, number, optional_number, read_clock, string,
 };
 use crate::errors::{log_callback_error, Error, Result};
-use langcluster_core::error::non_negative_seconds;
+use langcluster_core::error::latency_seconds;
 
 /// Every setting of a breaker, as `CircuitBreaker` takes them.
 const SETTINGS: [&str; 12] = [
@@ -275,7 +275,7 @@ impl CircuitBreaker {
 
 fn latency(value: Option<&Bound<'_, PyAny>>) -> Result<Option<Duration>> {
     Ok(optional_number("latency_s", value)?
-        .map(|s| non_negative_seconds("latency_s", s))
+        .map(|s| latency_seconds("latency_s", s))
         .transpose()?)
 }
 

@@ -190,7 +190,13 @@ fn node_spec(i: usize, node: &Bound<'_, PyAny>) -> Result<NodeSpec<Py<PyAny>>> {
     let id = id
         .cast::<PyString>()
         .map_err(|_| Error::expected(path(".id"), "a str", &id))?
-        .to_str()?
+        .to_str()
+        .map_err(|_| {
+            langcluster_core::Error::invalid(
+                path(".id"),
+                "must be text that UTF-8 can encode (no lone surrogates)",
+            )
+        })?
         .to_owned();
     let weight = match node.getattr_opt(intern!(py, "weight"))? {
         None => 1.0,

@@ -10,7 +10,9 @@
 use std::borrow::Cow;
 
 use langcluster_core::Error as CoreError;
-use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{
+    PyKeyError, PyMemoryError, PyRecursionError, PyRuntimeError, PyTypeError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -30,6 +32,8 @@ pub enum Error {
     MissingKey(Py<PyAny>),
     /// A call out of order, such as entering one lease twice.
     Misuse(&'static str),
+    /// A value nested deeper than `limit` (a `cached` argument).
+    TooDeep { name: &'static str, limit: usize },
     /// A circuit breaker refused a call.
     CircuitOpen {
         name: Option<String>,
@@ -89,11 +93,15 @@ impl From<Error> for PyErr {
                     CoreError::InvalidArgument { .. } | CoreError::DuplicateId { .. } => {
                         PyValueError::new_err(message)
                     }
+                    CoreError::OutOfMemory { .. } => PyMemoryError::new_err(message),
                 }
             }
             Error::Type { name, message } => PyTypeError::new_err(format!("{name}: {message}")),
             Error::MissingKey(key) => PyKeyError::new_err(key),
             Error::Misuse(message) => PyRuntimeError::new_err(message),
+            Error::TooDeep { name, limit } => {
+                PyRecursionError::new_err(format!("{name}: nested deeper than {limit} levels"))
+            }
             Error::CircuitOpen {
                 name,
                 message,

@@ -21,6 +21,8 @@ pub enum Error {
     NoAvailableNode,
     /// The balancer routes by key (consistent hashing) and none was given.
     KeyRequired,
+    /// An allocation of `bytes` for `what` failed: memory is short.
+    OutOfMemory { what: &'static str, bytes: usize },
 }
 
 impl Error {
@@ -56,6 +58,9 @@ impl fmt::Display for Error {
                 f,
                 "key: this balancer routes by key; pass a str, bytes or int key"
             ),
+            Error::OutOfMemory { what, bytes } => {
+                write!(f, "{what}: could not allocate {bytes} bytes")
+            }
         }
     }
 }
@@ -68,21 +73,37 @@ pub fn positive_seconds(name: &'static str, secs: f64) -> Result<std::time::Dura
     if !(secs.is_finite() && secs > 0.0) {
         return Err(Error::invalid(
             name,
-            format!("must be a positive number of seconds, got {secs}"),
+            format!("must be a positive number of seconds, got {secs:?}"),
         ));
     }
     std::time::Duration::try_from_secs_f64(secs).map_err(|e| Error::invalid(name, e.to_string()))
 }
 
-/// A finite number of seconds >= 0 as a `Duration` (a measured latency).
-pub fn non_negative_seconds(name: &'static str, secs: f64) -> Result<std::time::Duration, Error> {
-    if !(secs.is_finite() && secs >= 0.0) {
+/// The longest latency a caller may report: a day. Anything longer is a
+/// clock or unit mistake, and would swamp a latency average.
+pub const MAX_LATENCY_S: f64 = 86_400.0;
+
+/// A measured latency: a number of seconds from 0 to [`MAX_LATENCY_S`].
+pub fn latency_seconds(name: &'static str, secs: f64) -> Result<std::time::Duration, Error> {
+    if !(secs.is_finite() && (0.0..=MAX_LATENCY_S).contains(&secs)) {
         return Err(Error::invalid(
             name,
-            format!("must be a finite number of seconds >= 0, got {secs}"),
+            format!("must be a number of seconds from 0 to {MAX_LATENCY_S}, got {secs:?}"),
         ));
     }
     std::time::Duration::try_from_secs_f64(secs).map_err(|e| Error::invalid(name, e.to_string()))
+}
+
+/// A vector of `len` default values, or `Error::OutOfMemory` naming `what`
+/// when the memory is not there (instead of aborting the process).
+pub fn try_vec<T: Clone + Default>(what: &'static str, len: usize) -> Result<Vec<T>, Error> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| Error::OutOfMemory {
+        what,
+        bytes: len.saturating_mul(std::mem::size_of::<T>()),
+    })?;
+    v.resize(len, T::default());
+    Ok(v)
 }
 
 /// A count from 1 to `max`.

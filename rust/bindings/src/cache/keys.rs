@@ -47,6 +47,10 @@ const TAG_NONE: u64 = 0x6e6f_6e65_0000_0000;
 const TAG_TRUE: u64 = 0x7472_7565_0000_0000;
 const TAG_FALSE: u64 = 0x6661_6c73_6500_0000;
 const TAG_TUPLE: u64 = 0x7475_706c_6500_0000;
+/// How deep tuples may nest in a `cached` call's arguments. Hashing and
+/// comparing recurse; this keeps them far from the end of the stack
+/// (`functools.lru_cache` hashes through CPython's own recursion limit).
+const MAX_KEY_DEPTH: usize = 100;
 
 #[inline]
 pub fn mix(hash: u64, seed: u64) -> u64 {
@@ -213,7 +217,7 @@ impl<'py> Probe<'_, 'py> {
         args: &'a Bound<'py, PyTuple>,
         seed: u64,
     ) -> Result<(u64, Probe<'a, 'py>)> {
-        let (hash, normalised) = hash_args(args, seed)?;
+        let (hash, normalised) = hash_args(args, seed, 0)?;
         let probe = match normalised {
             None => Cow::Borrowed(args),
             Some(copy) => Cow::Owned(copy),
@@ -239,11 +243,18 @@ fn same_or_equal(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> bool {
 fn hash_args<'py>(
     args: &Bound<'py, PyTuple>,
     seed: u64,
+    depth: usize,
 ) -> Result<(u64, Option<Bound<'py, PyTuple>>)> {
+    if depth > MAX_KEY_DEPTH {
+        return Err(Error::TooDeep {
+            name: "cached",
+            limit: MAX_KEY_DEPTH,
+        });
+    }
     let mut hash = TAG_TUPLE ^ args.len() as u64;
     let mut copy: Option<Vec<Bound<'py, PyAny>>> = None;
     for (position, item) in args.iter().enumerate() {
-        let (h, replaced) = hash_arg(&item, seed, position)?;
+        let (h, replaced) = hash_arg(&item, seed, position, depth)?;
         hash = mix(hash.rotate_left(5) ^ h, seed);
         if let Some(new) = replaced {
             copy.get_or_insert_with(|| args.iter().take(position).collect())
@@ -262,6 +273,7 @@ fn hash_arg<'py>(
     item: &Bound<'py, PyAny>,
     seed: u64,
     position: usize,
+    depth: usize,
 ) -> Result<(u64, Option<Bound<'py, PyAny>>)> {
     let py = item.py();
     if item.is_exact_instance_of::<PyString>() || item.is_exact_instance_of::<PyBytes>() {
@@ -290,7 +302,7 @@ fn hash_arg<'py>(
         return Ok((bits ^ TAG_FLOAT, None));
     }
     if let Ok(t) = item.cast_exact::<PyTuple>() {
-        let (h, copy) = hash_args(t, seed)?;
+        let (h, copy) = hash_args(t, seed, depth + 1)?;
         return Ok((h, copy.map(Bound::into_any)));
     }
     // A subclass of a supported type: hash and store its base-type copy.
@@ -309,7 +321,7 @@ fn hash_arg<'py>(
     };
     match base {
         Some(exact) => {
-            let (h, inner) = hash_arg(&exact, seed, position)?;
+            let (h, inner) = hash_arg(&exact, seed, position, depth)?;
             Ok((h, Some(inner.unwrap_or(exact))))
         }
         None => Err(Error::type_error(

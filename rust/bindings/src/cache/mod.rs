@@ -32,6 +32,35 @@ pub struct MemoryCache {
     clock: Option<Py<PyAny>>,
 }
 
+/// The policy argument: a str (which names are valid is the core's to judge).
+pub struct PolicyName(std::borrow::Cow<'static, str>);
+
+impl PolicyName {
+    const DEFAULT: PolicyName = PolicyName(std::borrow::Cow::Borrowed("tinylfu"));
+}
+
+impl<'py> FromPyObject<'_, 'py> for PolicyName {
+    type Error = PyErr;
+
+    fn extract(value: Borrowed<'_, 'py, PyAny>) -> PyResult<Self> {
+        Ok(PolicyName(crate::convert::string("policy", &value)?.into()))
+    }
+}
+
+/// The default of `pop`: one the caller gave (None is a value), or none.
+pub enum Fallback {
+    Missing,
+    Given(Py<PyAny>),
+}
+
+impl<'py> FromPyObject<'_, 'py> for Fallback {
+    type Error = PyErr;
+
+    fn extract(value: Borrowed<'_, 'py, PyAny>) -> PyResult<Self> {
+        Ok(Fallback::Given(value.to_owned().unbind()))
+    }
+}
+
 /// An optional TTL in seconds, checked by the core.
 pub fn ttl_arg(name: &'static str, ttl: Option<&Bound<'_, PyAny>>) -> Result<Option<Duration>> {
     Ok(optional_number(name, ttl)?
@@ -156,10 +185,13 @@ impl MemoryCache {
 #[pymethods]
 impl MemoryCache {
     #[new]
-    #[pyo3(signature = (capacity, *, policy="tinylfu", ttl=None, shards=None, on_evict=None, clock=None))]
+    #[pyo3(signature = (capacity, *, policy=PolicyName::DEFAULT, ttl=None, shards=None, on_evict=None, clock=None))]
+    #[pyo3(
+        text_signature = "(capacity, *, policy='tinylfu', ttl=None, shards=None, on_evict=None, clock=None)"
+    )]
     fn new(
         capacity: &Bound<'_, PyAny>,
-        policy: &str,
+        policy: PolicyName,
         ttl: Option<&Bound<'_, PyAny>>,
         shards: Option<&Bound<'_, PyAny>>,
         on_evict: Option<&Bound<'_, PyAny>>,
@@ -167,7 +199,7 @@ impl MemoryCache {
     ) -> Result<Self> {
         let config = Config::from_settings(
             integer("capacity", capacity)?,
-            policy,
+            &policy.0,
             optional_integer("shards", shards)?,
             optional_number("ttl", ttl)?,
         )?;
@@ -233,19 +265,16 @@ impl MemoryCache {
         }
     }
 
-    /// Removes `key` and returns its value; `default` if absent, else KeyError.
-    #[pyo3(signature = (key, default=None))]
-    fn pop(
-        &self,
-        py: Python<'_>,
-        key: &Bound<'_, PyAny>,
-        default: Option<Py<PyAny>>,
-    ) -> Result<Py<PyAny>> {
+    /// Removes `key` and returns its value; `default` if absent (when one
+    /// is given, None included), else KeyError, as `dict.pop`.
+    #[pyo3(signature = (key, default = Fallback::Missing))]
+    #[pyo3(text_signature = "($self, key, default=...)")]
+    fn pop(&self, py: Python<'_>, key: &Bound<'_, PyAny>, default: Fallback) -> Result<Py<PyAny>> {
         let (hash, probe) = Probe::new(key, self.seed)?;
         match (self.forget(py, hash, &probe)?, default) {
             (Some(v), _) => Ok(v),
-            (None, Some(d)) => Ok(d),
-            (None, None) => Err(Error::MissingKey(key.clone().unbind())),
+            (None, Fallback::Given(d)) => Ok(d),
+            (None, Fallback::Missing) => Err(Error::MissingKey(key.clone().unbind())),
         }
     }
 

@@ -30,6 +30,9 @@ use crate::hash::vnode_position;
 /// Virtual nodes per unit of (mean-normalised) weight unless set.
 pub const DEFAULT_VNODES: u32 = 160;
 const MAX_VNODES: u32 = 10_000;
+/// The most points a ring holds, about 100 MB while it is built: 160 points
+/// each for 25,000 nodes.
+const MAX_POINTS: usize = 4_000_000;
 
 #[derive(Debug)]
 pub struct ConsistentHash {
@@ -51,7 +54,7 @@ impl ConsistentHash {
             if !(c.is_finite() && c >= 1.0) {
                 return Err(Error::invalid(
                     "load_factor",
-                    format!("must be a finite number >= 1.0, got {c}"),
+                    format!("must be a finite number >= 1.0, got {c:?}"),
                 ));
             }
         }
@@ -96,10 +99,16 @@ impl Ring {
         if nodes.is_empty() {
             return Ring::default();
         }
-        let mean = nodes.iter().map(|n| n.1).sum::<f64>() / nodes.len() as f64;
+        let n = nodes.len();
+        let mean = nodes.iter().map(|n| n.1).sum::<f64>() / n as f64;
+        // With more nodes than MAX_POINTS allows at `vnodes` each, every node
+        // gets proportionally fewer points; a node's share of the points is
+        // its share of the weight, at least one point.
+        let per_node = f64::from(vnodes).min(MAX_POINTS as f64 / n as f64);
         let mut entries: Vec<(u64, &str, u32)> = Vec::new();
         for &(id, weight, owner) in &nodes {
-            let count = ((f64::from(vnodes) * weight / mean).round() as u32).max(1);
+            let share = (weight / mean).clamp(0.0, n as f64);
+            let count = ((per_node * share).round() as u32).max(1);
             entries.extend((0..count).map(|r| (vnode_position(id, r), id, owner)));
         }
         // Ties (astronomically rare) are ordered by id, so every process

@@ -161,7 +161,7 @@ impl<T: Send + Sync, S: Strategy> Balancer<T, S> {
         if !(decay_s.is_finite() && decay_s > 0.0) {
             return Err(Error::invalid(
                 "decay_s",
-                format!("must be a positive finite number of seconds, got {decay_s}"),
+                format!("must be a positive finite number of seconds, got {decay_s:?}"),
             ));
         }
         let total = Arc::new(AtomicI64::new(0));
@@ -392,31 +392,29 @@ impl<T: Send + Sync, S: Strategy> Balancer<T, S> {
     }
 }
 
-/// Checks a node's id (not empty) and weight (positive and finite): the
-/// one place these are checked, for balancers and for `Node` objects.
+/// The largest node weight. Weights are relative, so this leaves ratios of
+/// a million to one, and keeps sums of weights and ring sizes finite.
+pub const MAX_WEIGHT: f64 = 1e6;
+
+/// Checks a node's id (not empty) and weight (positive, at most
+/// [`MAX_WEIGHT`]): the one place these are checked, for balancers and for
+/// `Node` objects.
 pub fn check_node(id: &str, weight: f64) -> Result<(), Error> {
     if id.is_empty() {
         return Err(Error::invalid("id", "must be a non-empty string"));
     }
-    if !(weight.is_finite() && weight > 0.0) {
+    if !(weight > 0.0 && weight <= MAX_WEIGHT) {
         return Err(Error::invalid(
             "weight",
-            format!("must be a positive finite number, got {weight}"),
+            format!("must be a number above 0 and at most {MAX_WEIGHT:e}, got {weight:?}"),
         ));
     }
     Ok(())
 }
 
-/// Checks a reported latency: finite and not negative.
+/// Checks a reported latency (see [`crate::error::latency_seconds`]).
 pub fn check_latency(latency_s: f64) -> Result<(), Error> {
-    if latency_s.is_finite() && latency_s >= 0.0 {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            "latency_s",
-            format!("must be a finite number of seconds >= 0, got {latency_s}"),
-        ))
-    }
+    crate::error::latency_seconds("latency_s", latency_s).map(|_| ())
 }
 
 /// Load of a node for least-loaded choices: in-flight requests per unit of weight.

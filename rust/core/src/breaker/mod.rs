@@ -221,7 +221,7 @@ impl BreakerConfig {
             ("slow_call_rate_threshold", self.slow_call_rate_threshold),
         ] {
             if !(rate > 0.0 && rate <= 1.0) {
-                return Err(invalid(name, format!("must be in (0, 1], got {rate}")));
+                return Err(invalid(name, format!("must be in (0, 1], got {rate:?}")));
             }
         }
         if self.window_size == 0 || self.window_size > MAX_WINDOW {
@@ -257,6 +257,21 @@ impl BreakerConfig {
         if self.open_timeout.is_zero() {
             return Err(invalid("open_timeout_s", "must be positive".into()));
         }
+        for (name, open) in [
+            ("open_timeout_s", Some(self.open_timeout)),
+            ("max_open_timeout_s", self.max_open_timeout),
+        ] {
+            if let Some(open) = open.filter(|d| *d > MAX_OPEN) {
+                return Err(invalid(
+                    name,
+                    format!(
+                        "must be at most {} seconds (30 days), got {}",
+                        MAX_OPEN.as_secs(),
+                        open.as_secs_f64()
+                    ),
+                ));
+            }
+        }
         if let Some(max) = self.max_open_timeout {
             if max < self.open_timeout {
                 return Err(invalid(
@@ -283,6 +298,9 @@ pub enum Admission {
 }
 
 const MAX_WINDOW: u32 = 1_000_000;
+/// The longest open time: the open deadline is kept in 40 bits of
+/// milliseconds, and 30 days keeps it far from wrapping.
+const MAX_OPEN: Duration = Duration::from_secs(30 * 86_400);
 const MAX_TRIALS: u32 = 4095;
 
 // State word: state (3 bits) | transition counter (21 bits) | deadline in ms (40 bits).

@@ -201,14 +201,14 @@ struct Shard<K, V> {
 }
 
 impl<K, V> Shard<K, V> {
-    fn new(capacity: usize, kind: PolicyKind) -> Self {
+    fn new(capacity: usize, kind: PolicyKind) -> Result<Self, Error> {
         let policy = match kind {
             PolicyKind::Lru => Policy::Lru(Lru::new()),
             PolicyKind::Fifo => Policy::Fifo(Fifo::new()),
             PolicyKind::Lfu => Policy::Lfu(Box::new(Lfu::new(capacity))),
-            PolicyKind::TinyLfu => Policy::TinyLfu(Box::new(TinyLfu::new(capacity))),
+            PolicyKind::TinyLfu => Policy::TinyLfu(Box::new(TinyLfu::new(capacity)?)),
         };
-        Shard {
+        Ok(Shard {
             store: Store::new(),
             policy,
             expiry: ExpiryQueue::new(),
@@ -218,7 +218,7 @@ impl<K, V> Shard<K, V> {
             evictions: 0,
             expirations: 0,
             ops: 0,
-        }
+        })
     }
 
     /// A hit, or an update of an existing key (`hit == false`).
@@ -429,9 +429,9 @@ impl<K, V> Cache<K, V> {
         let shards: Box<[_]> = (0..shards)
             .map(|i| {
                 let size = capacity / shards + usize::from(i < capacity % shards);
-                Padded(Mutex::new(Shard::new(size, config.policy)))
+                Shard::new(size, config.policy).map(|shard| Padded(Mutex::new(shard)))
             })
-            .collect();
+            .collect::<Result<_, Error>>()?;
         Ok(Cache {
             shards,
             capacity,

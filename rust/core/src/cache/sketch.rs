@@ -17,6 +17,8 @@
 //! - After `10 x capacity` recorded accesses every counter is halved and the
 //!   doorkeeper cleared (the "reset" of the TinyLFU paper).
 
+use crate::error::{try_vec, Error};
+
 const BLOCK_MULT: u64 = 0x9e37_79b9_7f4a_7c15;
 const COUNTER_MULT: u64 = 0xc2b2_ae3d_27d4_eb4f;
 const DOOR_MULT: u64 = 0x1656_67b1_9e37_79f9;
@@ -33,17 +35,17 @@ pub(crate) struct Sketch {
 }
 
 impl Sketch {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize) -> Result<Self, Error> {
         let words = capacity.max(8).next_power_of_two();
         let door_words = (capacity.max(8) * 8 / 64).next_power_of_two();
-        Sketch {
-            table: vec![0; words],
+        Ok(Sketch {
+            table: try_vec("capacity", words)?,
             block_mask: words / 8 - 1,
-            door: vec![0; door_words],
+            door: try_vec("capacity", door_words)?,
             door_mask: door_words - 1,
             additions: 0,
             sample: capacity.max(1) as u64 * SAMPLE_FACTOR,
-        }
+        })
     }
 
     /// The four (word, bit shift) positions of a key's counters.
@@ -131,7 +133,7 @@ mod tests {
 
     #[test]
     fn counts_recent_accesses_and_saturates() {
-        let mut s = Sketch::new(1024);
+        let mut s = Sketch::new(1024).unwrap();
         assert_eq!(s.frequency(mix(1)), 0);
         s.increment(mix(1));
         assert_eq!(
@@ -155,7 +157,7 @@ mod tests {
 
     #[test]
     fn estimates_never_undercount_before_a_reset() {
-        let mut s = Sketch::new(4096);
+        let mut s = Sketch::new(4096).unwrap();
         for k in 0..2000u64 {
             for _ in 0..(k % 7) {
                 s.increment(mix(k));
@@ -168,7 +170,7 @@ mod tests {
 
     #[test]
     fn halves_after_the_sample_period() {
-        let mut s = Sketch::new(16);
+        let mut s = Sketch::new(16).unwrap();
         for _ in 0..159 {
             s.increment(mix(7));
         }

@@ -21,6 +21,7 @@
 
 use super::sketch::{Sketch, SAMPLE_FACTOR};
 use super::store::{List, Slot};
+use crate::error::Error;
 
 const WINDOW: u8 = 0;
 const PROBATION: u8 = 1;
@@ -50,12 +51,12 @@ pub(crate) struct TinyLfu {
 }
 
 impl TinyLfu {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize) -> Result<Self, Error> {
         let capacity = capacity.max(1);
         let max_window = ((capacity as f64 * INITIAL_WINDOW_PERCENT) as usize).max(1);
         let main = capacity - max_window.min(capacity);
-        TinyLfu {
-            sketch: Sketch::new(capacity),
+        Ok(TinyLfu {
+            sketch: Sketch::new(capacity)?,
             window: List::new(),
             probation: List::new(),
             protected: List::new(),
@@ -68,7 +69,7 @@ impl TinyLfu {
             previous_hit_rate: 0.0,
             step: -STEP_PERCENT * capacity as f64,
             rng: fastrand::Rng::with_seed(0x5eed ^ capacity as u64),
-        }
+        })
     }
 
     fn list(&mut self, queue: u8) -> &mut List {
