@@ -17,7 +17,7 @@ import redis
 
 from langcluster import CacheError, MemoryCache
 from langcluster.cache import LayeredCache, RedisCache
-from tests.support.helpers import ManualClock, redis_url, wait_until
+from tests.support.helpers import ManualClock, name, redis_url, wait_until
 
 pytestmark = pytest.mark.services
 
@@ -41,7 +41,7 @@ def test_reads_go_l1_then_l2_and_fill_l1_no_longer_than_l2_keeps_it(
     assert reader.l1.get("prompt") == "answer"
     clock.advance(2.5)
     assert reader.l1.get("prompt") is None  # the fill's TTL followed L2's
-    redis.Redis.from_url(redis_url(redis_server)).delete(b"lc:s:prompt")
+    redis.Redis.from_url(redis_url(redis_server)).delete(reader.l2.keyspace.name("prompt"))
     assert reader.get("prompt", "gone") == "gone"
     assert reader.stats()["misses"] == 1
 
@@ -61,7 +61,7 @@ def test_write_through_reaches_redis_before_returning_and_invalidates_others(
     raw = redis.Redis.from_url(redis_url(redis_server))
     one, two = make(), make()
     one.set("k", "v1")
-    assert raw.exists(b"lc:s:k")
+    assert raw.exists(one.l2.keyspace.name("k"))
     assert two.get("k") == "v1"
     one.set("k", "v2")
     started = time.monotonic()
@@ -117,7 +117,7 @@ def test_write_back_acknowledges_at_once_coalesces_and_flushes(
     cache.delete("k0")
     assert cache.get("hot") == 499
     assert cache.get("k0", "deleted") == "deleted"
-    assert not raw.exists(b"lc:s:hot")  # not yet in Redis
+    assert not raw.exists(cache.l2.keyspace.name("hot"))  # not yet in Redis
     assert cache.stats()["pending_writes"] == 11
     cache.flush()
     assert cache.stats()["pending_writes"] == 0
@@ -140,10 +140,10 @@ def test_write_back_flushes_by_interval_and_by_size(make: Any, redis_server: Any
     raw = redis.Redis.from_url(redis_url(redis_server))
     by_time = make(namespace="t", mode="write_back", flush_interval_s=0.05)
     by_time.set("k", 1)
-    assert wait_until(lambda: raw.exists(b"t:s:k"), 2.0)
+    assert wait_until(lambda: raw.exists(name("t", "k")), 2.0)
     by_size = make(namespace="s", mode="write_back", flush_interval_s=30, flush_batch=50)
     by_size.set_many({i: i for i in range(50)})
-    assert wait_until(lambda: raw.exists(b"s:i:49"), 2.0)
+    assert wait_until(lambda: raw.exists(name("s", 49)), 2.0)
 
 
 WRITER = textwrap.dedent(
@@ -198,12 +198,13 @@ def test_two_processes_never_read_stale_l1_100ms_after_a_write(redis_server: Any
 
 
 def test_tampered_signed_payload_is_a_miss(make: Any, redis_server: Any) -> None:
-    cache = make(signing_key=b"secret")
+    cache = make(signing_key=b"a secret of 16+ bytes")
     cache.set("k", {"a": 1})
     raw = redis.Redis.from_url(redis_url(redis_server))
-    payload = raw.get(b"lc:s:k")
+    stored = cache.l2.keyspace.name("k")
+    payload = raw.get(stored)
     assert payload is not None
-    raw.set(b"lc:s:k", payload[:-1] + bytes([payload[-1] ^ 1]))
+    raw.set(stored, payload[:-1] + bytes([payload[-1] ^ 1]))
     cache.l1.clear()
     assert cache.get("k", "miss") == "miss"
     assert cache.stats()["l2_rejected"] == 1

@@ -14,7 +14,7 @@ import redis
 
 from langcluster import BreakerConfig, CacheError, MemoryCache
 from langcluster.cache import LayeredCache, RedisCache
-from tests.support.helpers import redis_url, wait_until
+from tests.support.helpers import name, redis_url, wait_until
 from tests.support.servers import free_port
 
 pytestmark = pytest.mark.services
@@ -78,8 +78,8 @@ def test_write_back_back_pressure_waits_then_fails_without_writing(
     cache.set("sixth", 6)
     cache.close()
     raw = redis.Redis.from_url(url)
-    assert raw.exists(b"bp:s:sixth")
-    assert raw.exists(b"bp:i:4")
+    assert raw.exists(name("bp", "sixth"))
+    assert raw.exists(name("bp", 4))
 
 
 def test_sigkill_mid_run_loses_no_acknowledged_write_back_write(redis_restartable: Any) -> None:
@@ -120,7 +120,7 @@ def test_sigkill_mid_run_loses_no_acknowledged_write_back_write(redis_restartabl
     # began, and everything still queued at the kill, must be there.
     raw = redis.Redis.from_url(url)
     present = {
-        k: v for k, v in zip(acknowledged, raw.mget([f"kill:s:{k}" for k in acknowledged]),
+        k: v for k, v in zip(acknowledged, raw.mget([name("kill", k) for k in acknowledged]),
                              strict=True) if v is not None
     }  # fmt: skip
     assert all(f"k{i}" in present for i in range(2000, 3000))

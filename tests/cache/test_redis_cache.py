@@ -14,6 +14,7 @@ import redis
 
 from langcluster import CacheError
 from langcluster.cache import RedisCache
+from tests.support.helpers import name
 
 pytestmark = pytest.mark.services
 
@@ -80,7 +81,7 @@ def test_ttl_and_jitter(redis_server: Any) -> None:
     raw = redis.Redis.from_url(url(redis_server))
     started = time.monotonic()
     cache.set("short", 1)
-    pttl = raw.pttl(b"ttl:s:short")
+    pttl = raw.pttl(name("ttl", "short"))
     elapsed_ms = (time.monotonic() - started) * 1000
     assert 180 - elapsed_ms - 1 <= pttl <= 220  # 200 ms +- 10 %, less what has passed
     cache.set("long", 2, ttl=60)
@@ -94,7 +95,7 @@ def test_serializers(redis_server: Any, serializer: str) -> None:
     cache = RedisCache(url(redis_server), namespace=f"ser-{serializer}", serializer=serializer)
     cache.set("x", {"a": [1, 2], "b": "c"})
     assert cache.get("x") == {"a": [1, 2], "b": "c"}
-    raw = redis.Redis.from_url(url(redis_server)).get(f"ser-{serializer}:s:x".encode())
+    raw = redis.Redis.from_url(url(redis_server)).get(name(f"ser-{serializer}", "x"))
     assert raw is not None
     assert raw[:1] == {"pickle": b"P", "json": b"J", "msgpack": b"M"}[serializer]
 
@@ -115,11 +116,11 @@ def test_a_custom_serializer(redis_server: Any) -> None:
 def test_signed_pickles_reject_tampering_and_unsigned_payloads(
     redis_server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cache = RedisCache(url(redis_server), namespace="signed", signing_key=b"secret")
+    cache = RedisCache(url(redis_server), namespace="signed", signing_key=b"a secret of 16+ bytes")
     cache.set("x", [1, 2, 3])
     assert cache.get("x") == [1, 2, 3]
     raw = redis.Redis.from_url(url(redis_server))
-    payload = raw.get(b"signed:s:x")
+    payload = raw.get(name("signed", "x"))
     assert payload is not None
     assert payload[:1] == b"S"
 
@@ -130,14 +131,14 @@ def test_signed_pickles_reject_tampering_and_unsigned_payloads(
     import pickle
 
     evil = pickle.dumps(Boom())
-    raw.set(b"signed:s:forged", b"S" + b"\0" * 32 + evil)  # a wrong signature
-    raw.set(b"signed:s:plain", b"P" + evil)  # an unsigned pickle
+    raw.set(name("signed", "forged"), b"S" + b"\0" * 32 + evil)  # a wrong signature
+    raw.set(name("signed", "plain"), b"P" + evil)  # an unsigned pickle
     with caplog.at_level(logging.WARNING, logger="langcluster.cache.redis"):
         assert cache.get("forged", "miss") == "miss"
         assert cache.get("plain", "miss") == "miss"
     assert cache.stats()["rejected"] == 2
     assert "signature does not match" in caplog.text
-    other = RedisCache(url(redis_server), namespace="signed", signing_key=b"other key")
+    other = RedisCache(url(redis_server), namespace="signed", signing_key=b"another 16+ byte key")
     assert other.get("x", "miss") == "miss"
 
 

@@ -12,6 +12,13 @@ def redis_url(server: Any) -> str:
     return f"redis://{server.url}/0"
 
 
+def name(namespace: str, key: str | bytes | int) -> bytes:
+    """The Redis name under which a RedisCache of ``namespace`` keeps ``key``."""
+    from langcluster.cache.keyspace import Keyspace
+
+    return Keyspace(namespace).name(key)
+
+
 def wait_until(condition: Callable[[], object], timeout_s: float = 5.0) -> bool:
     """Polls ``condition`` until it holds or ``timeout_s`` passes; whether it
     held. For outcomes that another process or thread brings about, where

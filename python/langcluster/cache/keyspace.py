@@ -1,9 +1,13 @@
 """Where a ``RedisCache`` keeps its keys in Redis.
 
-A key of namespace ``ns`` is stored under ``ns:s:<str key>``,
-``ns:b:<bytes key>`` or ``ns:i:<int key>``, so the three key types never
-collide; the compute locks of ``LayeredCache.get_or_set`` live outside that
-pattern, so listing and clearing the namespace skip them.
+A key of namespace ``ns`` is stored under ``lc:<n>:<ns>:s:<str key>``,
+``...:b:<bytes key>`` or ``...:i:<int key>``, where ``<n>`` is the length
+of ``ns`` in UTF-8 bytes. The length makes the layout prefix-free: no
+namespace's names start with another's (``app`` does not see ``app:prod``'s
+keys, and a key of ``a`` can never read as a key of ``b``), and the three
+key types never collide. The compute locks of ``LayeredCache.get_or_set``
+live outside that pattern, so listing and clearing a namespace skip them.
+There are no braces, so Redis Cluster spreads a namespace over every master.
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ class Keyspace:
     __slots__ = ("namespace", "prefix")
 
     def __init__(self, namespace: str) -> None:
-        text("namespace", namespace)
+        encoded = text("namespace", namespace).encode()
         self.namespace = namespace
-        self.prefix = namespace.encode() + b":"
+        self.prefix = b"lc:%d:%s:" % (len(encoded), encoded)
 
     def name(self, key: Key) -> bytes:
         """The Redis name of ``key``."""

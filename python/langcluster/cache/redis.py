@@ -101,13 +101,15 @@ class RedisCache:
       SCAN and UNLINK, never FLUSHDB.
     - Batch operations are one round trip: MGET, and pipelined SETs with PX.
     - ``serializer`` is ``"pickle"``, ``"json"`` (orjson when installed),
-      ``"msgpack"`` or an object with ``dumps``/``loads``. With
-      ``signing_key``, pickles are signed with HMAC-SHA256, and a payload
-      whose signature does not match, or an unsigned pickle, is a miss
-      (counted in ``stats()["rejected"]`` and logged) that is never
-      unpickled. Without it, anyone who can write to the Redis can make this
-      process run code of their choosing when it unpickles: on a shared
-      Redis, set a key, or use JSON or msgpack.
+      ``"msgpack"`` or an object with ``dumps``/``loads``. The cache decodes
+      only its own format: a JSON cache never unpickles a payload found in
+      Redis. With ``signing_key`` (bytes or str, at least 16 bytes) every
+      payload is signed with HMAC-SHA256, and one whose signature does not
+      match, or an unsigned one, is refused. A refused payload (of another
+      format, unsigned, forged, or that does not decode) is a miss, counted
+      in ``stats()["rejected"]`` and logged, and is never run. Pickle
+      without a key trusts everyone who can write to the Redis: on a shared
+      Redis, set a key or use JSON or msgpack (docs/deployment.md).
     - ``ttl`` (seconds) is the default lifetime of an entry; ``ttl_jitter``
       (a fraction below 1) spreads expiries by up to that much either way.
     - ``socket_timeout_s`` bounds every call: a Redis that stalls raises
@@ -143,8 +145,7 @@ class RedisCache:
         fraction("ttl_jitter", ttl_jitter, below_one=True)
         seconds("socket_timeout_s", socket_timeout_s)
         text("url", url)
-        key = signing_key.encode() if isinstance(signing_key, str) else signing_key
-        self._codec = Codec(serializer, key)
+        self._codec = Codec(serializer, signing_key)
         self.namespace = namespace
         self.ttl = ttl
         self.ttl_jitter = ttl_jitter
