@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["MAX_SECONDS", "count", "fraction", "seconds", "text"]
+__all__ = ["MAX_SECONDS", "count", "flag", "fraction", "seconds", "text"]
 
 # About 31 years: more than any timeout, interval or lifetime needs.
 MAX_SECONDS = 1e9
@@ -58,6 +58,13 @@ def fraction(name: str, value: Any, *, below_one: bool = False) -> float:
         high = "below 1" if below_one else "1"
         raise ValueError(f"{name}: must be a number from 0 to {high}, got {value!r}")
     return number
+
+
+def flag(name: str, value: Any) -> bool:
+    """A bool (not any truthy value: ``"false"`` is truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: must be True or False, got {type(value).__name__}")
+    return value
 
 
 def text(name: str, value: Any, *, empty: bool = False) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import inspect
 import threading
 import time
 
@@ -255,8 +256,14 @@ async def test_async_single_flight_and_hits() -> None:
 
     assert await asyncio.gather(*(fetch(1) for _ in range(10))) == [2] * 10
     assert calls == 1
-    assert await fetch(1) == 2  # a hit, awaited without a coroutine
+    assert await fetch(1) == 2  # a hit
     assert calls == 1
+    # A hit is a coroutine like a miss: a task can be made of either.
+    assert inspect.iscoroutinefunction(fetch)
+    assert await asyncio.create_task(fetch(1)) == 2
+    assert await asyncio.create_task(fetch(2)) == 3
+    assert fetch.invalidate(2) is True  # type: ignore[attr-defined]
+    assert fetch.cache is not None  # type: ignore[attr-defined]
 
 
 @pytest.mark.asyncio

@@ -136,3 +136,16 @@ async def test_etcd_and_a_layered_cache_from_config(etcd_server: Any, redis_serv
     await announcer.close()
     for backend in backends:
         await backend.kill()
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.toml"
+    path.write_bytes(b'service = "\xff\xfe"\n')
+    with pytest.raises(ValueError, match=r"^config: .*cluster\.toml is not UTF-8"):
+        lc.Cluster.from_config(path)
+
+
+def test_duplicate_node_ids_are_refused_by_name() -> None:
+    nodes = [{"id": "a", "address": "h1"}, {"id": "a", "address": "h2"}]
+    with pytest.raises(ValueError, match=r"^discovery\.nodes\[1\]\.id: duplicate node id 'a'"):
+        lc.Cluster.from_config({"service": "s", "discovery": {"kind": "static", "nodes": nodes}})

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-from langcluster._checks import count, seconds
+from langcluster._checks import count, flag, seconds
 from langcluster._core import MemoryCache
 from langcluster._counters import Counters
 from langcluster._flow import Flow, adrive, drive
@@ -115,6 +115,7 @@ class LayeredCache:
         seconds("flush_interval_s", flush_interval_s)
         seconds("pending_timeout_s", pending_timeout_s)
         seconds("lock_ttl_s", lock_ttl_s)
+        flag("invalidation", invalidation)
         count("flush_batch", flush_batch)
         count("max_pending", max_pending)
         if not isinstance(breaker, BreakerConfig):

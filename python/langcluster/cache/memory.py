@@ -165,7 +165,8 @@ def cached(
     Concurrent calls with the same missing arguments run the function once
     and share its result; an exception is not cached and is raised in every
     caller that waited for it. The wrapper has ``invalidate(*args, **kwargs)``
-    and ``cache``. Methods are not supported directly: use ``key_fn`` and a
+    and ``cache``; wrapping a coroutine function gives a coroutine function.
+    Methods are not supported directly: use ``key_fn`` and a
     plain function, since ``self`` is not a valid key.
     """
     if not isinstance(cache, MemoryCache):
@@ -176,10 +177,20 @@ def cached(
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         if not callable(fn):
             raise TypeError(f"cached: expected a function, got {type(fn).__name__}")
-        wrapper = wrap_cached(
-            fn, cache, Flights(), ttl=ttl, key_fn=key_fn, is_async=inspect.iscoroutinefunction(fn)
-        )
-        functools.update_wrapper(wrapper, fn)
-        return cast("Callable[P, R]", wrapper)
+        is_async = inspect.iscoroutinefunction(fn)
+        wrapper = wrap_cached(fn, cache, Flights(), ttl=ttl, key_fn=key_fn, is_async=is_async)
+        if not is_async:
+            functools.update_wrapper(wrapper, fn)
+            return cast("Callable[P, R]", wrapper)
+
+        # A coroutine function stays one: calling it returns a coroutine, as
+        # asyncio.create_task and frameworks that inspect functions expect.
+        @functools.wraps(fn)
+        async def coroutine(*args: Any, **kwargs: Any) -> Any:
+            return await wrapper(*args, **kwargs)
+
+        coroutine.invalidate = wrapper.invalidate  # type: ignore[attr-defined]
+        coroutine.cache = cache  # type: ignore[attr-defined]
+        return cast("Callable[P, R]", coroutine)
 
     return decorate

@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from langcluster._checks import fraction, seconds, text
+from langcluster._checks import flag, fraction, seconds, text
 from langcluster._counters import Counters
 from langcluster._flow import Effect, Flow, adrive, drive
 from langcluster._sentinel import MISSING
@@ -145,6 +145,7 @@ class RedisCache:
         fraction("ttl_jitter", ttl_jitter, below_one=True)
         seconds("socket_timeout_s", socket_timeout_s)
         text("url", url)
+        flag("cluster", cluster)
         self._codec = Codec(serializer, signing_key)
         self.namespace = namespace
         self.ttl = ttl
@@ -156,13 +157,18 @@ class RedisCache:
 
         self.cluster = cluster or isinstance(client, RedisCluster)
         factory = RedisCluster if self.cluster else redis.Redis
-        self._client: Any = (
-            client
-            if client is not None
-            else factory.from_url(
-                url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
+        try:
+            self._client: Any = (
+                client
+                if client is not None
+                else factory.from_url(
+                    url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
+                )
             )
-        )
+        except ValueError as error:  # redis-py's word for a URL it cannot read
+            raise ValueError(f"url: {error}") from None
+        except Exception as error:  # a cluster client asks a node for the slots at once
+            raise CacheError(f"redis ({namespace}): cannot reach {url}: {error}") from error
         self._async_client = async_client
         self._stats = Counters("hits", "misses", "errors", "rejected")
         self._count = self._stats.add

@@ -29,6 +29,7 @@ from langcluster.discovery import (
     StaticDiscovery,
     node_from_record,
 )
+from langcluster.discovery.base import unique_duplicate
 from langcluster.errors import DiscoveryError
 from langcluster.failover import Backoff, FailoverConfig
 from langcluster.health import HealthCheck, HealthConfig, HealthMonitor, HttpCheck, TcpCheck
@@ -144,11 +145,13 @@ def _node(path: str, record: object) -> Node:
 
 def _balancer(value: object) -> Balancer:
     options: dict[str, Any] = {}
+    where = "balancer"
     if isinstance(value, Mapping):
         options = dict(value)
         value = options.pop("kind", "adaptive")
+        where = "balancer.kind"
     if not isinstance(value, str) or value not in BALANCERS:
-        raise ValueError(f"balancer: must be one of {', '.join(BALANCERS)}, got {value!r}")
+        raise ValueError(f"{where}: must be one of {', '.join(BALANCERS)}, got {value!r}")
     return _make("balancer", BALANCERS[value], options)
 
 
@@ -159,6 +162,9 @@ def _discovery(service: str, table: dict[str, Any]) -> Discovery:
         if not isinstance(records, list):
             raise ValueError("discovery.nodes: must be a list of tables")
         nodes = [_node(f"discovery.nodes[{i}]", r) for i, r in enumerate(records)]
+        if (duplicate := unique_duplicate(nodes)) is not None:
+            i, node_id = duplicate
+            raise ValueError(f"discovery.nodes[{i}].id: duplicate node id {node_id!r}")
         return _make("discovery", StaticDiscovery, {"nodes": nodes, **table})
     if kind == "etcd":
         return _make("discovery", EtcdDiscovery, {"service": service, **table})
@@ -178,7 +184,10 @@ def _health(table: dict[str, Any]) -> HealthConfig | None:
     monitor_fields, check_fields = _split(table, "health", HealthMonitor, check_class)
     if check_timeout is not None:
         check_fields["timeout_s"] = check_timeout
-    check = _make("health", check_class, check_fields)
+    try:
+        check = _make("health", check_class, check_fields)
+    except ValueError as error:  # the check's timeout_s is the file's check_timeout_s
+        raise ValueError(str(error).replace("health.timeout_s", "health.check_timeout_s")) from None
     return _make("health", HealthConfig, {"check": check, **monitor_fields})
 
 

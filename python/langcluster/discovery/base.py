@@ -9,7 +9,7 @@ from typing import Protocol, runtime_checkable
 from langcluster.errors import DiscoveryError
 from langcluster.node import Node
 
-__all__ = ["Discovery", "node_from_record"]
+__all__ = ["Discovery", "node_from_record", "unique_duplicate"]
 
 
 @runtime_checkable
@@ -26,6 +26,17 @@ class Discovery(Protocol):
     async def nodes(self) -> list[Node]: ...
     def watch(self) -> AsyncIterator[list[Node]]: ...
     async def close(self) -> None: ...
+
+
+def unique_duplicate(nodes: list[Node]) -> tuple[int, str] | None:
+    """The position and id of the first node whose id an earlier node has
+    (balancers refuse such a set), or None."""
+    seen: set[str] = set()
+    for i, node in enumerate(nodes):
+        if node.id in seen:
+            return i, node.id
+        seen.add(node.id)
+    return None
 
 
 def node_from_record(record: object) -> Node:

@@ -202,6 +202,12 @@ class ConsulDiscovery:
                     "consul: skipping malformed instance %r: %s", entry.get("Service"), error
                 )
                 continue
+            if node.id in nodes:
+                # Service ids are unique per agent, not per cluster: two
+                # agents can each hold one. Balancers refuse the pair.
+                _log.warning("consul: two instances of %s have the id %r; keeping the first",
+                             self.service, node.id)  # fmt: skip
+                continue
             nodes[node.id] = node
         return nodes
 

@@ -84,8 +84,8 @@ class EtcdDiscovery:
     ) -> None:
         if "/" in text("service", service):
             raise ValueError(f"service: must be a name without '/', got {service!r}")
-        if isinstance(endpoints, str):
-            raise TypeError("endpoints: must be a list of URLs, not one str")
+        if isinstance(endpoints, str | bytes) or not isinstance(endpoints, Iterable):
+            raise TypeError(f"endpoints: must be a list of URLs, got {type(endpoints).__name__}")
         self.endpoints = [text("endpoints", e).rstrip("/") for e in endpoints]
         if not self.endpoints:
             raise ValueError("endpoints: must not be empty")

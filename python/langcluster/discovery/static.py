@@ -13,7 +13,7 @@ from typing import Any
 
 from langcluster import _toml
 from langcluster._checks import seconds
-from langcluster.discovery.base import node_from_record
+from langcluster.discovery.base import node_from_record, unique_duplicate
 from langcluster.errors import DiscoveryError
 from langcluster.node import Node
 
@@ -47,11 +47,17 @@ class StaticDiscovery:
         seconds("poll_s", poll_s)
         self.file = Path(file) if file is not None else None
         self.poll_s = poll_s
-        self._nodes: dict[str, Node] = {}
-        for node in nodes:
+        if isinstance(nodes, Node) or not isinstance(nodes, Iterable):
+            raise TypeError(
+                f"nodes: must be an iterable of Node objects, got {type(nodes).__name__}"
+            )
+        listed = list(nodes)
+        for i, node in enumerate(listed):
             if not isinstance(node, Node):
-                raise TypeError(f"nodes: must be Node objects, got {type(node).__name__}")
-            self._nodes[node.id] = node
+                raise TypeError(f"nodes[{i}]: must be a Node, got {type(node).__name__}")
+        if (duplicate := unique_duplicate(listed)) is not None:
+            raise ValueError(f"nodes[{duplicate[0]}].id: duplicate node id {duplicate[1]!r}")
+        self._nodes: dict[str, Node] = {node.id: node for node in listed}
         self._stamp: tuple[float, int] | None = None
         self._version = 0
         self._closed = False
@@ -76,6 +82,8 @@ class StaticDiscovery:
                 nodes.append(node_from_record(record))
             except DiscoveryError as bad:
                 _log.warning("%s: skipping record %d: %s", self.file, i, bad)
+        if (duplicate := unique_duplicate(nodes)) is not None:
+            raise DiscoveryError(f"duplicate node id {duplicate[1]!r} (balancers refuse the set)")
         return nodes
 
     def _load(self, initial: bool = False) -> bool:
@@ -87,7 +95,8 @@ class StaticDiscovery:
             if stamp == self._stamp:
                 return False
             nodes = self._read()
-        except (OSError, ValueError, DiscoveryError) as error:
+        except (OSError, ValueError, RecursionError, DiscoveryError) as error:
+            # RecursionError: a file nested deeper than the parser goes.
             if initial:
                 raise DiscoveryError(f"{self.file}: {error}") from error
             _log.error("%s: keeping the last good node list: %s", self.file, error)

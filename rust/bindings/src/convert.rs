@@ -77,7 +77,13 @@ pub fn string(name: &'static str, value: &Bound<'_, PyAny>) -> Result<String> {
     let text = value
         .cast::<PyString>()
         .map_err(|_| Error::expected(name, "a str", value))?;
-    Ok(text.to_str()?.to_owned())
+    let text = text.to_str().map_err(|_| {
+        langcluster_core::Error::invalid(
+            name,
+            "must be text that UTF-8 can encode (no lone surrogates)",
+        )
+    })?;
+    Ok(text.to_owned())
 }
 
 /// A callable, or None.

@@ -7,13 +7,15 @@ use std::sync::Arc;
 mod lease;
 
 use langcluster_core::balancer::{
-    self as core, NodeSpec, NodeState, NodeStats, Strategy, DEFAULT_DECAY_S,
+    self as core, NodeSpec, NodeState, NodeStats, Strategy, DEFAULT_DECAY_S, DEFAULT_VNODES,
 };
 use langcluster_core::Error as CoreError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::convert::{check_routing_key, node_specs, number, optional_number, routing_hash};
+use crate::convert::{
+    check_routing_key, node_specs, number, optional_integer, optional_number, routing_hash,
+};
 use crate::errors::Result;
 pub use lease::Lease;
 use lease::PickState;
@@ -277,9 +279,13 @@ pub struct Adaptive;
 #[pymethods]
 impl Adaptive {
     #[new]
-    // The literal (equal to DEFAULT_DECAY_S) shows in the Python signature.
-    #[pyo3(signature = (nodes=None, *, decay_s=10.0))]
-    fn new(nodes: Option<&Bound<'_, PyAny>>, decay_s: f64) -> Result<PyClassInitializer<Self>> {
+    #[pyo3(signature = (nodes=None, *, decay_s=None))]
+    #[pyo3(text_signature = "(nodes=None, *, decay_s=10.0)")]
+    fn new(
+        nodes: Option<&Bound<'_, PyAny>>,
+        decay_s: Option<&Bound<'_, PyAny>>,
+    ) -> Result<PyClassInitializer<Self>> {
+        let decay_s = optional_number("decay_s", decay_s)?.unwrap_or(DEFAULT_DECAY_S);
         let base = Balancer::build(core::Adaptive, nodes, decay_s)?;
         Ok(PyClassInitializer::from(base).add_subclass(Adaptive))
     }
@@ -295,13 +301,14 @@ pub struct ConsistentHash {
 #[pymethods]
 impl ConsistentHash {
     #[new]
-    // The literal (equal to DEFAULT_VNODES) shows in the Python signature.
-    #[pyo3(signature = (nodes=None, *, vnodes=160, load_factor=None))]
+    #[pyo3(signature = (nodes=None, *, vnodes=None, load_factor=None))]
+    #[pyo3(text_signature = "(nodes=None, *, vnodes=160, load_factor=None)")]
     fn new(
         nodes: Option<&Bound<'_, PyAny>>,
-        vnodes: i64,
+        vnodes: Option<&Bound<'_, PyAny>>,
         load_factor: Option<&Bound<'_, PyAny>>,
     ) -> Result<PyClassInitializer<Self>> {
+        let vnodes = optional_integer("vnodes", vnodes)?.unwrap_or(i64::from(DEFAULT_VNODES));
         let load_factor = optional_number("load_factor", load_factor)?;
         let strategy = core::ConsistentHash::from_settings(vnodes, load_factor)?;
         let vnodes = strategy.vnodes();
