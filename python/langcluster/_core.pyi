@@ -249,6 +249,9 @@ class CircuitBreaker:
         """The window's counts and rates, the state and ``retry_after_s``."""
     def force_open(self) -> None: ...
     def disable(self) -> None: ...
+    def half_open(self) -> None:
+        """Ends an open period now (or starts a half-open one afresh): the
+        next calls are trials."""
     def reset(self) -> None: ...
     def on_state_change(self, callback: _F) -> _F:
         """Registers ``callback(old_state, new_state)``; returns it."""

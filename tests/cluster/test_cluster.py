@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -78,6 +79,46 @@ async def test_health_checks_take_a_dead_server_out_and_bring_it_back() -> None:
             assert time.monotonic() < deadline + 6
             await asyncio.sleep(0.02)
         assert "health" in cluster.stats()["nodes"]["s0"]
+    for backend in backends:
+        await backend.kill()
+
+
+async def until(condition: Callable[[], object], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.asyncio
+async def test_a_node_whose_health_checks_pass_again_leaves_ejection_at_once() -> None:
+    backends = await servers(2, latency_s=0.001)
+    client = httpx.AsyncClient(timeout=0.5)
+    cluster = lc.Cluster(
+        service="t", nodes=[s.node() for s in backends], balancer="round_robin",
+        health=lc.HealthConfig(lc.TcpCheck(timeout_s=0.1), interval_s=0.1, timeout_s=0.05,
+                               rise=1, fall=1),
+        # Open for a minute: only a health check can bring the node back soon.
+        breaker=lc.BreakerConfig(window_size=2, minimum_calls=2, open_timeout_s=60.0),
+        failover=lc.FailoverConfig(max_attempts=2, backoff=lc.Backoff(base_s=0.001, max_s=0.002)),
+    )  # fmt: skip
+    async with cluster:
+        events: list[lc.ClusterEvent] = []
+        cluster.subscribe(events.append)
+        await backends[0].kill()
+        while cluster.failover.breaker("s0").state != "open":
+            await cluster.call(asker(client))
+        await until(lambda: cluster.registry.get("s0").status is lc.NodeStatus.UNHEALTHY)  # type: ignore[union-attr]
+        await backends[0].start()
+        await until(lambda: cluster.registry.get("s0").status is lc.NodeStatus.HEALTHY)  # type: ignore[union-attr]
+        assert cluster.failover.breaker("s0").state == "half_open"  # not open for a minute
+        answers = [await cluster.call(asker(client)) for _ in range(10)]
+        assert "s0" in answers
+        assert cluster.failover.breaker("s0").state == "closed"
+        kinds = [(e.kind, e.node_id) for e in events]
+        healthy = kinds.index(("status_changed", "s0"), kinds.index(("breaker_opened", "s0")))
+        assert ("breaker_half_open", "s0") in kinds[healthy:]
+    await client.aclose()
     for backend in backends:
         await backend.kill()
 

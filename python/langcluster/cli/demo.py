@@ -93,6 +93,8 @@ def summary(cluster: Cluster, run: Run, elapsed: float) -> dict[str, Any]:
         "health_flips": run.kinds.get("status_changed", 0),
         "backend_calls": stats["failover"]["attempts"],
         "per_node": {n: s["picks"] for n, s in stats["nodes"].items()},
+        # A node that recovered leaves ejection when its health checks pass.
+        "breakers_at_end": {n: s["breaker"] for n, s in stats["nodes"].items()},
     }
 
 
@@ -334,6 +336,8 @@ def report(result: dict[str, Any]) -> str:
             f"  failovers       {result['failovers']} calls moved to another node, "
             f"{result['breaker_opens']} breaker openings, {result['health_flips']} health changes",
             "  per node        " + ", ".join(f"{n} {c}" for n, c in result["per_node"].items()),
+            "  breakers at end "
+            + ", ".join(f"{n} {b}" for n, b in result["breakers_at_end"].items()),
         ]
     )
 

@@ -37,7 +37,7 @@ from langcluster.cache import Cache, LayeredCache, RedisCache
 from langcluster.discovery import Discovery, StaticDiscovery
 from langcluster.failover import FailoverConfig, FailoverEvent, FailoverEventKind, FailoverManager
 from langcluster.health import HealthCheck, HealthConfig, HealthMonitor
-from langcluster.node import Node
+from langcluster.node import Node, NodeStatus
 from langcluster.registry import NodeEvent, NodeEventKind, NodeRegistry
 from langcluster.types import BalancerName, Key
 
@@ -366,6 +366,15 @@ class Cluster:
     # --------------------------------------------------------------- events
 
     def _on_node(self, event: NodeEvent) -> None:
+        if (
+            self.health is not None
+            and event.kind is NodeEventKind.STATUS_CHANGED
+            and event.node.status is NodeStatus.HEALTHY
+        ):
+            # A node whose checks pass again leaves ejection (Envoy's
+            # successful_active_health_check_uneject_host): its breaker goes
+            # half-open, and trial calls tell whether it serves.
+            self.failover.revive(event.node.id)
         detail = f"status {event.node.status.value}"
         self._events.emit(
             ClusterEvent(ClusterEventSource.NODE, event.kind, event.node.id, detail, event.at)

@@ -51,10 +51,10 @@ class FailoverManager:
       closes the breaker (back in rotation for good) or reopens it.
     - **Retries on another node**, for exceptions in ``retry_on``, after a
       ``Backoff`` delay with full jitter, at most ``max_attempts`` attempts
-      in all, and only within the **retry budget**: over the last 10
-      seconds, retries may be at most ``retry_budget`` of the calls (but
-      ``min_retries`` are always allowed), as Envoy's ``retry_budget``
-      does, so that a failing cluster is not hammered by retries.
+      in all, and only within the **retry budget** (Envoy's): the retries in
+      progress may be ``retry_budget`` of the calls in progress, and
+      ``min_retries`` at once are always allowed. A call made alone may
+      always retry; a failing cluster under load is not hammered.
     - **Priority groups.** With ``priority`` (a function of the node, or a
       mapping of node ids, to a level; 0 is the primary level), nodes of a
       level are in rotation only while the levels before it are not healthy
@@ -166,12 +166,25 @@ class FailoverManager:
                 self._cooling[node_id] = self._now() + retry_after if new == "open" else math.inf
             self._emit(Kind.BREAKER_OPENED, node, detail=f"{old} -> {new}")
         elif new == "half_open":
+            with self._lock:  # trials may go to it now, however the period ended
+                self._cooling.pop(node_id, None)
             self._emit(Kind.BREAKER_HALF_OPEN, node)
         elif new in ("closed", "disabled"):
             with self._lock:
                 self._cooling.pop(node_id, None)
             self._emit(Kind.BREAKER_CLOSED, node, detail=f"{old} -> {new}")
         self._sync_availability()
+
+    def revive(self, node_id: str) -> None:
+        """The node is healthy again (its health checks pass): if its breaker
+        is open, it goes half-open now and the node is back in rotation for
+        trial calls, instead of waiting out an open time that failed trials
+        may have grown; if it is half-open, its trials start afresh, so a
+        trial that failed before the recovery does not reopen it."""
+        with self._lock:
+            breaker = self._breakers.get(node_id)
+        if breaker is not None:
+            breaker.half_open()
 
     def _level(self, node: Any) -> int:
         if self._priority is None:
@@ -285,25 +298,28 @@ class FailoverManager:
 
     def _call(self, fn: Callable[[Any], Any], key: Key | None) -> Flow[Any]:
         plan = Plan(self, key)
-        while (delay := plan.next_delay()) is not None:
-            if delay:
-                yield Sleep(delay)
-                self._revive_due()
-            node = plan.next_node()
-            try:
-                if self.hedge_after_s is None:
-                    self._count("attempts")
-                    result = yield from self._attempt(node, fn)
-                else:
-                    result = yield _Hedged(self, node, fn, plan)
-            except CircuitOpenError as error:
-                plan.refused(error)
-                continue
-            except BaseException as error:
-                plan.failed(node, error)
-                continue
-            return plan.succeeded(result)
-        raise plan.give_up()
+        try:
+            while (delay := plan.next_delay()) is not None:
+                if delay:
+                    yield Sleep(delay)
+                    self._revive_due()
+                node = plan.next_node()
+                try:
+                    if self.hedge_after_s is None:
+                        self._count("attempts")
+                        result = yield from self._attempt(node, fn)
+                    else:
+                        result = yield _Hedged(self, node, fn, plan)
+                except CircuitOpenError as error:
+                    plan.refused(error)
+                    continue
+                except BaseException as error:
+                    plan.failed(node, error)
+                    continue
+                return plan.succeeded(result)
+            raise plan.give_up()
+        finally:
+            plan.close()
 
     async def call(self, fn: Callable[[Any], Awaitable[T]], *, key: Key | None = None) -> T:
         """Awaits ``fn(node)`` on a picked node, failing over as configured

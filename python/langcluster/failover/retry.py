@@ -1,13 +1,12 @@
 """When a failed call may be retried, and after how long: ``Backoff``, the
-retry budget, and ``Plan``, the bookkeeping of one call's attempts."""
+retry budget (Envoy's: retries in progress against calls in progress), and
+``Plan``, the bookkeeping of one call's attempts."""
 
 from __future__ import annotations
 
 import math
 import random
 import threading
-import time
-from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -54,40 +53,41 @@ class Backoff:
 
 
 class RetryBudget:
-    """Calls and retries over a sliding window of 1-second buckets: retries
-    may be ``ratio`` of the calls (``None``: no limit), and at least
-    ``min_retries`` are always allowed."""
+    """Envoy's retry budget: the retries in progress at once may be
+    ``ratio`` of the calls in progress (``None``: no limit), and
+    ``min_retries`` are always allowed. A retry holds its place until its
+    attempt ends. So low traffic never starves a retry (a lone call may
+    always retry), while a failing cluster under load sees at most a fifth
+    more attempts than calls, not a multiple."""
 
-    def __init__(self, ratio: float | None, min_retries: int, window_s: int = 10) -> None:
+    def __init__(self, ratio: float | None, min_retries: int) -> None:
         self.ratio = ratio
         self.min_retries = min_retries
-        self.window_s = window_s
-        self.buckets: deque[list[int]] = deque()  # [second, calls, retries]
+        self.calls = 0  # in progress
+        self.retries = 0  # in progress
         self.lock = threading.Lock()
 
-    def _bucket(self, now: float) -> list[int]:
-        second = int(now)
-        while self.buckets and self.buckets[0][0] <= second - self.window_s:
-            self.buckets.popleft()
-        if not self.buckets or self.buckets[-1][0] != second:
-            self.buckets.append([second, 0, 0])
-        return self.buckets[-1]
-
-    def note_call(self) -> None:
+    def call_started(self) -> None:
         with self.lock:
-            self._bucket(time.monotonic())[1] += 1
+            self.calls += 1
+
+    def call_ended(self) -> None:
+        with self.lock:
+            self.calls -= 1
 
     def try_retry(self) -> bool:
-        if self.ratio is None:
-            return True
+        """Takes a place for one retry, or says there is none."""
         with self.lock:
-            bucket = self._bucket(time.monotonic())
-            calls = sum(b[1] for b in self.buckets)
-            retries = sum(b[2] for b in self.buckets)
-            if retries >= max(self.min_retries, self.ratio * calls):
+            if self.ratio is not None and self.retries >= max(
+                self.min_retries, self.ratio * self.calls
+            ):
                 return False
-            bucket[2] += 1
+            self.retries += 1
             return True
+
+    def retry_ended(self) -> None:
+        with self.lock:
+            self.retries -= 1
 
 
 class Plan:
@@ -101,9 +101,20 @@ class Plan:
         self.tried: set[str] = set()
         self.refusals = 0
         self.last_error: BaseException | None = None
+        self.retrying = False  # holds a place in the retry budget
         manager._count("calls")
-        manager._budget.note_call()
+        manager._budget.call_started()
         manager._revive_due()
+
+    def close(self) -> None:
+        """The call is over, however it ended: its places in the budget go back."""
+        self._retry_over()
+        self.manager._budget.call_ended()
+
+    def _retry_over(self) -> None:
+        if self.retrying:
+            self.retrying = False
+            self.manager._budget.retry_ended()
 
     def next_delay(self) -> float | None:
         """0 for the first attempt and after a refusal; a backoff delay
@@ -112,12 +123,14 @@ class Plan:
         if not attempts or isinstance(self.last_error, CircuitOpenError):
             return 0.0
         m = self.manager
+        self._retry_over()  # the retry before this one, if any, has ended
         if attempts >= m.max_attempts:
             return None
         if not m._budget.try_retry():
             m._count("budget_exhausted")
             m._emit(Kind.BUDGET_EXHAUSTED, error=self.last_error)
             return None
+        self.retrying = True
         m._count("retries")
         detail = f"retry {attempts} of {m.max_attempts - 1}"
         m._emit(Kind.RETRY, error=self.last_error, detail=detail)

@@ -420,6 +420,14 @@ impl CircuitBreaker {
         self.announce(py, t);
     }
 
+    /// Ends an open period now, or starts a half-open one afresh: the next
+    /// calls are trials (a health check saw the service recover). Does
+    /// nothing in any other state.
+    fn half_open(&self, py: Python<'_>) {
+        let t = self.inner.half_open(|| self.now(py));
+        self.announce(py, t);
+    }
+
     fn reset(&self, py: Python<'_>) {
         let t = self.inner.reset(|| self.now(py));
         self.announce(py, t);

@@ -648,6 +648,25 @@ impl CircuitBreaker {
         self.force(State::Disabled, now)
     }
 
+    /// Ends an open period early: an open breaker goes half-open now, so its
+    /// next calls are trials (a health check saw the service recover, as
+    /// Envoy un-ejects a host on a passing active check). A half-open one
+    /// starts a fresh trial period, forgetting trials that failed before the
+    /// recovery. Nothing happens in any other state. The backoff history
+    /// stays: trials that fail reopen it for longer, trials that pass close
+    /// it.
+    pub fn half_open(&self, now: impl Fn() -> u64) -> Option<Transition> {
+        loop {
+            let word = self.word.load(Ordering::Acquire);
+            if !matches!(State::from_bits(word), State::Open | State::HalfOpen) {
+                return None;
+            }
+            if let Some(t) = self.transition(word, State::HalfOpen, &now) {
+                return Some(t);
+            }
+        }
+    }
+
     /// Back to closed with an empty window and no backoff history.
     pub fn reset(&self, now: impl Fn() -> u64) -> Option<Transition> {
         let t = self.force(State::Closed, now);

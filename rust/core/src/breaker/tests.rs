@@ -189,6 +189,44 @@ fn forced_states_and_reset() {
 }
 
 #[test]
+fn half_open_ends_an_open_period_early_and_only_that() {
+    let b = breaker(|_| {});
+    assert_eq!(b.half_open(|| 0), None, "closed: nothing to end");
+    for _ in 0..4 {
+        b.on_failure(|| 0, None);
+    }
+    assert_eq!(b.state(), State::Open);
+    assert!(!allowed(&b, MS), "open for a second");
+    assert_eq!(
+        b.half_open(|| MS),
+        Some(Transition {
+            from: State::Open,
+            to: State::HalfOpen
+        })
+    );
+    assert!(allowed(&b, 2 * MS), "a trial goes through at once");
+    b.on_failure(|| 2 * MS, None); // one trial of two fails (the service was still down)
+    assert_eq!(b.state(), State::HalfOpen);
+    assert_eq!(
+        b.half_open(|| 3 * MS),
+        Some(Transition {
+            from: State::HalfOpen,
+            to: State::HalfOpen
+        }),
+        "a fresh trial period"
+    );
+    for _ in 0..2 {
+        assert!(allowed(&b, 4 * MS));
+        b.on_success(|| 4 * MS, None);
+    }
+    assert_eq!(
+        b.state(),
+        State::Closed,
+        "the failure before the recovery is forgotten"
+    );
+}
+
+#[test]
 fn bad_configs_name_the_argument() {
     let bad = |f: fn(&mut BreakerConfig)| {
         let mut c = BreakerConfig::default();
