@@ -14,8 +14,8 @@ from langcluster import CircuitBreaker, CircuitOpenError, LangClusterError
 
 
 class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
 
     def __call__(self) -> float:
         return self.now
@@ -48,6 +48,19 @@ def test_call_returns_results_and_opens_on_failures() -> None:
     clock.now += 5.0
     assert breaker.call(lambda x: x * 2, 21) == 42
     assert breaker.state == "half_open"  # one of five trials has reported
+
+
+@pytest.mark.parametrize("start", [1000.0, 1.8e9, 1.7e10])
+def test_a_clock_of_any_origin_keeps_the_breaker_open_for_its_time(start: float) -> None:
+    # 1.8e9 is time.time(): past the 40 bits of milliseconds a deadline
+    # is kept in, so one once wrapped and opened the breaker at once.
+    clock = Clock(start)
+    breaker = tripped(clock)
+    clock.now += 4.9
+    assert not breaker.allow()
+    assert breaker.metrics()["retry_after_s"] == pytest.approx(0.1, abs=0.002)
+    clock.now += 0.102  # deadlines are kept in whole milliseconds
+    assert breaker.allow()
 
 
 def test_half_open_closes_after_successful_trials_and_reopens_on_failure() -> None:

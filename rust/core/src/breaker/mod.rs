@@ -299,15 +299,20 @@ pub enum Admission {
 
 const MAX_WINDOW: u32 = 1_000_000;
 /// The longest open time: the open deadline is kept in 40 bits of
-/// milliseconds, and 30 days keeps it far from wrapping.
+/// milliseconds (34 years) from the breaker's first opening, and 30 days
+/// keeps it far from wrapping.
 const MAX_OPEN: Duration = Duration::from_secs(30 * 86_400);
 const MAX_TRIALS: u32 = 4095;
 
-// State word: state (3 bits) | transition counter (21 bits) | deadline in ms (40 bits).
+// State word: state (3 bits) | transition counter (21 bits) | deadline in ms
+// (40 bits), counted from `CircuitBreaker::origin_ms`.
 const STATE_MASK: u64 = 0b111;
 const EPOCH_SHIFT: u32 = 3;
 const EPOCH_MASK: u64 = (1 << 21) - 1;
 const DEADLINE_SHIFT: u32 = 24;
+const DEADLINE_MAX: u64 = (1 << (64 - DEADLINE_SHIFT)) - 1;
+/// `origin_ms` before the first opening.
+const NO_ORIGIN: u64 = u64::MAX;
 
 fn pack(state: State, epoch: u64, deadline_ms: u64) -> u64 {
     state.bits() | ((epoch & EPOCH_MASK) << EPOCH_SHIFT) | (deadline_ms << DEADLINE_SHIFT)
@@ -315,10 +320,6 @@ fn pack(state: State, epoch: u64, deadline_ms: u64) -> u64 {
 
 fn epoch_of(word: u64) -> u64 {
     (word >> EPOCH_SHIFT) & EPOCH_MASK
-}
-
-fn deadline_ns(word: u64) -> u64 {
-    (word >> DEADLINE_SHIFT).saturating_mul(1_000_000)
 }
 
 // Trial word: half-open period (16 bits) | permits out | successes | failures | slow (12 bits each).
@@ -367,6 +368,10 @@ pub struct CircuitBreaker {
     word: AtomicU64,
     trials: AtomicU64,
     reopened: AtomicU32,
+    /// The clock's reading, in ms, at the first opening: open deadlines are
+    /// kept relative to it, so a clock of any origin (`time.time()` as well
+    /// as a process clock) fits their 40 bits.
+    origin_ms: AtomicU64,
     window: Window,
 }
 
@@ -395,6 +400,7 @@ impl CircuitBreaker {
             word: AtomicU64::new(pack(State::Closed, 0, 0)),
             trials: AtomicU64::new(Trials::fresh(0).pack()),
             reopened: AtomicU32::new(0),
+            origin_ms: AtomicU64::new(NO_ORIGIN),
         })
     }
 
@@ -418,9 +424,13 @@ impl CircuitBreaker {
             } else {
                 0
             };
-            now()
+            let now_ns = now();
+            let origin = self.origin_ms(now_ns / 1_000_000);
+            now_ns
                 .saturating_add(self.open_time_ns(reopenings))
                 .div_ceil(1_000_000)
+                .saturating_sub(origin)
+                .min(DEADLINE_MAX)
         } else {
             0
         };
@@ -455,6 +465,30 @@ impl CircuitBreaker {
         Some(Transition { from, to })
     }
 
+    /// The origin of open deadlines, set (to `now_ms`) by the first opening.
+    /// It is stored before the state word that uses it is published, and
+    /// read after that word is loaded (acquire), so readers always see it.
+    fn origin_ms(&self, now_ms: u64) -> u64 {
+        match self.origin_ms.compare_exchange(
+            NO_ORIGIN,
+            now_ms,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => now_ms,
+            Err(origin) => origin,
+        }
+    }
+
+    /// The open deadline of `word`, in the clock's nanoseconds.
+    fn deadline_ns(&self, word: u64) -> u64 {
+        let origin = self.origin_ms.load(Ordering::Acquire);
+        let origin = if origin == NO_ORIGIN { 0 } else { origin };
+        origin
+            .saturating_add(word >> DEADLINE_SHIFT)
+            .saturating_mul(1_000_000)
+    }
+
     /// How long the next open period lasts: doubling per reopening in a
     /// row, capped, with jitter, when `max_open_timeout` is set.
     fn open_time_ns(&self, reopenings: u32) -> u64 {
@@ -487,7 +521,7 @@ impl CircuitBreaker {
                 }
                 State::ForcedOpen => return (Admission::Refused { retry_after_ns: 0 }, transition),
                 State::Open => {
-                    let deadline = deadline_ns(word);
+                    let deadline = self.deadline_ns(word);
                     let now_ns = now();
                     if now_ns < deadline {
                         let wait = deadline - now_ns;
@@ -704,7 +738,7 @@ impl CircuitBreaker {
             failure_rate: rate(t.failures),
             slow_call_rate: rate(t.slow),
             retry_after_ns: if state == State::Open {
-                deadline_ns(word).saturating_sub(now_ns)
+                self.deadline_ns(word).saturating_sub(now_ns)
             } else {
                 0
             },

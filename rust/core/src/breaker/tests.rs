@@ -262,3 +262,31 @@ fn concurrent_half_open_never_admits_more_than_the_permits() {
     assert_eq!(admitted, 3);
     assert_eq!(b.state(), State::HalfOpen);
 }
+
+#[test]
+fn an_open_deadline_holds_whatever_the_clock_origin() {
+    // A wall clock (`time.time()` in ns, beyond 40 bits of ms), the far end
+    // of a saturated clock, and a process clock that has run for 40 years.
+    for start in [1_800_000_000 * S, u64::MAX - 10 * S, 40 * 365 * 86_400 * S] {
+        let b = breaker(|_| {});
+        for _ in 0..4 {
+            b.on_failure(|| start, None);
+        }
+        assert_eq!(b.state(), State::Open, "start {start}");
+        assert!(!allowed(&b, start), "start {start}");
+        assert!(!allowed(&b, start + 999 * MS), "start {start}");
+        match b.try_acquire(|| start + 500 * MS).0 {
+            Admission::Refused { retry_after_ns } => {
+                // Deadlines are kept in whole milliseconds.
+                assert!(
+                    retry_after_ns <= 501 * MS,
+                    "start {start}: {retry_after_ns}"
+                )
+            }
+            other => panic!("start {start}: {other:?}"),
+        }
+        if start < u64::MAX - 10 * S {
+            assert!(allowed(&b, start + 1000 * MS), "start {start}");
+        }
+    }
+}
