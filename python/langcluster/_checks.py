@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["MAX_SECONDS", "count", "flag", "fraction", "seconds", "text"]
+__all__ = ["MAX_SECONDS", "choice", "count", "flag", "fraction", "seconds", "text"]
 
 # About 31 years: more than any timeout, interval or lifetime needs.
 MAX_SECONDS = 1e9
@@ -79,3 +79,14 @@ def text(name: str, value: Any, *, empty: bool = False) -> str:
     except UnicodeEncodeError:
         raise ValueError(f"{name}: must be text UTF-8 can encode (no lone surrogates)") from None
     return value
+
+
+def choice(name: str, value: Any, choices: tuple[str, ...]) -> Any:
+    """One of the strings ``choices``; the type is checked before any
+    comparison, so an object with an odd ``__eq__`` is refused, not run."""
+    if isinstance(value, str) and value in choices:
+        return value
+    listed = ", ".join(map(repr, choices[:-1])) + f" or {choices[-1]!r}"
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: must be {listed}, got {type(value).__name__}")
+    raise ValueError(f"{name}: must be {listed}, got {value!r}")

@@ -28,6 +28,19 @@ class NodeStatus(str, enum.Enum):
         return self.value
 
 
+def node_status(status: object) -> NodeStatus:
+    """``status`` as a ``NodeStatus``: one, or its value."""
+    if isinstance(status, str):
+        try:
+            return NodeStatus(status)
+        except ValueError:
+            pass
+    values = [s.value for s in NodeStatus]
+    got = repr(status) if isinstance(status, str) else type(status).__name__
+    error = ValueError if isinstance(status, str) else TypeError
+    raise error(f"status: must be one of {values}, got {got}")
+
+
 class Node:
     """One model server: an inference node, a gateway, an embedding service.
 
@@ -64,12 +77,7 @@ class Node:
         check_node(id, weight)  # the balancers' own rule for ids and weights
         if metadata is not None and not isinstance(metadata, Mapping):
             raise TypeError(f"metadata: must be a mapping or None, got {type(metadata).__name__}")
-        try:
-            status = NodeStatus(status)
-        except ValueError:
-            raise ValueError(
-                f"status: must be one of {[s.value for s in NodeStatus]}, got {status!r}"
-            ) from None
+        status = node_status(status)
         self.id = id
         self.address = address
         self.port = port

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from langcluster._aio import call_in_loop
 from langcluster._core import Balancer
 from langcluster._events import Broadcast
-from langcluster.node import Node, NodeStatus
+from langcluster.node import Node, NodeStatus, node_status
 
 if TYPE_CHECKING:
     from langcluster.discovery import Discovery
@@ -184,7 +184,7 @@ class NodeRegistry:
 
     def set_status(self, node_id: str, status: NodeStatus | str) -> NodeEvent | None:
         """Sets a node's health; returns the event, or None if unchanged."""
-        status = NodeStatus(status)
+        status = node_status(status)
         with self._lock:
             node = self._nodes.get(node_id)
             if node is None:

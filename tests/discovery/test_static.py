@@ -114,3 +114,33 @@ async def test_attach_keeps_a_registry_and_its_balancer_in_step(tmp_path: Path) 
     finally:
         task.cancel()
         await d.close()
+
+
+@pytest.mark.asyncio
+async def test_a_file_nested_too_deep_or_with_duplicate_ids_keeps_the_last_good_list(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "nodes.json"
+    path.write_text(json.dumps({"nodes": [{"id": "a", "address": "h"}]}))
+    d = StaticDiscovery(file=path, poll_s=0.01)
+    assert [n.id for n in await d.nodes()] == ["a"]
+    with caplog.at_level(logging.ERROR, logger="langcluster.discovery.static"):
+        path.write_text('{"nodes": ' + "[" * 100_000 + "]" * 100_000 + "}")
+        os.utime(path, (1, 1))
+        assert [n.id for n in await d.nodes()] == ["a"]
+        path.write_text(json.dumps({"nodes": [{"id": "b", "address": "h"}] * 2}))
+        os.utime(path, (2, 2))
+        assert [n.id for n in await d.nodes()] == ["a"]
+    assert "duplicate node id 'b'" in caplog.text
+    await d.close()
+    duplicate = tmp_path / "dup.json"
+    duplicate.write_text(json.dumps([{"id": "x", "address": "h"}, {"id": "x", "address": "h"}]))
+    with pytest.raises(DiscoveryError, match="duplicate node id 'x'"):
+        StaticDiscovery(file=duplicate)
+
+
+def test_duplicate_ids_in_a_list_are_refused_by_position() -> None:
+    with pytest.raises(ValueError, match=r"^nodes\[1\]\.id: duplicate node id 'a'"):
+        StaticDiscovery([lc.Node("a", "h1"), lc.Node("a", "h2")])
+    with pytest.raises(TypeError, match=r"^nodes\[0\]: must be a Node"):
+        StaticDiscovery([{"id": "a"}])  # type: ignore[list-item]

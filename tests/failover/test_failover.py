@@ -298,3 +298,14 @@ def test_backoff_is_checked_and_bounded() -> None:
     assert Backoff(base_s=0.1, max_s=0.3, jitter=0).delay(3, rng) == pytest.approx(0.3)
     with pytest.raises(TypeError, match="balancer"):
         FailoverManager([])  # type: ignore[arg-type]
+
+
+def test_backoff_never_overflows_and_refuses_absurd_growth() -> None:
+    import random
+
+    backoff = Backoff(base_s=0.01, max_s=2.0, multiplier=1000, jitter=0)
+    assert backoff.delay(10_000, random.Random(0)) == 2.0  # 1000 ** 9999 is past any float
+    with pytest.raises(ValueError, match=r"^multiplier"):
+        Backoff(multiplier=1e308)
+    with pytest.raises(ValueError, match=r"^jitter"):
+        Backoff(jitter=1.5)

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-from langcluster._checks import count, flag, seconds
+from langcluster._checks import choice, count, flag, seconds
 from langcluster._core import MemoryCache
 from langcluster._counters import Counters
 from langcluster._flow import Flow, adrive, drive
@@ -107,10 +107,8 @@ class LayeredCache:
             raise TypeError(f"l1: must be a MemoryCache, got {type(l1).__name__}")
         if not isinstance(l2, RedisCache):
             raise TypeError(f"l2: must be a RedisCache, got {type(l2).__name__}")
-        if mode not in ("write_through", "write_back"):
-            raise ValueError(f"mode: must be 'write_through' or 'write_back', got {mode!r}")
-        if on_l2_error not in ("raise", "degrade"):
-            raise ValueError(f"on_l2_error: must be 'raise' or 'degrade', got {on_l2_error!r}")
+        choice("mode", mode, ("write_through", "write_back"))
+        choice("on_l2_error", on_l2_error, ("raise", "degrade"))
         seconds("l1_ttl", l1_ttl, optional=True)
         seconds("flush_interval_s", flush_interval_s)
         seconds("pending_timeout_s", pending_timeout_s)

@@ -94,8 +94,11 @@ def _table(fields: dict[str, Any], name: str) -> dict[str, Any]:
 
 def _kind(table: dict[str, Any], path: str, allowed: tuple[str, ...], default: str) -> str:
     kind = table.pop("kind", default)
+    listed = ", ".join(allowed)
+    if not isinstance(kind, str):
+        raise TypeError(f"{path}.kind: must be one of {listed}, got {type(kind).__name__}")
     if kind not in allowed:
-        raise ValueError(f"{path}.kind: must be one of {', '.join(allowed)}, got {kind!r}")
+        raise ValueError(f"{path}.kind: must be one of {listed}, got {kind!r}")
     return str(kind)
 
 

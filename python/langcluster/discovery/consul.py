@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from langcluster._aio import cancel_and_wait
-from langcluster._checks import seconds, text
+from langcluster._checks import choice, seconds, text
 from langcluster.errors import DiscoveryError
 from langcluster.node import Node
 from langcluster.types import CheckKind, Scheme
@@ -72,8 +72,7 @@ class ConsulDiscovery:
         on_error: Callable[[Exception], object] | None = None,
     ) -> None:
         text("service", service)
-        if check_kind not in ("ttl", "http", "tcp"):
-            raise ValueError(f"check_kind: must be 'ttl', 'http' or 'tcp', got {check_kind!r}")
+        choice("check_kind", check_kind, ("ttl", "http", "tcp"))
         for name, value in (
             ("ttl_s", ttl_s),
             ("check_interval_s", check_interval_s),

@@ -45,7 +45,12 @@ class StaticDiscovery:
         poll_s: float = 1.0,
     ) -> None:
         seconds("poll_s", poll_s)
-        self.file = Path(file) if file is not None else None
+        if file is not None and not isinstance(file, str | os.PathLike):
+            raise TypeError(f"file: must be a path (str or os.PathLike), got {type(file).__name__}")
+        try:
+            self.file = Path(file) if file is not None else None
+        except TypeError as error:  # a PathLike whose __fspath__ is not a str
+            raise TypeError(f"file: must be a path (str or os.PathLike): {error}") from None
         self.poll_s = poll_s
         if isinstance(nodes, Node) or not isinstance(nodes, Iterable):
             raise TypeError(

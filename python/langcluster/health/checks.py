@@ -12,7 +12,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-from langcluster._checks import count, seconds, text
+from langcluster._checks import choice, count, seconds, text
 from langcluster.node import Node
 from langcluster.types import CompositeMode, Scheme
 
@@ -89,8 +89,7 @@ class HttpCheck(HealthCheck):
     ) -> None:
         if not text("path", path).startswith("/"):
             raise ValueError(f"path: must start with '/', got {path!r}")
-        if scheme not in ("http", "https"):
-            raise ValueError(f"scheme: must be 'http' or 'https', got {scheme!r}")
+        choice("scheme", scheme, ("http", "https"))
         self.path = path
         try:
             self.expect_status = frozenset(

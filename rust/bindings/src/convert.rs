@@ -9,9 +9,10 @@ use std::borrow::Cow;
 
 use langcluster_core::balancer::NodeSpec;
 use langcluster_core::hash::{hash_bytes, hash_i64};
+use pyo3::exceptions::PyTypeError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyString, PyTuple, PyType};
+use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyIterator, PyString, PyTuple, PyType};
 
 use crate::errors::{type_name, Error, Result};
 
@@ -72,18 +73,47 @@ pub fn optional_integer(
     }
 }
 
-/// A str.
-pub fn string(name: &'static str, value: &Bound<'_, PyAny>) -> Result<String> {
+/// A str, borrowed.
+pub fn text<'a>(name: &'static str, value: &'a Bound<'_, PyAny>) -> Result<&'a str> {
     let text = value
         .cast::<PyString>()
         .map_err(|_| Error::expected(name, "a str", value))?;
-    let text = text.to_str().map_err(|_| {
+    text.to_str().map_err(|_| {
         langcluster_core::Error::invalid(
             name,
             "must be text that UTF-8 can encode (no lone surrogates)",
         )
-    })?;
-    Ok(text.to_owned())
+        .into()
+    })
+}
+
+/// A str.
+pub fn string(name: &'static str, value: &Bound<'_, PyAny>) -> Result<String> {
+    text(name, value).map(str::to_owned)
+}
+
+/// A bool (True or False, not any truthy value).
+pub fn flag(name: &'static str, value: &Bound<'_, PyAny>) -> Result<bool> {
+    value
+        .cast::<PyBool>()
+        .map(|b| b.is_true())
+        .map_err(|_| Error::expected(name, "a bool", value))
+}
+
+/// An iterator over `value`; one that is not iterable is refused by `name`.
+/// An error raised by its `__iter__` is passed on.
+pub fn iterate<'py>(
+    name: &'static str,
+    expected: &str,
+    value: &Bound<'py, PyAny>,
+) -> Result<Bound<'py, PyIterator>> {
+    value.try_iter().map_err(|err| {
+        if err.is_instance_of::<PyTypeError>(value.py()) {
+            Error::expected(name, expected, value)
+        } else {
+            err.into()
+        }
+    })
 }
 
 /// A callable, or None.
@@ -177,9 +207,7 @@ pub fn node_specs(nodes: Option<&Bound<'_, PyAny>>) -> Result<Vec<NodeSpec<Py<Py
     let Some(nodes) = nodes else {
         return Ok(Vec::new());
     };
-    let iter = nodes
-        .try_iter()
-        .map_err(|_| Error::expected("nodes", "an iterable of nodes", nodes))?;
+    let iter = iterate("nodes", "an iterable of nodes", nodes)?;
     let mut specs = Vec::new();
     for (i, node) in iter.enumerate() {
         specs.push(node_spec(i, &node?)?);

@@ -40,7 +40,8 @@ mod _core {
 /// Checks a node's id and weight as every balancer does: `langcluster.Node`
 /// calls this, so a node is refused by the same rule wherever it is made.
 #[pyfunction]
-fn check_node(id: &str, weight: &Bound<'_, PyAny>) -> errors::Result<()> {
+fn check_node(id: &Bound<'_, PyAny>, weight: &Bound<'_, PyAny>) -> errors::Result<()> {
+    let id = convert::text("id", id)?;
     let weight = convert::number("weight", weight)?;
     Ok(langcluster_core::balancer::check_node(id, weight)?)
 }

@@ -14,7 +14,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::convert::{
-    check_routing_key, node_specs, number, optional_integer, optional_number, routing_hash,
+    check_routing_key, flag, node_specs, number, optional_integer, optional_number, routing_hash,
+    text,
 };
 use crate::errors::Result;
 pub use lease::Lease;
@@ -146,23 +147,31 @@ impl Balancer {
     }
 
     /// Counts one request in flight on `node_id`.
-    fn begin(&self, node_id: &str) -> Result<()> {
-        Ok(self.inner.begin(node_id)?)
+    fn begin(&self, node_id: &Bound<'_, PyAny>) -> Result<()> {
+        Ok(self.inner.begin(text("node_id", node_id)?)?)
     }
 
     /// Ends one request on `node_id` with its latency and outcome. Returns
     /// False, changing nothing, when the node has been removed meanwhile.
-    #[pyo3(signature = (node_id, latency_s, ok=true))]
-    fn end(&self, node_id: &str, latency_s: &Bound<'_, PyAny>, ok: bool) -> Result<bool> {
+    #[pyo3(signature = (node_id, latency_s, ok=None))]
+    #[pyo3(text_signature = "($self, node_id, latency_s, ok=True)")]
+    fn end(
+        &self,
+        node_id: &Bound<'_, PyAny>,
+        latency_s: &Bound<'_, PyAny>,
+        ok: Option<&Bound<'_, PyAny>>,
+    ) -> Result<bool> {
+        let node_id = text("node_id", node_id)?;
         let latency_s = number("latency_s", latency_s)?;
+        let ok = ok.map(|ok| flag("ok", ok)).transpose()?.unwrap_or(true);
         Ok(self.inner.end(node_id, latency_s, ok)?)
     }
 
     /// Ends one request on `node_id` without an outcome (a cancelled
     /// request): the in-flight count drops, no latency or failure is
     /// recorded. Returns False when the node has been removed meanwhile.
-    fn release(&self, node_id: &str) -> bool {
-        self.inner.release(node_id)
+    fn release(&self, node_id: &Bound<'_, PyAny>) -> Result<bool> {
+        Ok(self.inner.release(text("node_id", node_id)?))
     }
 
     /// Replaces the node set atomically; nodes that stay keep their counters.
@@ -172,8 +181,15 @@ impl Balancer {
     }
 
     /// Takes a node out of rotation or puts it back. Returns whether it changed.
-    fn set_available(&self, node_id: &str, available: bool) -> Result<bool> {
-        Ok(self.inner.set_available(node_id, available)?)
+    fn set_available(
+        &self,
+        node_id: &Bound<'_, PyAny>,
+        available: &Bound<'_, PyAny>,
+    ) -> Result<bool> {
+        let node_id = text("node_id", node_id)?;
+        Ok(self
+            .inner
+            .set_available(node_id, flag("available", available)?)?)
     }
 
     /// Per-node counters: `{id: {"picks", "in_flight", "successes",

@@ -14,7 +14,7 @@ use langcluster_core::cache::{ttl_from_secs, Cache, Cause, Config, Now, Removed}
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use crate::convert::{clock, integer, optional_integer, optional_number, read_clock};
+use crate::convert::{clock, integer, iterate, optional_integer, optional_number, read_clock};
 use crate::errors::{log_callback_error, Error, Result};
 use keys::{Key, Probe};
 
@@ -292,7 +292,7 @@ impl MemoryCache {
         keys: &Bound<'py, PyAny>,
     ) -> Result<Bound<'py, PyDict>> {
         let found = PyDict::new(py);
-        for key in keys.try_iter()? {
+        for key in iterate("keys", "an iterable of keys", keys)? {
             let key = key?;
             let (hash, probe) = Probe::new(&key, self.seed)?;
             if let Some(v) = self.lookup(py, hash, &probe)? {
@@ -318,15 +318,12 @@ impl MemoryCache {
             mapping.clone()
         };
         let mut pairs = Vec::new();
-        for item in items.try_iter()? {
+        let expected = "a mapping or an iterable of (key, value) pairs";
+        for item in iterate("mapping", expected, &items)? {
             let item = item?;
-            let (key, value): (Bound<'_, PyAny>, Py<PyAny>) = item.extract().map_err(|_| {
-                Error::expected(
-                    "mapping",
-                    "a mapping or an iterable of (key, value) pairs",
-                    &item,
-                )
-            })?;
+            let (key, value): (Bound<'_, PyAny>, Py<PyAny>) = item
+                .extract()
+                .map_err(|_| Error::expected("mapping", expected, &item))?;
             pairs.push((key, value));
         }
         let mut probes = Vec::with_capacity(pairs.len());
@@ -342,7 +339,7 @@ impl MemoryCache {
     /// Removes every key of `keys`; returns how many were present.
     fn delete_many(&self, py: Python<'_>, keys: &Bound<'_, PyAny>) -> Result<usize> {
         let mut removed = 0;
-        for key in keys.try_iter()? {
+        for key in iterate("keys", "an iterable of keys", keys)? {
             removed += usize::from(self.delete(py, &key?)?);
         }
         Ok(removed)

@@ -158,10 +158,10 @@ impl<T: Send + Sync, S: Strategy> Balancer<T, S> {
 
     /// A balancer whose latency estimates decay with time constant `decay_s`.
     pub fn with_decay(strategy: S, nodes: Vec<NodeSpec<T>>, decay_s: f64) -> Result<Self, Error> {
-        if !(decay_s.is_finite() && decay_s > 0.0) {
+        if !(decay_s > 0.0 && decay_s <= MAX_DECAY_S) {
             return Err(Error::invalid(
                 "decay_s",
-                format!("must be a positive finite number of seconds, got {decay_s:?}"),
+                format!("must be a number of seconds above 0 and at most {MAX_DECAY_S}, got {decay_s:?}"),
             ));
         }
         let total = Arc::new(AtomicI64::new(0));
@@ -391,6 +391,10 @@ impl<T: Send + Sync, S: Strategy> Balancer<T, S> {
             .collect()
     }
 }
+
+/// The longest latency decay time: a day (a latency average that forgets
+/// more slowly than that stops following the servers).
+pub const MAX_DECAY_S: f64 = 86_400.0;
 
 /// The largest node weight. Weights are relative, so this leaves ratios of
 /// a million to one, and keeps sums of weights and ring sizes finite.
