@@ -51,7 +51,7 @@ servers: ## Make sure redis-server and etcd are installed (installs them as root
 
 .PHONY: test
 test: dev servers ## Build, then run the Rust and Python test suites
-	cargo test --workspace --release --quiet
+	PROPTEST_RNG_SEED=1201 cargo test --workspace --release --quiet
 	$(PY) -m pytest
 
 .PHONY: test-versions
@@ -76,6 +76,13 @@ test-versions: servers ## Build and run the Python suite on every other supporte
 		VIRTUAL_ENV=$$(pwd)/$$venv PATH=$$(pwd)/$$venv/bin:$$PATH \
 			$$venv/bin/maturin develop --profile ci --quiet --extras test; \
 		$$venv/bin/python -m pytest; \
+	done
+
+.PHONY: fuzz
+fuzz: dev ## Fuzz with fresh seeds: the core's properties (20x the cases), then every API target
+	LANGCLUSTER_FUZZ_SCALE=20 cargo test -p langcluster-core --release --quiet --test properties
+	for target in $$($(PY) -c "from tests.fuzz.targets import TARGETS; print(*TARGETS)"); do \
+		$(PY) -m tests.fuzz.targets $$target 20000 $$RANDOM || exit 1; \
 	done
 
 .PHONY: test-all
