@@ -19,6 +19,7 @@ needs); with one, a fresh search.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import re
 import sys
@@ -94,6 +95,19 @@ NODES = st.lists(
     max_size=5,
 )
 GOOD_NODES = [RawNode("a"), RawNode("b", 2), RawNode("c", 0.5)]
+
+
+def fields(config: Any) -> list[str]:
+    """The fields of a config object, read from the object itself."""
+    return sorted(config.as_dict())
+
+
+def keywords(
+    component: Callable[..., Any], skip: frozenset[str] | set[str] = frozenset()
+) -> list[str]:
+    """The named parameters of ``component``, read from its signature."""
+    return [p for p in inspect.signature(component).parameters if p not in skip]
+
 
 # ---------------------------------------------------------------- checking
 
@@ -229,20 +243,7 @@ def cached(args: list[Any], kwargs: dict[str, Any], ttl: Any) -> None:
     call(wrapped.invalidate, ["cached", "key_fn"], *args, **kwargs)
 
 
-BREAKER_FIELDS = [
-    "failure_rate_threshold",
-    "slow_call_rate_threshold",
-    "slow_call_duration_s",
-    "window",
-    "window_size",
-    "minimum_calls",
-    "open_timeout_s",
-    "half_open_max_calls",
-    "max_open_timeout_s",
-    "record",
-    "ignore",
-    "clock",
-]
+BREAKER_FIELDS = fields(lc.BreakerConfig())
 
 
 @given(
@@ -307,19 +308,9 @@ def node(id: Any, address: Any, port: Any, weight: Any, metadata: Any, status: A
     assert "known" in balancer  # nothing before it wedged the bound balancer
 
 
-FAILOVER_FIELDS = [
-    "max_attempts",
-    "retry_on",
-    "backoff",
-    "retry_budget",
-    "min_retries",
-    "hedge_after_s",
-    "priority",
-    "overprovisioning",
-    "seed",
-]
-HEALTH_FIELDS = ["interval_s", "timeout_s", "rise", "fall", "jitter", "max_concurrency", "seed"]
-BACKOFF_FIELDS = ["base_s", "max_s", "multiplier", "jitter"]
+FAILOVER_FIELDS = fields(lc.FailoverConfig())
+HEALTH_FIELDS = [f for f in fields(lc.HealthConfig(lc.TcpCheck())) if f != "check"]
+BACKOFF_FIELDS = keywords(lc.Backoff)
 
 
 @given(
@@ -349,8 +340,9 @@ def configs(
         made.delay(max(retry, 0) % 100_000, random.Random(0))
 
 
-CHECK_FIELDS = ["path", "expect_status", "timeout_s", "method", "headers", "scheme"]
-DISCOVERY_FIELDS = ["file", "poll_s"]
+CHECK_FIELDS = keywords(lc.HttpCheck)
+DISCOVERY_FIELDS = keywords(lc.StaticDiscovery, skip={"nodes"})
+ETCD_FIELDS = keywords(lc.EtcdDiscovery, skip={"service"})
 
 
 @given(
@@ -358,9 +350,7 @@ DISCOVERY_FIELDS = ["file", "poll_s"]
     timeout=st.one_of(NUMBERS, EXTREME),
     static=st.dictionaries(st.sampled_from(DISCOVERY_FIELDS), EXTREME, max_size=2),
     service=st.one_of(TEXT, EXTREME),
-    etcd=st.dictionaries(
-        st.sampled_from(["endpoints", "prefix", "ttl_s", "timeout_s"]), EXTREME, max_size=2
-    ),
+    etcd=st.dictionaries(st.sampled_from(ETCD_FIELDS), EXTREME, max_size=2),
 )
 def checks_and_discovery(
     http: dict[str, Any], timeout: Any, static: dict[str, Any], service: Any, etcd: dict[str, Any]
@@ -375,54 +365,37 @@ def checks_and_discovery(
     call(lc.ConsulDiscovery, ["service"], service)
 
 
+SECTIONS = [
+    "service",
+    "balancer",
+    "discovery",
+    "health",
+    "breaker",
+    "failover",
+    "cache",
+    "register",
+]
+SETTINGS = [
+    "kind",
+    "nodes",
+    "capacity",
+    "ttl",
+    "window_size",
+    "interval_s",
+    "vnodes",
+    "max_attempts",
+]
+
+
 @given(
     config=st.dictionaries(
-        st.sampled_from(
-            [
-                "service",
-                "balancer",
-                "discovery",
-                "health",
-                "breaker",
-                "failover",
-                "cache",
-                "register",
-            ]
-        ),
-        st.one_of(
-            EXTREME,
-            st.dictionaries(
-                st.sampled_from(
-                    [
-                        "kind",
-                        "nodes",
-                        "capacity",
-                        "ttl",
-                        "window_size",
-                        "interval_s",
-                        "vnodes",
-                        "max_attempts",
-                    ]
-                ),
-                EXTREME,
-                max_size=3,
-            ),
-        ),
+        st.sampled_from(SECTIONS),
+        st.one_of(EXTREME, st.dictionaries(st.sampled_from(SETTINGS), EXTREME, max_size=3)),
         max_size=4,
     )
 )
 def config_files(config: dict[str, Any]) -> None:
-    names = [
-        "config",
-        "service",
-        "balancer",
-        "discovery",
-        "health",
-        "breaker",
-        "failover",
-        "cache",
-        "register",
-    ]
+    names = ["config", *SECTIONS]
     config.setdefault("service", "svc")
     config.pop("cache", None)  # a cache config may connect to Redis; covered by its own tests
     call(lc.Cluster.from_config, names, config)
@@ -471,7 +444,8 @@ def codec(kind: str, payload: bytes, value: Any) -> None:
         assert back == value or kind == "json"  # JSON turns bytes/tuples into other types
 
 
-REDIS_FIELDS = ["namespace", "serializer", "signing_key", "ttl", "ttl_jitter", "socket_timeout_s"]
+# The clients and cluster=True would connect at once: covered by the Redis tests.
+REDIS_FIELDS = keywords(lc.RedisCache, skip={"url", "client", "async_client", "cluster"})
 
 
 @given(
