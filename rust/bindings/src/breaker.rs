@@ -10,8 +10,10 @@ use langcluster_core::breaker::{
 };
 use langcluster_core::clock::now_ns;
 use pyo3::exceptions::PyException;
+use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
+use pyo3::PyTraverseError;
 
 use crate::convert::{
     clock, exception_types, integer, number, optional_number, read_clock, string,
@@ -443,6 +445,27 @@ impl CircuitBreaker {
         Ok(callback)
     }
 
+    // The listeners are often bound methods of an object that holds this
+    // breaker (a failover manager): the garbage collector must see them.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> std::result::Result<(), PyTraverseError> {
+        visit.call(&self.record)?;
+        visit.call(&self.ignore)?;
+        visit.call(&self.clock)?;
+        // Never held across Python code; if taken, the listeners are left
+        // unvisited, which keeps them alive for this collection (safe).
+        if let Ok(listeners) = self.listeners.try_lock() {
+            for listener in listeners.iter() {
+                visit.call(listener)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let dropped = std::mem::take(&mut *self.listeners());
+        drop(dropped);
+    }
+
     fn __repr__(&self) -> String {
         match &self.name {
             Some(name) => format!(
@@ -464,6 +487,11 @@ pub struct Guarded {
 
 #[pymethods]
 impl Guarded {
+    fn __traverse__(&self, visit: PyVisit<'_>) -> std::result::Result<(), PyTraverseError> {
+        visit.call(&self.breaker)?;
+        visit.call(&self.func)
+    }
+
     #[pyo3(signature = (*args, **kwargs))]
     fn __call__(
         &self,

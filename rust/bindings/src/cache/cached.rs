@@ -8,8 +8,10 @@
 
 use std::time::Duration;
 
+use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::PyTraverseError;
 
 use super::keys::{register_function, Key, Probe, KWARGS_BIT};
 use super::{ttl_arg, MemoryCache};
@@ -128,6 +130,16 @@ pub fn wrap_cached(
 
 #[pymethods]
 impl CachedFunction {
+    // A wrapper of a bound method, kept on the instance, is a cycle: the
+    // collector must see the wrapper's references (its __dict__ is visited
+    // and cleared by PyO3).
+    fn __traverse__(&self, visit: PyVisit<'_>) -> std::result::Result<(), PyTraverseError> {
+        visit.call(&self.func)?;
+        visit.call(&self.cache)?;
+        visit.call(&self.flights)?;
+        visit.call(&self.key_fn)
+    }
+
     #[pyo3(signature = (*args, **kwargs))]
     fn __call__(
         &self,

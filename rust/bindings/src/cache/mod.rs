@@ -11,8 +11,10 @@ pub mod keys;
 use std::time::Duration;
 
 use langcluster_core::cache::{ttl_from_secs, Cache, Cause, Config, Now, Removed};
+use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
+use pyo3::PyTraverseError;
 
 use crate::convert::{clock, integer, iterate, optional_integer, optional_number, read_clock};
 use crate::errors::{log_callback_error, Error, Result};
@@ -184,6 +186,19 @@ impl MemoryCache {
 
 #[pymethods]
 impl MemoryCache {
+    // Values (and `on_evict`) may refer back to the cache or to its owner:
+    // the collector must see them. A shard locked at that moment is skipped,
+    // which only keeps its values alive until a later collection.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> std::result::Result<(), PyTraverseError> {
+        visit.call(&self.on_evict)?;
+        visit.call(&self.clock)?;
+        self.inner.try_visit_values(|value| visit.call(value))
+    }
+
+    fn __clear__(&self) {
+        drop(self.inner.clear());
+    }
+
     #[new]
     #[pyo3(signature = (capacity, *, policy=PolicyName::DEFAULT, ttl=None, shards=None, on_evict=None, clock=None))]
     #[pyo3(

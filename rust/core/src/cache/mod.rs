@@ -584,6 +584,24 @@ impl<K, V> Cache<K, V> {
         all
     }
 
+    /// `f` of every stored value (expired ones too) in each shard whose lock
+    /// is free at once; a shard that is locked is skipped, not waited for.
+    /// For a garbage collector's traversal, which must not block; the first
+    /// error stops it.
+    pub fn try_visit_values<E>(&self, mut f: impl FnMut(&V) -> Result<(), E>) -> Result<(), E> {
+        for shard in self.shards.iter() {
+            let Some(shard) = shard.0.try_lock() else {
+                continue;
+            };
+            for (_, slot) in shard.store.occupied() {
+                if let Some((_, value)) = &slot.entry {
+                    f(value)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Frees every expired entry now and returns them.
     pub fn purge_expired(&self, mut now: Now) -> Vec<(K, V, Cause)> {
         let now = now.get();
