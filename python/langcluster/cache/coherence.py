@@ -17,6 +17,10 @@ processes' writes, by message). The rules:
   invalidated since, or is being written now: the value it read may be
   older than what Redis holds by then.
 - **Invalidations** drop the keys (or all of L1) and mark them.
+- **Not listening.** While the invalidation subscriber is not subscribed
+  (before its first subscription, and after it lost the connection), other
+  processes' writes go unheard: fills are skipped and a finished write
+  drops its key, so L1 holds nothing it could not be told about.
 
 Each of these takes one short lock and applies its L1 change under it, so
 the changes reach L1 in the order they were decided. The lock is
@@ -65,6 +69,7 @@ class Coherence:
         self._changed: OrderedDict[Key, int] = OrderedDict()  # key -> seq of its last change
         self._floor = 0
         self._writes: dict[Key, _Write] = {}
+        self.listening = True  # whether other processes' invalidations reach us
 
     @property
     def seq(self) -> int:
@@ -98,16 +103,21 @@ class Coherence:
                 write.in_flight += 1
                 self._mark(key)
 
-    def finish(self, values: Mapping[Key, Any], ttl: float | None) -> None:
+    def finish(
+        self, values: Mapping[Key, Any], ttl: float | None, *, degraded: bool = False
+    ) -> None:
         """The begun writes of ``values`` are over: L1 takes each value
         (``DELETED`` deletes; ``MISSING``, an outcome not known, drops the
-        key), or drops the key if another write of it overlapped."""
+        key), or drops the key if another write of it overlapped. A
+        ``degraded`` write (Redis failed, and the cache was told to carry on
+        in L1) keeps its value even while not listening."""
         with self._lock:
             self._seq += 1
             for key, value in values.items():
                 write = self._writes[key]
                 write.in_flight -= 1
-                if write.overlapped or value is MISSING:
+                unheard = not self.listening and not degraded
+                if write.overlapped or value is MISSING or unheard:
                     self.l1.delete(key)
                 else:
                     self._set(key, value, ttl)
@@ -128,7 +138,7 @@ class Coherence:
     def fill(self, found: Mapping[Key, tuple[Any, float | None]], seq: int) -> None:
         """Puts what an L2 read started at ``seq`` found into L1, with each
         entry's TTL, except the keys changed since or being written."""
-        if not found:
+        if not found or not self.listening:
             return
         with self._lock:
             quiet = seq == self._seq

@@ -60,6 +60,7 @@ class Invalidations:
         self._count = count
         self._subscribed = threading.Event()
         self._closing = threading.Event()
+        coherence.listening = False  # until the first subscription
         self._thread = threading.Thread(
             target=self._run, name=f"langcluster-invalidation:{l2.namespace}", daemon=True
         )
@@ -129,10 +130,12 @@ class Invalidations:
                             self._on_reconnect()
                         connected_before = True
                         backoff = 0.05
+                        self.coherence.listening = True
                         self._subscribed.set()
                     elif message["type"] == "message":
                         self._receive(message["data"])
             except Exception as error:
+                self.coherence.listening = False
                 self._subscribed.clear()
                 self._count("l2_errors")
                 _log.debug("redis (%s): subscriber lost: %s", self.channel, error)

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from langcluster._aio import running_loop
 from langcluster._checks import choice, count, flag, seconds
 from langcluster._core import MemoryCache
 from langcluster._counters import Counters
@@ -150,9 +151,11 @@ class LayeredCache:
             self._invalidations = Invalidations(
                 l2, self._coherence, on_reconnect=self._on_reconnect, count=self._count
             )
-            # A first read should already be covered by invalidations; with
-            # Redis down, the subscriber keeps trying in the background.
-            self._invalidations.wait_subscribed(l2.socket_timeout_s * 2)
+            # L1 is not filled until it is subscribed (coherence.py). A sync
+            # caller waits here, so its first reads fill L1; a running loop
+            # must not block: the subscriber comes up in the background.
+            if running_loop() is None:
+                self._invalidations.wait_subscribed(l2.socket_timeout_s * 2)
 
     # ------------------------------------------------------------- helpers
 
@@ -305,7 +308,7 @@ class LayeredCache:
         except CacheError:
             if self.on_l2_error == "degrade":
                 self._count("degraded_writes", len(items))
-                self._coherence.finish(values, l1_ttl)
+                self._coherence.finish(values, l1_ttl, degraded=True)
                 return None
             # Redis may or may not have the write (a timeout): L1 must not
             # keep a value older than what Redis might hold now.
