@@ -145,12 +145,39 @@ class FailoverManager:
         with self._lock:
             found = self._breakers.get(node_id)
             if found is None:
+                if len(self._breakers) >= 2 * len(self.balancer) + 16:
+                    self._prune()  # nodes came and went without forget()
                 found = self.breaker_config.make(node_id, clock=self._clock)
-                found.on_state_change(
-                    lambda old, new, node_id=node_id: self._on_breaker(node_id, old, new)
-                )
+                made = id(found)
+                found.on_state_change(lambda old, new: self._on_breaker(node_id, made, old, new))
                 self._breakers[node_id] = found
             return found
+
+    def forget(self, node_id: str) -> bool:
+        """Drops what the manager holds for a node that has left the
+        balancer: its breaker, its cool-down, its place among the nodes
+        taken out. A node that comes back under the same id starts afresh
+        (closed breaker). Returns False, changing nothing, while the node is
+        still in the balancer. ``Cluster`` calls this when discovery removes
+        a node; the manager also prunes departed nodes on its own as new
+        ones arrive, so its memory follows the live node count."""
+        if node_id in self.balancer:
+            return False
+        with self._lock:
+            found = self._breakers.pop(node_id, None) is not None
+            self._cooling.pop(node_id, None)
+            self._taken_out.discard(node_id)
+        return found
+
+    def _prune(self) -> None:
+        """Forgets every node no longer in the balancer."""
+        live = {node.id for node in self.balancer.nodes}
+        with self._lock:
+            for node_id in [i for i in self._breakers if i not in live]:
+                del self._breakers[node_id]
+            for node_id in [i for i in self._cooling if i not in live]:
+                del self._cooling[node_id]
+            self._taken_out &= live
 
     def _node(self, node_id: str) -> Any:
         for node in self.balancer.nodes:
@@ -158,7 +185,12 @@ class FailoverManager:
                 return node
         return None
 
-    def _on_breaker(self, node_id: str, old: BreakerState, new: BreakerState) -> None:
+    def _on_breaker(self, node_id: str, made: int, old: BreakerState, new: BreakerState) -> None:
+        # A breaker forgotten (its node gone) while a call on it was in
+        # flight may still change state: that concerns no live node. (The
+        # breaker is alive while it calls this, so no other has its id.)
+        if id(self._breakers.get(node_id)) != made:
+            return
         node = self._node(node_id)
         if new in ("open", "forced_open"):
             retry_after = self.breaker(node_id).metrics()["retry_after_s"]

@@ -80,6 +80,7 @@ class HealthMonitor:
         self._queue: list[tuple[float, int, str]] = []  # (due, tiebreak, node id)
         self._counter = 0
         self._scheduled: set[str] = set()  # in the queue or being checked
+        self._departed = 0  # nodes removed since the queue was last rebuilt
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -138,7 +139,22 @@ class HealthMonitor:
             due = time.monotonic() + self._rng.uniform(0, self.interval_s)
             call_in_loop(task.get_loop(), self._schedule, event.node.id, due)
         elif event.kind is NodeEventKind.REMOVED:
-            call_in_loop(task.get_loop(), self._health.pop, event.node.id, None)
+            call_in_loop(task.get_loop(), self._forget, event.node.id)
+
+    def _forget(self, node_id: str) -> None:
+        """A node left the registry: its health goes now, its place in the
+        queue when it comes due, or sooner: once departed nodes are half the
+        queue, the queue is rebuilt without them, so that churn (nodes that
+        come and go every few seconds) cannot grow it."""
+        self._health.pop(node_id, None)
+        self._departed += 1
+        if self._departed > 64 and self._departed * 2 > len(self._queue):
+            live = [entry for entry in self._queue if self.registry.get(entry[2]) is not None]
+            gone = {entry[2] for entry in self._queue} - {entry[2] for entry in live}
+            heapq.heapify(live)
+            self._queue = live
+            self._scheduled -= gone
+            self._departed = 0
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -171,8 +187,11 @@ class HealthMonitor:
                 error = exc
         self.checks_run += 1
         latency = time.monotonic() - started
-        self._record(node, error, latency)
         self._scheduled.discard(node.id)
+        if self.registry.get(node.id) is None:
+            self._health.pop(node.id, None)  # removed while being checked
+            return
+        self._record(node, error, latency)
         if self.registry.get(node.id) is not None:
             next_due = started + self.interval_s * (1 - self.jitter * self._rng.random())
             self._schedule(node.id, next_due)
@@ -198,8 +217,9 @@ class HealthMonitor:
         if flip:
             try:
                 self.registry.set_status(node.id, new)
-            except KeyError:
-                return  # deregistered while being checked
+            except KeyError:  # deregistered while being checked (from another thread)
+                self._health.pop(node.id, None)
+                return
         current = self.registry.get(node.id)
         health.status = current.status if current is not None else new
 
