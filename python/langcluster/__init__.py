@@ -29,6 +29,7 @@ from langcluster.discovery import ConsulDiscovery, Discovery, EtcdDiscovery, Sta
 from langcluster.errors import (
     CacheError,
     CircuitOpenError,
+    ClusterNotRunning,
     DiscoveryError,
     LangClusterError,
     NoAvailableNode,
@@ -67,6 +68,7 @@ __all__ = [
     "Cluster",
     "ClusterEvent",
     "ClusterEventSource",
+    "ClusterNotRunning",
     "CompositeCheck",
     "ConsistentHash",
     "ConsulDiscovery",

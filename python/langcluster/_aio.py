@@ -7,14 +7,18 @@ from collections.abc import Callable
 from typing import Any
 
 
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, if any."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def call_in_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
     """Runs ``fn(*args)`` now when called on ``loop``'s own thread, else
     schedules it there; does nothing once the loop is closed."""
-    try:
-        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is loop:
+    if running_loop() is loop:
         fn(*args)
     elif not loop.is_closed():
         loop.call_soon_threadsafe(fn, *args)

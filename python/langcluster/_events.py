@@ -16,7 +16,7 @@ from typing import Generic, TypeVar
 from langcluster._aio import call_in_loop
 from langcluster._checks import count
 
-__all__ = ["Broadcast"]
+__all__ = ["Broadcast", "weak_callback"]
 
 E = TypeVar("E")
 
@@ -37,6 +37,20 @@ class _Stream(Generic[E]):
 
     def push(self, event: E) -> None:
         call_in_loop(self.loop, self._put, event)
+
+
+def weak_callback(method: Callable[[E], object]) -> Callable[[E], object]:
+    """A callback that calls the bound ``method`` while its object lives,
+    and does nothing after: a subscription that does not keep its
+    subscriber alive (a ``Cluster`` dropped without ``close`` can then be
+    collected, and its finalizer stop what it started)."""
+    ref = weakref.WeakMethod(method)
+
+    def call(event: E) -> object:
+        bound = ref()
+        return None if bound is None else bound(event)
+
+    return call
 
 
 class Broadcast(Generic[E]):

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "CacheError",
     "CircuitOpenError",
+    "ClusterNotRunning",
     "DiscoveryError",
     "LangClusterError",
     "NoAvailableNode",
@@ -45,3 +46,13 @@ class CacheError(LangClusterError):
 
 class DiscoveryError(LangClusterError):
     """A service-discovery backend failed."""
+
+
+class ClusterNotRunning(LangClusterError):
+    """A ``Cluster`` was asked to call, or to start, in a state that does not
+    allow it: ``state`` is ``"new"`` (not started yet), ``"closing"`` or
+    ``"closed"``. A closed cluster does not start again."""
+
+    def __init__(self, message: str, *, state: str) -> None:
+        super().__init__(message)
+        self.state = state

@@ -7,17 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import enum
 import logging
 import threading
-import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from langcluster._aio import cancel_and_wait
-from langcluster._checks import text
+from langcluster._checks import seconds, text
 from langcluster._core import (
     Adaptive,
     Balancer,
@@ -30,18 +28,22 @@ from langcluster._core import (
     WeightedRoundRobin,
 )
 from langcluster._counters import Counters
-from langcluster._events import Broadcast
+from langcluster._events import Broadcast, weak_callback
 from langcluster._sentinel import MISSING
 from langcluster.breaker import BreakerConfig
 from langcluster.cache import Cache, LayeredCache, RedisCache
+from langcluster.cluster.events import ClusterEvent, ClusterEventSource
+from langcluster.cluster.lifecycle import InFlight, LoopThread, Parts, abandoned
+from langcluster.cluster.lifecycle import State as _State
 from langcluster.discovery import Discovery, StaticDiscovery
-from langcluster.failover import FailoverConfig, FailoverEvent, FailoverEventKind, FailoverManager
+from langcluster.errors import ClusterNotRunning
+from langcluster.failover import FailoverConfig, FailoverEvent, FailoverManager
 from langcluster.health import HealthCheck, HealthConfig, HealthMonitor
 from langcluster.node import Node, NodeStatus
 from langcluster.registry import NodeEvent, NodeEventKind, NodeRegistry
 from langcluster.types import BalancerName, Key
 
-__all__ = ["BALANCERS", "Cluster", "ClusterEvent", "ClusterEventSource"]
+__all__ = ["BALANCERS", "Cluster"]
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
@@ -55,30 +57,6 @@ BALANCERS: dict[BalancerName, type[Balancer]] = {
     "random": Random,
     "power_of_two_choices": PowerOfTwoChoices,
 }
-
-
-class ClusterEventSource(str, enum.Enum):
-    """Which part of a cluster an event comes from."""
-
-    NODE = "node"  # the registry: discovery, health, draining
-    FAILOVER = "failover"  # the failover manager: breakers, retries, priority levels
-
-    def __str__(self) -> str:
-        return self.value
-
-
-@dataclass(frozen=True)
-class ClusterEvent:
-    """One event of ``Cluster.events()``: a ``NodeEventKind`` from the
-    registry (health flips arrive as ``status_changed``) or a
-    ``FailoverEventKind`` from the failover manager. ``node_id`` is None for
-    cluster-wide events; ``at`` a ``time.time()`` timestamp."""
-
-    source: ClusterEventSource
-    kind: NodeEventKind | FailoverEventKind
-    node_id: str | None
-    detail: str
-    at: float = field(default_factory=time.time)
 
 
 class Cluster:
@@ -175,50 +153,110 @@ class Cluster:
         self.close_cache = close_cache
         self.register_node = register
         self._unbind: Callable[[], None] | None = None
-        self._follow: asyncio.Task[None] | None = None
         self._registered = False
-        self._started = False
+        self._state = _State.NEW
+        self._transition: asyncio.Future[None] | None = None  # a start or close under way
+        self._home: asyncio.AbstractEventLoop | None = None  # the loop the tasks run on
+        self._lifecycle = threading.Lock()  # sync start() and close() across threads
+        self._flight = InFlight()
+        self._parts = Parts(self.health)
+        self._finalizer: weakref.finalize[Any, Any] | None = None
         self._events: Broadcast[ClusterEvent] = Broadcast(_log)
         self._unsubscribe: list[Callable[[], None]] = []
         self._calls = Counters("calls", "cache_hits", "errors")  # call_sync runs in many threads
         self._count = self._calls.add
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------ lifecycle
 
     async def astart(self) -> Cluster:
-        """Starts discovery, registration and health checks (idempotent)."""
-        if self._started:
+        """Starts discovery, registration and health checks. Idempotent, and
+        safe from concurrent tasks (they wait for one start). A cluster whose
+        start failed is closed; a closed cluster does not start again."""
+        while self._state is _State.STARTING and self._transition is not None:
+            await asyncio.shield(self._transition)
+        if self._state is _State.RUNNING:
             return self
-        self._started = True
-        self._unbind = self.registry.bind(self.balancer)
-        self._unsubscribe.append(self.registry.subscribe(self._on_node))
-        self._unsubscribe.append(self.failover.subscribe(self._on_failover))
+        if self._state is not _State.NEW:
+            raise ClusterNotRunning(
+                f"cluster {self.service!r} is {self._state.value}: a closed cluster does "
+                "not start again; make a new Cluster",
+                state=self._state.value,
+            )
+        loop = asyncio.get_running_loop()
+        self._state, self._transition, self._home = _State.STARTING, loop.create_future(), loop
+        self._parts.loop = loop
+        if self._finalizer is None:
+            self._finalizer = weakref.finalize(self, abandoned, self.service, self._parts)
         try:
+            self._unbind = self.registry.bind(self.balancer)
+            self._unsubscribe.append(self.registry.subscribe(weak_callback(self._on_node)))
+            self._unsubscribe.append(self.failover.subscribe(self._on_failover))
             self.registry.sync(await self.discovery.nodes())
             if self.register_node is not None:
                 await self.discovery.register(self.register_node)
                 self._registered = True
-            self._follow = self.registry.attach(self.discovery)
+            self._parts.follow = self.registry.attach(self.discovery)
             if self.health is not None:
                 await self.health.start()
         except BaseException:
-            await self.aclose()
+            await self._teardown()
+            self._finished(_State.CLOSED)
             raise
+        self._finished(_State.RUNNING)
         return self
 
-    async def aclose(self) -> None:
-        """Stops every task the cluster started, deregisters what it
-        registered, and closes the discovery (and the cache it built)."""
+    async def aclose(self, *, drain_timeout_s: float = 10.0) -> None:
+        """Stops the cluster: new calls are refused (``ClusterNotRunning``),
+        calls in flight get ``drain_timeout_s`` to finish, and those still
+        running then are cancelled (a call in a thread, ``call_sync``, cannot
+        be: it is left to finish). Then every task the cluster started is
+        stopped, what it registered is deregistered, and the discovery (and
+        the cache, with ``close_cache``) is closed. Idempotent, and safe from
+        concurrent tasks; on another loop than the cluster's, it runs there."""
+        seconds("drain_timeout_s", drain_timeout_s, zero=True)
+        while self._state in (_State.STARTING, _State.CLOSING) and self._transition is not None:
+            await asyncio.shield(self._transition)
+        if self._state is _State.CLOSED:
+            return
+        home = self._home
+        if home is not None and home is not asyncio.get_running_loop() and not home.is_closed():
+            await asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(self.aclose(drain_timeout_s=drain_timeout_s), home)
+            )
+            return
+        self._state, self._transition = _State.CLOSING, asyncio.get_running_loop().create_future()
+        try:
+            await self._drain(drain_timeout_s)
+            await self._teardown()
+        finally:
+            self._finished(_State.CLOSED)
+            if self._finalizer is not None:
+                self._finalizer.detach()
+
+    def _finished(self, state: _State) -> None:
+        self._state = state
+        if self._transition is not None and not self._transition.done():
+            self._transition.set_result(None)
+        self._transition = None
+
+    async def _drain(self, timeout_s: float) -> None:
+        """Waits for the calls in flight, then cancels the async ones left."""
+        loop = asyncio.get_running_loop()
+        if await loop.run_in_executor(None, self._flight.wait_idle, timeout_s):
+            return
+        for task in self._flight.tasks():
+            task.get_loop().call_soon_threadsafe(task.cancel, "the cluster is closing")
+        await loop.run_in_executor(None, self._flight.wait_idle, 1.0)
+
+    async def _teardown(self) -> None:
+        """Stops what ``astart`` started, whatever part of it ran."""
         if self.health is not None:
             await self.health.stop()
             close = getattr(self.health.check, "aclose", None)
             if close is not None:  # an HttpCheck's pooled client on this loop
                 await close()
-        if self._follow is not None:
-            await cancel_and_wait(self._follow)
-            self._follow = None
+        await cancel_and_wait(self._parts.follow)
+        self._parts.follow = None
         if self._registered and self.register_node is not None:
             self._registered = False
             with contextlib.suppress(Exception):
@@ -236,7 +274,6 @@ class Cluster:
             elif isinstance(self.cache, RedisCache):
                 await self.cache.aclose()
                 self.cache.close()
-        self._started = False
 
     async def __aenter__(self) -> Cluster:
         return await self.astart()
@@ -246,51 +283,57 @@ class Cluster:
 
     def start(self) -> Cluster:
         """For sync applications: runs the cluster's tasks on an event loop
-        in a thread of its own."""
-        if self._thread is not None:
-            return self
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            loop.call_soon(ready.set)
-            loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name=f"langcluster:{self.service}", daemon=True)
-        self._thread.start()
-        ready.wait()
-        self._loop = loop
-        try:
-            asyncio.run_coroutine_threadsafe(self.astart(), loop).result()
-        except BaseException:
-            self._stop_thread()
-            raise
+        in a thread of its own. Idempotent and thread-safe. A cluster
+        dropped without ``close()`` warns (``ResourceWarning``) and stops
+        its thread when collected, or at exit."""
+        with self._lifecycle:
+            if self._state is _State.RUNNING:
+                return self
+            runner = LoopThread(f"langcluster:{self.service}")
+            try:
+                runner.run(self.astart())
+            except BaseException:
+                runner.stop()
+                raise
+            self._parts.runner = runner
         return self
 
-    def close(self) -> None:
-        if self._loop is None:
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(self.aclose(), self._loop).result(timeout=30)
-        finally:
-            self._stop_thread()
-
-    def _stop_thread(self) -> None:
-        loop, thread = self._loop, self._thread
-        self._loop = self._thread = None
-        if loop is not None:
-            loop.call_soon_threadsafe(loop.stop)
-        if thread is not None:
-            thread.join(timeout=10)
-        if loop is not None:
-            loop.close()
+    def close(self, *, drain_timeout_s: float = 10.0) -> None:
+        """``aclose`` for sync applications (and for a cluster never
+        started). Idempotent and thread-safe."""
+        with self._lifecycle:
+            runner = self._parts.runner
+            if runner is not None:
+                try:
+                    runner.run(self.aclose(drain_timeout_s=drain_timeout_s))
+                finally:
+                    runner.stop()
+                    self._parts.runner = None
+            elif self._state is not _State.CLOSED:
+                home = self._home
+                if home is not None and not home.is_closed():
+                    raise RuntimeError(
+                        "close: this cluster runs on an event loop (it was started with "
+                        "astart); use await cluster.aclose()"
+                    )
+                asyncio.run(self.aclose(drain_timeout_s=drain_timeout_s))
 
     def __enter__(self) -> Cluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _not_running(self) -> ClusterNotRunning:
+        if self._state in (_State.NEW, _State.STARTING):
+            return ClusterNotRunning(
+                f"cluster {self.service!r} is not started: use `async with cluster`, "
+                "`await cluster.astart()` or `cluster.start()` first",
+                state="new",
+            )
+        return ClusterNotRunning(
+            f"cluster {self.service!r} is {self._state.value}", state=self._state.value
+        )
 
     # ---------------------------------------------------------------- calls
 
@@ -308,21 +351,29 @@ class Cluster:
     ) -> T:
         """Awaits ``fn(node)`` through failover. With ``cache_key`` and a
         cache, a cached result is returned without a call, and a new one is
-        stored (with ``ttl``)."""
-        self._count("calls")
-        if cache_key is not None and self.cache is not None:
-            found = await self._cache_get(cache_key)
-            if found is not MISSING:
-                self._count("cache_hits")
-                return found  # type: ignore[no-any-return]
+        stored (with ``ttl``). Raises ``ClusterNotRunning`` before ``start``
+        and once ``close`` has begun."""
+        if self._state is not _State.RUNNING:
+            raise self._not_running()
+        task = asyncio.current_task()
+        self._flight.enter(task)
         try:
-            result = await self.failover.call(fn, key=key)
-        except Exception:
-            self._count("errors")
-            raise
-        if cache_key is not None and self.cache is not None:
-            await self._cache_set(cache_key, result, ttl)
-        return result
+            self._count("calls")
+            if cache_key is not None and self.cache is not None:
+                found = await self._cache_get(cache_key)
+                if found is not MISSING:
+                    self._count("cache_hits")
+                    return found  # type: ignore[no-any-return]
+            try:
+                result = await self.failover.call(fn, key=key)
+            except Exception:
+                self._count("errors")
+                raise
+            if cache_key is not None and self.cache is not None:
+                await self._cache_set(cache_key, result, ttl)
+            return result
+        finally:
+            self._flight.leave(task)
 
     def call_sync(
         self,
@@ -333,21 +384,27 @@ class Cluster:
         ttl: float | None = None,
     ) -> T:
         """The blocking twin of ``call``."""
-        self._count("calls")
-        cache = self.cache
-        if cache_key is not None and cache is not None:
-            found = cache.get(cache_key, MISSING)
-            if found is not MISSING:
-                self._count("cache_hits")
-                return found  # type: ignore[no-any-return]
+        if self._state is not _State.RUNNING:
+            raise self._not_running()
+        self._flight.enter(None)
         try:
-            result = self.failover.call_sync(fn, key=key)
-        except Exception:
-            self._count("errors")
-            raise
-        if cache_key is not None and cache is not None:
-            cache.set(cache_key, result, ttl)
-        return result
+            self._count("calls")
+            cache = self.cache
+            if cache_key is not None and cache is not None:
+                found = cache.get(cache_key, MISSING)
+                if found is not MISSING:
+                    self._count("cache_hits")
+                    return found  # type: ignore[no-any-return]
+            try:
+                result = self.failover.call_sync(fn, key=key)
+            except Exception:
+                self._count("errors")
+                raise
+            if cache_key is not None and cache is not None:
+                cache.set(cache_key, result, ttl)
+            return result
+        finally:
+            self._flight.leave(None)
 
     async def _cache_get(self, key: Any) -> Any:
         cache = self.cache
@@ -375,6 +432,8 @@ class Cluster:
             # successful_active_health_check_uneject_host): its breaker goes
             # half-open, and trial calls tell whether it serves.
             self.failover.revive(event.node.id)
+        elif event.kind is NodeEventKind.REMOVED:
+            self.failover.forget(event.node.id)  # a node that left takes its state along
         detail = f"status {event.node.status.value}"
         self._events.emit(
             ClusterEvent(ClusterEventSource.NODE, event.kind, event.node.id, detail, event.at)
