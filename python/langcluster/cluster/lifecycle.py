@@ -96,30 +96,36 @@ class InFlight:
     task may make nested calls, so it is counted)."""
 
     def __init__(self) -> None:
-        self._idle = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()  # taken as a C lock on the call path
+        self._idle = threading.Condition(self._lock)
         self._count = 0
+        self._waiters = 0  # close() waiting: only then is there anyone to notify
         self._tasks: dict[asyncio.Task[Any], int] = {}
 
     def enter(self, task: asyncio.Task[Any] | None) -> None:
-        with self._idle:
+        with self._lock:
             self._count += 1
             if task is not None:
                 self._tasks[task] = self._tasks.get(task, 0) + 1
 
     def leave(self, task: asyncio.Task[Any] | None) -> None:
-        with self._idle:
+        with self._lock:
             self._count -= 1
             if task is not None:
                 left = self._tasks.pop(task) - 1
                 if left:
                     self._tasks[task] = left
-            if not self._count:
+            if not self._count and self._waiters:
                 self._idle.notify_all()
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Whether every call ended within ``timeout_s`` (blocking)."""
         with self._idle:
-            return self._idle.wait_for(lambda: not self._count, timeout_s)
+            self._waiters += 1
+            try:
+                return self._idle.wait_for(lambda: not self._count, timeout_s)
+            finally:
+                self._waiters -= 1
 
     def tasks(self) -> list[asyncio.Task[Any]]:
         with self._idle:
