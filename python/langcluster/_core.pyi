@@ -14,9 +14,11 @@ __all__ = [
     "Balancer",
     "CachedFunction",
     "CallKey",
+    "CallTimer",
     "CircuitBreaker",
     "ConsistentHash",
     "Guarded",
+    "Histogram",
     "Lease",
     "LeastConnections",
     "MemoryCache",
@@ -131,6 +133,25 @@ class Lease:
         exc_value: BaseException | None = None,
         traceback: TracebackType | None = None,
     ) -> Ready[bool]: ...
+
+@final
+class CallTimer:
+    """Histograms of call durations by outcome, timed on a clock of its own."""
+
+    def __new__(cls, bounds: Iterable[float], outcomes: Iterable[str]) -> CallTimer: ...
+    def began(self, *_what: object) -> int: ...
+    def ended(self, token: int, outcome: str, error: object = None) -> None: ...
+    def snapshot(self) -> list[tuple[str, tuple[list[int], float]]]: ...
+
+@final
+class Histogram:
+    """Fixed-bucket histogram filled without a lock (langcluster.metrics)."""
+
+    def __new__(cls, bounds: Iterable[float]) -> Histogram: ...
+    def observe(self, value: float) -> None: ...
+    def snapshot(self) -> tuple[list[int], float]: ...
+    @property
+    def bounds(self) -> list[float]: ...
 
 @final
 class Ready(Generic[_T_co]):

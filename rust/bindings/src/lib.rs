@@ -7,6 +7,7 @@ mod breaker;
 mod cache;
 mod convert;
 mod errors;
+mod metrics;
 mod ready;
 
 use pyo3::prelude::*;
@@ -26,6 +27,8 @@ mod _core {
     use crate::cache::cached::{wrap_cached, CachedFunction, CallKey};
     #[pymodule_export]
     use crate::cache::MemoryCache;
+    #[pymodule_export]
+    use crate::metrics::{CallTimer, Histogram};
     #[pymodule_export]
     use crate::ready::Ready;
 

@@ -10,5 +10,6 @@ pub mod cache;
 pub mod clock;
 pub mod error;
 pub mod hash;
+pub mod metrics;
 
 pub use error::Error;
