@@ -29,9 +29,11 @@ from langcluster._core import (
 )
 from langcluster._counters import Counters
 from langcluster._events import Broadcast, weak_callback
-from langcluster._sentinel import MISSING
+from langcluster._flow import adrive, drive
+from langcluster._observe import Observer, Observers
 from langcluster.breaker import BreakerConfig
 from langcluster.cache import Cache, LayeredCache, RedisCache
+from langcluster.cluster.calls import call_flow
 from langcluster.cluster.events import ClusterEvent, ClusterEventSource
 from langcluster.cluster.lifecycle import InFlight, LoopThread, Parts, abandoned
 from langcluster.cluster.lifecycle import State as _State
@@ -165,6 +167,7 @@ class Cluster:
         self._unsubscribe: list[Callable[[], None]] = []
         self._calls = Counters("calls", "cache_hits", "errors")  # call_sync runs in many threads
         self._count = self._calls.add
+        self._observers = Observers()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -358,20 +361,7 @@ class Cluster:
         task = asyncio.current_task()
         self._flight.enter(task)
         try:
-            self._count("calls")
-            if cache_key is not None and self.cache is not None:
-                found = await self._cache_get(cache_key)
-                if found is not MISSING:
-                    self._count("cache_hits")
-                    return found  # type: ignore[no-any-return]
-            try:
-                result = await self.failover.call(fn, key=key)
-            except Exception:
-                self._count("errors")
-                raise
-            if cache_key is not None and self.cache is not None:
-                await self._cache_set(cache_key, result, ttl)
-            return result
+            return await adrive(call_flow(self, fn, key, cache_key, ttl))
         finally:
             self._flight.leave(task)
 
@@ -388,37 +378,24 @@ class Cluster:
             raise self._not_running()
         self._flight.enter(None)
         try:
-            self._count("calls")
-            cache = self.cache
-            if cache_key is not None and cache is not None:
-                found = cache.get(cache_key, MISSING)
-                if found is not MISSING:
-                    self._count("cache_hits")
-                    return found  # type: ignore[no-any-return]
-            try:
-                result = self.failover.call_sync(fn, key=key)
-            except Exception:
-                self._count("errors")
-                raise
-            if cache_key is not None and cache is not None:
-                cache.set(cache_key, result, ttl)
-            return result
+            return drive(call_flow(self, fn, key, cache_key, ttl))  # type: ignore[no-any-return]
         finally:
             self._flight.leave(None)
 
-    async def _cache_get(self, key: Any) -> Any:
-        cache = self.cache
-        if isinstance(cache, MemoryCache):
-            return cache.get(key, MISSING)
-        assert cache is not None
-        return await cache.aget(key, MISSING)
+    def observe(self, observer: Observer) -> Callable[[], None]:
+        """Tells ``observer`` (a ``langcluster.metrics.Observer``) of every
+        call as it begins and ends, and of every attempt when its
+        ``attempts`` is true; returns a function that stops it. This is how
+        ``langcluster.metrics`` records; with no observer a call pays one
+        test."""
+        remove_call = self._observers.add(observer)
+        remove_attempts = self.failover.observe(observer)
 
-    async def _cache_set(self, key: Any, value: Any, ttl: float | None) -> None:
-        cache = self.cache
-        if isinstance(cache, MemoryCache):
-            cache.set(key, value, ttl)
-        elif cache is not None:
-            await cache.aset(key, value, ttl)
+        def remove() -> None:
+            remove_call()
+            remove_attempts()
+
+        return remove
 
     # --------------------------------------------------------------- events
 

@@ -8,7 +8,6 @@ thread.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import random
@@ -21,12 +20,14 @@ from langcluster._checks import count, fraction, seconds
 from langcluster._core import Balancer
 from langcluster._counters import Counters
 from langcluster._events import Broadcast
-from langcluster._flow import Call, Effect, Flow, Sleep, adrive, drive
+from langcluster._flow import Call, Flow, Sleep, adrive, drive
+from langcluster._observe import FAILED, Observer, Observers, failed
 from langcluster._settings import Settings, complete, keyword_parameters, typed_like
 from langcluster.breaker import BreakerConfig, CircuitBreaker
 from langcluster.errors import CircuitOpenError, NoAvailableNode
 from langcluster.failover.events import FailoverEvent
 from langcluster.failover.events import FailoverEventKind as Kind
+from langcluster.failover.hedge import Hedged
 from langcluster.failover.retry import Backoff, Plan, RetryBudget
 from langcluster.types import BreakerState, Key
 
@@ -115,9 +116,10 @@ class FailoverManager:
         self._levels_in_use = 1
         self._events: Broadcast[FailoverEvent] = Broadcast(_log)
         self._stats = Counters(
-            "calls", "successes", "failures", "attempts", "retries", "hedges",
-            "budget_exhausted", "all_nodes_down",
+            "calls", "successes", "failures", "attempts", "retries", "retry_attempts", "hedges",
+            "budget_exhausted", "all_nodes_down", "breaker_openings",
         )  # fmt: skip
+        self._observers = Observers()
         self._count = self._stats.add
         self._sync_availability()
 
@@ -132,6 +134,12 @@ class FailoverManager:
         """Every event from the first iteration on, through a queue of
         ``maxsize``; a consumer that falls behind loses the oldest ones."""
         return self._events.stream(maxsize)
+
+    def observe(self, observer: Observer) -> Callable[[], None]:
+        """Tells ``observer`` (a ``langcluster.metrics.Observer`` whose
+        ``attempts`` is true) of every attempt as it begins and ends;
+        returns a function that stops it."""
+        return self._observers.add(observer)
 
     def _emit(
         self, kind: Kind, node: Any = None, error: BaseException | None = None, detail: str = ""
@@ -196,6 +204,7 @@ class FailoverManager:
             retry_after = self.breaker(node_id).metrics()["retry_after_s"]
             with self._lock:
                 self._cooling[node_id] = self._now() + retry_after if new == "open" else math.inf
+            self._count("breaker_openings")
             self._emit(Kind.BREAKER_OPENED, node, detail=f"{old} -> {new}")
         elif new == "half_open":
             with self._lock:  # trials may go to it now, however the period ended
@@ -317,16 +326,33 @@ class FailoverManager:
             self.balancer.release(node.id)
         breaker.report(error, latency)
 
-    def _attempt(self, node: Any, fn: Callable[[Any], Any]) -> Flow[Any]:
-        """One attempt on `node`, behind its breaker."""
+    def _attempt(self, node: Any, fn: Callable[[Any], Any], reason: str) -> Flow[Any]:
+        """One attempt on `node`, behind its breaker; ``reason`` is
+        ``first``, ``retry`` or ``hedge``, for observers."""
         breaker, started = self._start(node)
+        self._count("attempts")
+        if reason == "retry":
+            self._count("retry_attempts")
+        hooks = self._observers.attempts
+        token: Any = FAILED
+        if hooks is not None:
+            try:
+                token = hooks[0](node, reason)
+            except Exception:
+                failed(hooks[0])
+        error: BaseException | None = None
         try:
-            result = yield Call(fn, node)
-        except BaseException as error:
-            self._finish(node, breaker, started, error)
+            return (yield Call(fn, node))
+        except BaseException as raised:
+            error = raised
             raise
-        self._finish(node, breaker, started, None)
-        return result
+        finally:
+            self._finish(node, breaker, started, error)
+            if token is not FAILED:
+                try:
+                    hooks[1](token, node, error)  # type: ignore[index]
+                except Exception:
+                    failed(hooks[1])  # type: ignore[index]
 
     def _call(self, fn: Callable[[Any], Any], key: Key | None) -> Flow[Any]:
         plan = Plan(self, key)
@@ -336,12 +362,12 @@ class FailoverManager:
                     yield Sleep(delay)
                     self._revive_due()
                 node = plan.next_node()
+                reason = "retry" if len(plan.tried) - plan.refusals > 1 else "first"
                 try:
                     if self.hedge_after_s is None:
-                        self._count("attempts")
-                        result = yield from self._attempt(node, fn)
+                        result = yield from self._attempt(node, fn, reason)
                     else:
-                        result = yield _Hedged(self, node, fn, plan)
+                        result = yield Hedged(self, node, fn, plan, reason)
                 except CircuitOpenError as error:
                     plan.refused(error)
                     continue
@@ -362,39 +388,6 @@ class FailoverManager:
         """``call`` in the calling thread (without hedging)."""
         return drive(self._call(fn, key))  # type: ignore[no-any-return]
 
-    async def _hedged(self, node: Any, fn: Callable[[Any], Any], plan: Plan) -> Any:
-        """The first answer of one attempt, and of a second on another node
-        if the first is slower than ``hedge_after_s``."""
-        first = asyncio.ensure_future(adrive(self._attempt(node, fn)))
-        self._count("attempts")
-        done, _ = await asyncio.wait({first}, timeout=self.hedge_after_s)
-        if done:
-            return first.result()
-        other = self._choose(plan.key, plan.tried)
-        if other is None:
-            return await first
-        plan.tried.add(other.id)
-        self._count("hedges")
-        self._count("attempts")
-        self._emit(Kind.HEDGE, other, detail=f"{node.id} slower than {self.hedge_after_s} s")
-        second = asyncio.ensure_future(adrive(self._attempt(other, fn)))
-        pending = {first, second}
-        error: BaseException | None = None
-        try:
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    if task.exception() is None:
-                        return task.result()
-                    error = task.exception()
-        finally:
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-        assert error is not None
-        raise error
-
     def stats(self) -> dict[str, Any]:
         """Counters, and each node's breaker state and availability."""
         out: dict[str, Any] = self._stats.snapshot()
@@ -411,28 +404,6 @@ class FailoverManager:
         breakers, unused priority levels)."""
         with self._lock:
             return sorted(self._taken_out)
-
-
-class _Hedged(Effect):
-    """An attempt that ``call`` may hedge. In a thread there is no second
-    attempt to race: it is a plain attempt."""
-
-    __slots__ = ("fn", "manager", "node", "plan")
-
-    def __init__(
-        self, manager: FailoverManager, node: Any, fn: Callable[[Any], Any], plan: Plan
-    ) -> None:
-        self.manager = manager
-        self.node = node
-        self.fn = fn
-        self.plan = plan
-
-    def run(self) -> Any:
-        self.manager._count("attempts")
-        return drive(self.manager._attempt(self.node, self.fn))
-
-    async def arun(self) -> Any:
-        return await self.manager._hedged(self.node, self.fn, self.plan)
 
 
 def _check(given: dict[str, Any]) -> dict[str, Any]:
