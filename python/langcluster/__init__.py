@@ -10,6 +10,7 @@ subpackages (``cache``, ``discovery``, ``health``, ``cluster``,
 
 from __future__ import annotations
 
+from langcluster import metrics
 from langcluster._core import (
     Adaptive,
     Balancer,
@@ -106,4 +107,5 @@ __all__ = [
     "WeightedRoundRobin",
     "__version__",
     "cached",
+    "metrics",
 ]

@@ -460,6 +460,36 @@ def redis_settings(url: Any, options: dict[str, Any], key: Any) -> None:
         call(made.keyspace.name, ["key"], key)
 
 
+@given(
+    bounds=st.one_of(st.lists(NUMBERS, max_size=6), EXTREME),
+    values=st.lists(st.one_of(NUMBERS, EXTREME), max_size=4),
+    target=st.one_of(st.sampled_from(["cache", "breaker", "balancer"]), EXTREME),
+    name=st.one_of(st.none(), TEXT, EXTREME),
+)
+def metrics(bounds: Any, values: list[Any], target: Any, name: Any) -> None:
+    """The histogram and the collector take anything: a refusal names its argument."""
+    from langcluster._core import CallTimer, Histogram
+
+    histogram = call(Histogram, ["bounds"], bounds) or Histogram([1.0])
+    for value in values:
+        call(histogram.observe, ["value"], value)
+    histogram.snapshot()
+    timer = call(CallTimer, ["bounds", "outcomes"], bounds, values) or CallTimer([1.0], ["ok"])
+    for value in values:
+        call(timer.ended, ["token", "outcome"], value, value)
+        call(timer.ended, ["token", "outcome"], timer.began(value), value)
+    timer.snapshot()
+    components = {
+        "cache": lc.MemoryCache(4),
+        "breaker": lc.CircuitBreaker("b"),
+        "balancer": lc.RoundRobin(GOOD_NODES),
+    }
+    chosen = components.get(target, target) if isinstance(target, str) else target
+    collector = call(lc.metrics.PrometheusCollector, ["target", "name"], chosen, name=name)
+    if collector is not None:
+        list(collector.collect())
+
+
 TARGETS: dict[str, Callable[[], None]] = {
     "codec": codec,
     "redis_settings": redis_settings,
@@ -471,6 +501,7 @@ TARGETS: dict[str, Callable[[], None]] = {
     "configs": configs,
     "checks_and_discovery": checks_and_discovery,
     "config_files": config_files,
+    "metrics": metrics,
 }
 
 

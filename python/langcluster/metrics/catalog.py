@@ -1,0 +1,200 @@
+"""Every metric langcluster exports, and how each is read from the
+components' ``stats()`` at collection time. The Prometheus collector and the
+OpenTelemetry instruments both read this one catalog, so the two expose the
+same figures under each system's naming rules."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any, get_args
+
+from langcluster._core import Balancer, CircuitBreaker, MemoryCache
+from langcluster.cache import LayeredCache, RedisCache
+from langcluster.failover import FailoverManager
+from langcluster.types import BreakerState
+
+__all__ = ["CALL_BUCKETS", "METRICS", "Metric", "Reading", "read"]
+
+BREAKER_STATES: tuple[str, ...] = get_args(BreakerState)
+
+# Seconds; an LLM call takes from a few milliseconds (a cache, an embedding)
+# to minutes (a long generation).
+CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """One metric: ``name`` is the Prometheus name without the ``_total``
+    of a counter; ``otel`` the OpenTelemetry instrument's name."""
+
+    name: str
+    kind: str  # "counter", "gauge" or "histogram"
+    labels: tuple[str, ...]
+    help: str
+    otel: str
+    unit: str = ""
+
+
+def _m(name: str, kind: str, labels: str, help: str, otel: str, unit: str = "") -> Metric:
+    return Metric(f"langcluster_{name}", kind, tuple(labels.split()), help, otel, unit)
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        _m("calls", "counter", "service outcome",
+           "Cluster calls by outcome: success, error, or cache_hit (answered without a call).",
+           "langcluster.calls", "{call}"),
+        _m("call_duration_seconds", "histogram", "service outcome",
+           "Duration of Cluster calls, cache and every attempt included.",
+           "langcluster.call.duration", "s"),
+        _m("attempts", "counter", "service reason",
+           "Attempts on nodes, by why they were made: first, retry (after a failure) or hedge.",
+           "langcluster.attempts", "{attempt}"),
+        _m("attempts_refused", "counter", "service reason",
+           "Attempts not made: budget (the retry budget was spent) or no_node (none left).",
+           "langcluster.attempts.refused", "{attempt}"),
+        _m("breaker_openings", "counter", "service",
+           "Times a node's circuit breaker opened.", "langcluster.breaker.openings", "{opening}"),
+        _m("breaker_state", "gauge", "service node state",
+           "Circuit breaker state of each node, one-hot (1 for the current state).",
+           "langcluster.breaker.state"),
+        _m("breaker_failure_rate", "gauge", "service node",
+           "Failure rate in the breaker's window, once it holds minimum_calls.",
+           "langcluster.breaker.failure_rate", "1"),
+        _m("node_requests", "counter", "service node outcome",
+           "Requests each node finished, by outcome: success or failure.",
+           "langcluster.node.requests", "{request}"),
+        _m("node_in_flight", "gauge", "service node",
+           "Requests in flight on each node.", "langcluster.node.in_flight", "{request}"),
+        _m("node_latency_ewma_seconds", "gauge", "service node",
+           "Each node's latency, a moving average of recent requests.",
+           "langcluster.node.latency", "s"),
+        _m("node_available", "gauge", "service node",
+           "1 when the balancer may pick the node (in rotation), else 0.",
+           "langcluster.node.available"),
+        _m("node_up", "gauge", "service node",
+           "1 when the node's health is healthy or not checked yet, 0 when unhealthy or draining.",
+           "langcluster.node.up"),
+        _m("cache_requests", "counter", "cache tier result",
+           "Cache reads by tier (memory, redis) and result (hit, miss).",
+           "langcluster.cache.requests", "{request}"),
+        _m("cache_entries", "gauge", "cache tier",
+           "Entries held by a memory tier.", "langcluster.cache.entries", "{entry}"),
+        _m("cache_evictions", "counter", "cache tier",
+           "Entries a memory tier evicted for room.", "langcluster.cache.evictions", "{entry}"),
+        _m("cache_expirations", "counter", "cache tier",
+           "Entries a memory tier dropped at expiry.", "langcluster.cache.expirations", "{entry}"),
+        _m("cache_errors", "counter", "cache tier",
+           "Redis operations that failed (errors, timeouts, refusals by the tier's breaker).",
+           "langcluster.cache.errors", "{error}"),
+        _m("cache_pending_writes", "gauge", "cache",
+           "Writes acknowledged in write-back mode and not yet in Redis.",
+           "langcluster.cache.pending_writes", "{write}"),
+    )
+}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    """One sample: a metric, its label values (in ``metric.labels`` order)
+    and its value."""
+
+    metric: Metric
+    labels: tuple[str, ...]
+    value: float
+
+
+def read(target: Any, name: str) -> list[Reading]:
+    """Every reading of ``target`` now: a ``Cluster`` (labelled
+    ``service=name``), a ``FailoverManager``, a balancer, a
+    ``CircuitBreaker`` (``service=name``) or a cache (``cache=name``)."""
+    from langcluster.cluster import Cluster
+
+    if isinstance(target, Cluster):
+        return list(_cluster(target, name))
+    if isinstance(target, FailoverManager):
+        return list(_failover(target, name, None))
+    if isinstance(target, Balancer):
+        return list(_balancer(target.stats(), name))
+    if isinstance(target, CircuitBreaker):
+        return list(_breaker(target, name, target.name or name))
+    if isinstance(target, MemoryCache | RedisCache | LayeredCache):
+        return list(_cache(target, name))
+    raise TypeError(
+        "target: must be a Cluster, FailoverManager, balancer, CircuitBreaker or cache, "
+        f"got {type(target).__name__}"
+    )
+
+
+def _r(name: str, value: float, *labels: str) -> Reading:
+    return Reading(METRICS[f"langcluster_{name}"], labels, float(value))
+
+
+def _cluster(cluster: Any, service: str) -> Iterator[Reading]:
+    yield from _failover(cluster.failover, service, [n.id for n in cluster.registry.nodes()])
+    yield from _balancer(cluster.balancer.stats(), service)
+    for node in cluster.registry.nodes():
+        yield _r("node_up", node.status.value in ("healthy", "unknown"), service, node.id)
+    if cluster.cache is not None:
+        yield from _cache(cluster.cache, service)
+
+
+def _failover(manager: FailoverManager, service: str, nodes: list[str] | None) -> Iterator[Reading]:
+    stats = manager.stats()
+    retries, hedges = stats["retry_attempts"], stats["hedges"]
+    yield _r("attempts", stats["attempts"] - retries - hedges, service, "first")
+    yield _r("attempts", retries, service, "retry")
+    yield _r("attempts", hedges, service, "hedge")
+    yield _r("attempts_refused", stats["budget_exhausted"], service, "budget")
+    yield _r("attempts_refused", stats["all_nodes_down"], service, "no_node")
+    yield _r("breaker_openings", stats["breaker_openings"], service)
+    breakers = stats["nodes"]
+    for node_id in nodes if nodes is not None else sorted(breakers):
+        state = breakers.get(node_id, {}).get("breaker", "closed")
+        for one in BREAKER_STATES:
+            yield _r("breaker_state", one == state, service, node_id, one)
+
+
+def _balancer(stats: dict[str, dict[str, Any]], service: str) -> Iterator[Reading]:
+    for node_id, node in stats.items():
+        yield _r("node_requests", node["successes"], service, node_id, "success")
+        yield _r("node_requests", node["failures"], service, node_id, "failure")
+        yield _r("node_in_flight", node["in_flight"], service, node_id)
+        if node["ewma_latency_s"] is not None:
+            yield _r("node_latency_ewma_seconds", node["ewma_latency_s"], service, node_id)
+        yield _r("node_available", node["available"], service, node_id)
+
+
+def _breaker(breaker: CircuitBreaker, service: str, node: str) -> Iterator[Reading]:
+    metrics = breaker.metrics()
+    for one in BREAKER_STATES:
+        yield _r("breaker_state", one == metrics["state"], service, node, one)
+    if metrics["failure_rate"] is not None:
+        yield _r("breaker_failure_rate", metrics["failure_rate"], service, node)
+
+
+def _memory(stats: dict[str, Any], cache: str) -> Iterator[Reading]:
+    yield _r("cache_requests", stats["hits"], cache, "memory", "hit")
+    yield _r("cache_requests", stats["misses"], cache, "memory", "miss")
+    yield _r("cache_entries", stats["size"], cache, "memory")
+    yield _r("cache_evictions", stats["evictions"], cache, "memory")
+    yield _r("cache_expirations", stats["expirations"], cache, "memory")
+
+
+def _cache(cache: Any, name: str) -> Iterator[Reading]:
+    if isinstance(cache, MemoryCache):
+        yield from _memory(cache.stats(), name)
+    elif isinstance(cache, RedisCache):
+        stats = cache.stats()
+        yield _r("cache_requests", stats["hits"], name, "redis", "hit")
+        yield _r("cache_requests", stats["misses"], name, "redis", "miss")
+        yield _r("cache_errors", stats["errors"], name, "redis")
+    elif isinstance(cache, LayeredCache):
+        stats = cache.stats()
+        yield from _memory(cache.l1.stats(), name)
+        yield _r("cache_requests", stats["l2_hits"], name, "redis", "hit")
+        yield _r("cache_requests", stats["misses"], name, "redis", "miss")
+        yield _r("cache_errors", stats["l2_errors"] + stats["l2_refused"], name, "redis")
+        yield _r("cache_pending_writes", stats["pending_writes"], name)
