@@ -57,3 +57,46 @@ def test_the_bench_command_prints_ratios() -> None:
                 "pure Python round robin", "cachebox", "pybreaker"):  # fmt: skip
         assert row in done.stdout
     assert "x first row" in done.stdout
+
+
+def test_the_demo_serves_prometheus_metrics_while_it_runs() -> None:
+    import socket
+
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "langcluster", "demo", "--json", "--duration", "4",
+         "--metrics-port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        families: dict[str, Any] = {}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not families:
+            time.sleep(0.2)
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            except httpx.HTTPError:
+                continue  # not serving yet
+            scraped = {f.name: f for f in text_string_to_metric_families(text)}
+            calls = scraped.get("langcluster_calls")
+            if calls is not None and sum(s.value for s in calls.samples) > 0:
+                families = scraped  # calls have been made and counted
+        stdout, stderr = demo.communicate(timeout=60)
+    finally:
+        demo.kill()
+    assert demo.returncode == 0, stderr
+    assert families, "no scrape showed a call"
+    nodes = {s.labels["node"] for s in families["langcluster_node_in_flight"].samples}
+    assert nodes == {f"gpu-{i}" for i in range(5)}
+    assert json.loads(stdout)["requests"] > 0
+
+
+def test_a_bad_metrics_port_is_refused_by_name() -> None:
+    done = run_module("demo", "--metrics-port", "70000")
+    assert done.returncode == 2
+    assert "--metrics-port: must be a port number" in done.stderr

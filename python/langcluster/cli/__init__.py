@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--redis", metavar="URL", help="a LayeredCache over this Redis")
     demo.add_argument("--etcd", metavar="URL", help="discover the servers through this etcd")
     demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument(
+        "--metrics-port", type=int, metavar="N", help="serve Prometheus metrics on 127.0.0.1:N"
+    )
     bench = commands.add_parser("bench", help="ns per call against the floor and the peers")
     bench.add_argument("--number", type=int, default=100_000, help="calls per measurement")
     bench.add_argument("--repeat", type=int, default=5, help="measurements (the best counts)")
@@ -26,6 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         if not 1 <= args.duration <= 600:
             parser.error("--duration: must be between 1 and 600 seconds")
+        if args.metrics_port is not None:
+            if not 0 <= args.metrics_port <= 65535:
+                parser.error("--metrics-port: must be a port number, 0 to 65535")
+            try:
+                import prometheus_client  # noqa: F401
+            except ImportError:
+                parser.error("--metrics-port: needs pip install 'langcluster[prometheus]'")
         from langcluster.cli.demo import cli
 
         return cli(args)

@@ -138,6 +138,7 @@ async def main(
     workers: int = 16,
     seed: int = 7,
     quiet: bool = False,
+    metrics_port: int | None = None,
 ) -> dict[str, Any]:
     rng = random.Random(seed)
     servers = {
@@ -187,6 +188,7 @@ async def main(
         failover=FailoverConfig(max_attempts=3, backoff=Backoff(base_s=0.002, max_s=0.02)),
         cache=cache,
     )
+    exporter = serve_metrics(cluster, metrics_port, quiet) if metrics_port is not None else None
     run = Run()
     client = httpx.AsyncClient(timeout=1.0, limits=httpx.Limits(max_connections=200))
     prompts = [f"prompt {i}: explain topic {i} in one paragraph" for i in range(20_000)]
@@ -286,6 +288,8 @@ async def main(
         await asyncio.gather(*tasks, events, return_exceptions=True)
         await cluster.aclose()
         await client.aclose()
+        if exporter is not None:
+            exporter()
         if isinstance(cache, LayeredCache):
             await cache.aclose()
         if announcer is not None:
@@ -295,6 +299,29 @@ async def main(
         for server in servers.values():
             await server.kill()
     return result
+
+
+def serve_metrics(cluster: Cluster, port: int, quiet: bool) -> Callable[[], None]:
+    """Serves the cluster's Prometheus metrics on 127.0.0.1:``port``
+    (``/metrics``) while the demo runs; returns what stops it."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from langcluster.metrics import PrometheusCollector
+
+    registry = CollectorRegistry()
+    collector = PrometheusCollector(cluster)
+    registry.register(collector)
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    if not quiet:
+        print(f"metrics on http://127.0.0.1:{server.server_port}/metrics", flush=True)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+        collector.close()
+
+    return stop
 
 
 def describe(event: ClusterEvent) -> str:
@@ -358,6 +385,7 @@ def cli(args: Any) -> int:
             etcd_url=args.etcd,
             seed=args.seed,
             quiet=args.json,
+            metrics_port=args.metrics_port,
         )
     )
     if args.json:
