@@ -22,7 +22,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "api.md"
 STUB = ROOT / "python" / "langcluster" / "_core.pyi"
-EXTRA_MODULES = ["langcluster.types", "langcluster.integrations.langchain", "langcluster.testing"]
+EXTRA_MODULES = [
+    "langcluster.metrics",
+    "langcluster.types",
+    "langcluster.integrations.langchain",
+    "langcluster.testing",
+]
 
 
 def stub_signatures() -> dict[str, dict[str, str]]:
@@ -150,6 +155,15 @@ def document(module: str, name: str, obj: Any) -> list[str]:
         lines.append(f"### `{name}{signature([], name, obj)}`\n")
         lines.append(f"*{module}*\n")
         lines.append((inspect.getdoc(obj) or "").strip() + "\n")
+    elif isinstance(obj, dict) and all(hasattr(v, "help") for v in obj.values()):
+        title = "the metrics, by Prometheus name (a counter is exposed with `_total`)"
+        lines.append(f"### `{name}`\n\n*{module}*: {title}:\n")
+        for key, metric in obj.items():
+            labels = ", ".join(metric.labels)
+            lines.append(
+                f"- `{key}` ({metric.kind}; {labels}; OpenTelemetry `{metric.otel}`): {metric.help}"
+            )
+        lines.append("")
     else:
         lines.append(f"### `{name}`\n\n*{module}*: `{obj!r}`\n")
     return lines
@@ -171,6 +185,10 @@ def render() -> str:
     for name in sorted(langcluster.__all__, key=str.lower):
         obj = getattr(langcluster, name)
         if name == "__version__":
+            continue
+        if inspect.ismodule(obj):
+            anchor = obj.__name__.replace(".", "")
+            lines += [f"### `{name}`\n", f"A subpackage: see [`{obj.__name__}`](#{anchor}).\n"]
             continue
         lines += document(getattr(obj, "__module__", "langcluster") or "langcluster", name, obj)
     for module_name in EXTRA_MODULES:
