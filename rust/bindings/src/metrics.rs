@@ -12,6 +12,27 @@ use langcluster_core::Error as CoreError;
 use crate::convert;
 use crate::errors::Result;
 
+/// The items of `value`, converted, refused by `name` (with `limit` as
+/// the reason) once there are more than `max`: never reads on, so an
+/// endless iterable costs nothing.
+fn bounded<T>(
+    name: &'static str,
+    expected: &str,
+    value: &Bound<'_, PyAny>,
+    max: usize,
+    limit: &str,
+    convert_one: impl Fn(&Bound<'_, PyAny>) -> Result<T>,
+) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for item in convert::iterate(name, expected, value)? {
+        if out.len() == max {
+            return Err(CoreError::invalid(name, limit).into());
+        }
+        out.push(convert_one(&item?)?);
+    }
+    Ok(out)
+}
+
 #[pyclass(frozen, module = "langcluster._core")]
 pub struct Histogram {
     inner: CoreHistogram,
@@ -22,17 +43,15 @@ impl Histogram {
     /// `bounds`: finite, strictly increasing upper bounds (at most 1,000).
     #[new]
     fn new(bounds: &Bound<'_, PyAny>) -> Result<Self> {
-        let mut values = Vec::new();
-        for item in convert::iterate("bounds", "an iterable of numbers", bounds)? {
-            if values.len() == MAX_BUCKETS {
-                return Err(CoreError::invalid(
-                    "bounds",
-                    format!("must hold 1 to {MAX_BUCKETS} bounds"),
-                )
-                .into());
-            }
-            values.push(convert::number("bounds", &item?)?);
-        }
+        let limit = format!("must hold 1 to {MAX_BUCKETS} bounds");
+        let values = bounded(
+            "bounds",
+            "an iterable of numbers",
+            bounds,
+            MAX_BUCKETS,
+            &limit,
+            |item| convert::number("bounds", item),
+        )?;
         Ok(Histogram {
             inner: CoreHistogram::new(values)?,
         })
@@ -84,23 +103,17 @@ impl CallTimer {
     #[new]
     fn new(bounds: &Bound<'_, PyAny>, outcomes: &Bound<'_, PyAny>) -> Result<Self> {
         let template = Histogram::new(bounds)?.inner;
-        let mut names = Vec::new();
-        for item in convert::iterate("outcomes", "an iterable of str", outcomes)? {
-            if names.len() == MAX_OUTCOMES {
-                return Err(CoreError::invalid(
-                    "outcomes",
-                    format!("must hold 1 to {MAX_OUTCOMES} names"),
-                )
-                .into());
-            }
-            names.push(convert::string("outcomes", &item?)?);
-        }
+        let limit = format!("must hold 1 to {MAX_OUTCOMES} names");
+        let names = bounded(
+            "outcomes",
+            "an iterable of str",
+            outcomes,
+            MAX_OUTCOMES,
+            &limit,
+            |item| convert::string("outcomes", item),
+        )?;
         if names.is_empty() {
-            return Err(CoreError::invalid(
-                "outcomes",
-                format!("must hold 1 to {MAX_OUTCOMES} names"),
-            )
-            .into());
+            return Err(CoreError::invalid("outcomes", limit).into());
         }
         let mut histograms = Vec::with_capacity(names.len());
         for _ in &names {
