@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.helpers import wait_until
+
 
 def run_module(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -73,19 +75,22 @@ def test_the_demo_serves_prometheus_metrics_while_it_runs() -> None:
          "--metrics-port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    families: dict[str, Any] = {}
+
+    def scraped_a_call() -> bool:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            return False  # not serving yet
+        scraped = {f.name: f for f in text_string_to_metric_families(text)}
+        calls = scraped.get("langcluster_calls")
+        if calls is None or sum(s.value for s in calls.samples) == 0:
+            return False
+        families.update(scraped)  # calls have been made and counted
+        return True
+
     try:
-        families: dict[str, Any] = {}
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not families:
-            time.sleep(0.2)
-            try:
-                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-            except httpx.HTTPError:
-                continue  # not serving yet
-            scraped = {f.name: f for f in text_string_to_metric_families(text)}
-            calls = scraped.get("langcluster_calls")
-            if calls is not None and sum(s.value for s in calls.samples) > 0:
-                families = scraped  # calls have been made and counted
+        wait_until(scraped_a_call, 30)
         stdout, stderr = demo.communicate(timeout=60)
     finally:
         demo.kill()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
-import time
 import tracemalloc
 from collections.abc import Callable
 from typing import Any
@@ -16,17 +15,11 @@ from typing import Any
 import pytest
 
 import langcluster as lc
+from tests.support.helpers import eventually
 
 STABLE = 5
 CHURNED = 10_000
 STEP = 10  # nodes added and removed per discovery change
-
-
-async def until(condition: Callable[[], object], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        await asyncio.sleep(0.001)
 
 
 def holds(cluster: lc.Cluster, count: int) -> Callable[[], bool]:
@@ -103,18 +96,19 @@ async def test_ten_thousand_nodes_come_and_go_and_nothing_stays_behind() -> None
                     live.append(name)
                 while len(live) > 2 * STEP:
                     await discovery.deregister(live.pop(0))
-                await until(holds(cluster, STABLE + len(live)))
-                await asyncio.sleep(0.001)  # calls and checks reach the new nodes
+                await eventually(holds(cluster, STABLE + len(live)))
+                before = calls
+                await eventually(lambda before=before: calls > before)  # calls reach the nodes
                 if step in (CHURNED // STEP // 2, CHURNED // STEP - 1):
                     gc.collect()
                     memory.append(tracemalloc.get_traced_memory()[0])
             for name in live:
                 await discovery.deregister(name)
-            await until(holds(cluster, STABLE))
+            await eventually(holds(cluster, STABLE))
             stop.set()
             await asyncio.gather(*workers)
             # Departed nodes still queued for a check leave as they come due.
-            await until(lambda: max(sizes(cluster).values()) <= STABLE)
+            await eventually(lambda: max(sizes(cluster).values()) <= STABLE)
             final = sizes(cluster)
     finally:
         tracemalloc.stop()

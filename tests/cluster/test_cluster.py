@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 import httpx
 import pytest
 
 import langcluster as lc
 from langcluster.testing import SimulatedServer
+from tests.support.helpers import eventually
 from tests.support.simulated import asker, servers
 
 FAST_BREAKER = lc.BreakerConfig(
@@ -83,13 +83,6 @@ async def test_health_checks_take_a_dead_server_out_and_bring_it_back() -> None:
         await backend.kill()
 
 
-async def until(condition: Callable[[], object], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        await asyncio.sleep(0.01)
-
-
 @pytest.mark.asyncio
 async def test_a_node_whose_health_checks_pass_again_leaves_ejection_at_once() -> None:
     backends = await servers(2, latency_s=0.001)
@@ -106,7 +99,7 @@ async def test_a_node_whose_health_checks_pass_again_leaves_ejection_at_once() -
         events: list[lc.ClusterEvent] = []
         cluster.subscribe(events.append)
         await backends[0].kill()
-        await until(lambda: cluster.registry.get("s0").status is lc.NodeStatus.UNHEALTHY)  # type: ignore[union-attr]
+        await eventually(lambda: cluster.registry.get("s0").status is lc.NodeStatus.UNHEALTHY)  # type: ignore[union-attr]
         # Its breaker opens as two failed calls would open it (calls could
         # not be relied on for that: the health check may take the node out
         # of rotation first).
@@ -115,7 +108,7 @@ async def test_a_node_whose_health_checks_pass_again_leaves_ejection_at_once() -
         breaker.record_failure()
         assert breaker.state == "open"
         await backends[0].start()
-        await until(lambda: cluster.registry.get("s0").status is lc.NodeStatus.HEALTHY)  # type: ignore[union-attr]
+        await eventually(lambda: cluster.registry.get("s0").status is lc.NodeStatus.HEALTHY)  # type: ignore[union-attr]
         assert cluster.failover.breaker("s0").state == "half_open"  # not open for a minute
         answers = [await cluster.call(asker(client)) for _ in range(10)]
         assert "s0" in answers

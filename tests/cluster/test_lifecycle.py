@@ -18,7 +18,7 @@ import pytest
 import langcluster as lc
 from langcluster.cache import invalidation
 from langcluster.cache.coherence import Coherence
-from tests.support.helpers import wait_until
+from tests.support.helpers import eventually, wait_until
 
 
 def cluster(service: str = "life") -> lc.Cluster:
@@ -108,7 +108,7 @@ async def test_close_waits_for_calls_in_flight_and_refuses_new_ones() -> None:
     call = asyncio.create_task(c.call(slow))
     await entered.wait()
     closing = asyncio.create_task(c.aclose(drain_timeout_s=30))
-    await wait_for(lambda: c._state.value == "closing")
+    await eventually(lambda: c._state.value == "closing")
     with pytest.raises(lc.ClusterNotRunning, match="is closing"):
         await c.call(node_id)
     assert not closing.done()  # draining: the call in flight may finish
@@ -186,11 +186,3 @@ def test_an_l1_not_listening_to_invalidations_keeps_nothing() -> None:
     coherence.listening = True
     coherence.fill({"k": ("from redis", None)}, coherence.seq)
     assert l1["k"] == "from redis"
-
-
-async def wait_for(condition: Any) -> None:
-    for _ in range(1000):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("the condition never held")

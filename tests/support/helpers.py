@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,17 @@ def wait_until(condition: Callable[[], object], timeout_s: float = 5.0) -> bool:
             return True
         time.sleep(0.005)
     return bool(condition())
+
+
+async def eventually(condition: Callable[[], object], timeout_s: float = 10.0) -> None:
+    """Awaits until ``condition()`` holds, letting the loop's other tasks
+    run; fails after ``timeout_s``. For outcomes that background tasks on
+    the loop bring about (a discovery follower, a health monitor, calls in
+    flight), whose timers the test does not own."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.001)
 
 
 class ManualClock:
