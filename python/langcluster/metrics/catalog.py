@@ -133,9 +133,10 @@ def _r(name: str, value: float, *labels: str) -> Reading:
 
 
 def _cluster(cluster: Any, service: str) -> Iterator[Reading]:
-    yield from _failover(cluster.failover, service, [n.id for n in cluster.registry.nodes()])
+    nodes = cluster.registry.nodes()
+    yield from _failover(cluster.failover, service, [n.id for n in nodes])
     yield from _balancer(cluster.balancer.stats(), service)
-    for node in cluster.registry.nodes():
+    for node in nodes:
         yield _r("node_up", node.status.value in ("healthy", "unknown"), service, node.id)
     if cluster.cache is not None:
         yield from _cache(cluster.cache, service)
