@@ -2,7 +2,7 @@
 //! (criterion), over 10,000 u64 keys in a cache of 20,000.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use langcluster_core::cache::{Cache, Config, Now, PolicyKind, Removed};
+use langcluster_core::cache::{Cache, Config, Now, PolicyKind, Removed, Write};
 use langcluster_core::hash::hash_i64;
 
 fn filled(policy: PolicyKind) -> Cache<u64, u64> {
@@ -11,6 +11,8 @@ fn filled(policy: PolicyKind) -> Cache<u64, u64> {
         policy,
         shards: None,
         ttl: None,
+        tti: None,
+        weighted: false,
     })
     .unwrap();
     for k in 0..10_000u64 {
@@ -20,7 +22,7 @@ fn filled(policy: PolicyKind) -> Cache<u64, u64> {
             hash_i64(k as i64),
             || k,
             k,
-            None,
+            Write::DEFAULT,
             |x| *x == k,
             &mut out,
         );
@@ -76,7 +78,7 @@ fn bench(c: &mut Criterion) {
                     hash_i64(key as i64),
                     || key,
                     key,
-                    None,
+                    Write::DEFAULT,
                     |x| *x == key,
                     &mut out,
                 )

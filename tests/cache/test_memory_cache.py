@@ -113,7 +113,9 @@ def test_stats_count_hits_misses_and_reset(cache: MemoryCache) -> None:
         "misses": 1,
         "evictions": 0,
         "expirations": 0,
+        "rejections": 0,
         "size": 1,
+        "weighted_size": 1,
         "capacity": 100,
         "hit_ratio": 0.5,
     }

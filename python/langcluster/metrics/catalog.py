@@ -82,6 +82,12 @@ METRICS: dict[str, Metric] = {
            "langcluster.cache.requests", "{request}"),
         _m("cache_entries", "gauge", "cache tier",
            "Entries held by a memory tier.", "langcluster.cache.entries", "{entry}"),
+        _m("cache_weight", "gauge", "cache tier",
+           "Sum of the entries' weights in a memory tier (its entries, without a weigher).",
+           "langcluster.cache.weight", "{unit}"),
+        _m("cache_rejections", "counter", "cache tier",
+           "Writes a memory tier refused because the entry outweighed its capacity.",
+           "langcluster.cache.rejections", "{entry}"),
         _m("cache_evictions", "counter", "cache tier",
            "Entries a memory tier evicted for room.", "langcluster.cache.evictions", "{entry}"),
         _m("cache_expirations", "counter", "cache tier",
@@ -180,6 +186,8 @@ def _memory(stats: dict[str, Any], cache: str) -> Iterator[Reading]:
     yield _r("cache_requests", stats["hits"], cache, "memory", "hit")
     yield _r("cache_requests", stats["misses"], cache, "memory", "miss")
     yield _r("cache_entries", stats["size"], cache, "memory")
+    yield _r("cache_weight", stats["weighted_size"], cache, "memory")
+    yield _r("cache_rejections", stats["rejections"], cache, "memory")
     yield _r("cache_evictions", stats["evictions"], cache, "memory")
     yield _r("cache_expirations", stats["expirations"], cache, "memory")
 

@@ -9,7 +9,7 @@ use langcluster_core::balancer::{
     Adaptive, Balancer, ConsistentHash, LeastConnections, NodeSpec, PowerOfTwoChoices, Random,
     RoundRobin, Strategy, WeightedRoundRobin,
 };
-use langcluster_core::cache::{Cache, Config, Now, PolicyKind, Removed};
+use langcluster_core::cache::{Cache, Config, Now, PolicyKind, Removed, Write};
 use langcluster_core::hash::{hash_bytes, hash_i64};
 
 struct Counting;
@@ -134,6 +134,8 @@ fn cache_hits_and_updates_do_not_allocate() {
             policy,
             shards: Some(4),
             ttl: None,
+            tti: None,
+            weighted: false,
         })
         .unwrap();
         let mut out = Removed::new();
@@ -143,7 +145,7 @@ fn cache_hits_and_updates_do_not_allocate() {
                 hash_i64(k as i64),
                 || k,
                 k,
-                None,
+                Write::DEFAULT,
                 |x| *x == k,
                 &mut out,
             );
@@ -157,7 +159,7 @@ fn cache_hits_and_updates_do_not_allocate() {
             sum += cache
                 .get(Now::LAZY, h, |x| *x == k, |v| *v, &mut out)
                 .unwrap_or(0);
-            cache.insert(Now::LAZY, h, || k, i, None, |x| *x == k, &mut out);
+            cache.insert(Now::LAZY, h, || k, i, Write::DEFAULT, |x| *x == k, &mut out);
             let missing = k + 1_000_000;
             let _ = cache.get(
                 Now::LAZY,

@@ -14,7 +14,7 @@ use langcluster_core::balancer::{
     MAX_WEIGHT,
 };
 use langcluster_core::breaker::{Admission, BreakerSettings, CircuitBreaker, State};
-use langcluster_core::cache::{Cache, Config, Now, PolicyKind, Removed};
+use langcluster_core::cache::{Cache, Config, Now, PolicyKind, Removed, Write};
 use langcluster_core::error::{count_in, latency_seconds, positive_seconds, MAX_LATENCY_S};
 use langcluster_core::Error;
 use proptest::prelude::*;
@@ -373,7 +373,8 @@ proptest! {
 
 #[derive(Clone, Debug)]
 enum CacheOp {
-    Insert(u16, Option<u64>),
+    /// Key, TTL, time-to-idle, weight.
+    Insert(u16, Option<u64>, Option<u64>, u32),
     Get(u16),
     Remove(u16),
     Advance(u64),
@@ -381,10 +382,14 @@ enum CacheOp {
 }
 
 fn cache_op() -> impl Strategy<Value = CacheOp> {
+    let key = prop_oneof![0..64u16, any::<u16>()];
+    let time = || prop::option::of(1..5_000_000_000u64);
+    let weight = prop_oneof![0..4u32, 0..400u32, Just(u32::MAX)];
     prop_oneof![
-        4 => (any::<u16>(), prop::option::of(1..5_000_000_000u64)).prop_map(|(k, t)| CacheOp::Insert(k, t)),
-        4 => any::<u16>().prop_map(CacheOp::Get),
-        2 => any::<u16>().prop_map(CacheOp::Remove),
+        4 => (key.clone(), time(), time(), weight)
+            .prop_map(|(k, t, i, w)| CacheOp::Insert(k, t, i, w)),
+        4 => key.clone().prop_map(CacheOp::Get),
+        2 => key.prop_map(CacheOp::Remove),
         1 => prop_oneof![0..3_000_000_000u64, any::<u64>()].prop_map(CacheOp::Advance),
         1 => Just(CacheOp::Purge),
     ]
@@ -399,26 +404,52 @@ proptest! {
 
     #[test]
     fn a_cache_never_holds_more_than_its_capacity(
-        capacity in 1..300usize,
+        capacity in 1..300u64,
         shards in prop::option::of(1..8usize),
         policy in prop::sample::select(vec![
             PolicyKind::TinyLfu, PolicyKind::Lru, PolicyKind::Lfu, PolicyKind::Fifo,
         ]),
         ttl in prop::option::of(1..10_000_000_000u64),
+        tti in prop::option::of(1..10_000_000_000u64),
+        weighted in any::<bool>(),
         ops in prop::collection::vec(cache_op(), 0..400),
     ) {
-        let config = Config { capacity, policy, shards, ttl: ttl.map(Duration::from_nanos) };
+        let config = Config {
+            capacity,
+            policy,
+            shards,
+            ttl: ttl.map(Duration::from_nanos),
+            tti: tti.map(Duration::from_nanos),
+            weighted,
+        };
         let Ok(cache) = Cache::<u16, u16>::new(config) else {
-            prop_assert!(shards.is_some_and(|s| s > capacity));
+            prop_assert!(shards.is_some_and(|s| s as u64 > capacity));
             return Ok(());
         };
+        // The weight each stored key was last written with.
+        let mut weights = std::collections::HashMap::new();
         let mut now = 1u64;
         for op in ops {
             let mut out = Removed::new();
             match op {
-                CacheOp::Insert(k, t) => {
-                    cache.insert(Now::at(now), h(k), || k, k, t.map(Duration::from_nanos),
-                                 |x| *x == k, &mut out);
+                CacheOp::Insert(k, t, i, w) => {
+                    let write = Write {
+                        ttl: t.map(Duration::from_nanos),
+                        tti: i.map(Duration::from_nanos),
+                        weight: w,
+                    };
+                    let back = cache.insert(Now::at(now), h(k), || k, k, write, |x| *x == k, &mut out);
+                    let w = if weighted { w } else { 1 };
+                    let stored = cache.contains(Now::at(now), h(k), |x| *x == k, &mut out);
+                    let largest_shard = capacity.div_ceil(cache.shard_count() as u64);
+                    if u64::from(w) > largest_shard {
+                        prop_assert_eq!(back, Some(k), "a rejected value comes back");
+                        prop_assert!(!stored);
+                    } else if u64::from(w) <= cache.max_weight() && now < u64::MAX / 2 {
+                        // (At the end of time a deadline saturates to now: dead.)
+                        prop_assert!(stored, "an entry that fits any shard is stored");
+                    }
+                    weights.insert(k, u64::from(w));
                 }
                 CacheOp::Get(k) => {
                     if let Some(v) = cache.get(Now::at(now), h(k), |x| *x == k, |v| *v, &mut out) {
@@ -434,7 +465,16 @@ proptest! {
                     cache.purge_expired(Now::at(now));
                 }
             }
-            prop_assert!(cache.len() <= capacity, "{} > {capacity}", cache.len());
+            let stats = cache.stats();
+            prop_assert!(stats.weighted_size <= capacity, "{} > {capacity}", stats.weighted_size);
+            prop_assert_eq!(stats.size, cache.len());
+            // Every stored entry, expired or not (time 1 is before any deadline).
+            let stored = cache.keys(Now::at(1), |k| *k);
+            let total: u64 = stored.iter().map(|k| weights[k]).sum();
+            prop_assert_eq!(stats.weighted_size, total);
+            if !weighted {
+                prop_assert_eq!(stats.weighted_size, stats.size as u64);
+            }
         }
     }
 }

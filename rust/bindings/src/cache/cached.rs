@@ -221,8 +221,12 @@ impl CallKey {
 
     /// Stores the computed value under this key.
     fn store(&self, py: Python<'_>, value: Py<PyAny>) -> Result<()> {
+        let lifetimes = super::Lifetimes {
+            ttl: self.ttl,
+            tti: None,
+        };
         self.cache
             .get()
-            .store(py, self.hash, &self.key.probe(py), value, self.ttl)
+            .store(py, None, self.hash, &self.key.probe(py), value, lifetimes)
     }
 }

@@ -10,7 +10,8 @@ pub mod keys;
 
 use std::time::Duration;
 
-use langcluster_core::cache::{ttl_from_secs, Cache, Cause, Config, Now, Removed};
+use langcluster_core::cache::{ttl_from_secs, Cache, Cause, Config, Now, Removed, Write};
+use langcluster_core::error::Error as CoreError;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -24,12 +25,15 @@ type Value = Py<PyAny>;
 type Out = Removed<Key, Value>;
 
 /// A bounded in-memory cache of Python objects, sharded, with a choice of
-/// eviction policy and per-entry TTL.
+/// eviction policy, a capacity in entries or in weight, and per-entry TTL
+/// and time-to-idle.
 #[pyclass(frozen, module = "langcluster._core")]
 pub struct MemoryCache {
     inner: Cache<Key, Value>,
     seed: u64,
     on_evict: Option<Py<PyAny>>,
+    /// `(key, value) -> int >= 0`: with it, the capacity is a total weight.
+    weigher: Option<Py<PyAny>>,
     /// A clock of the caller's (for tests), read before any shard is locked.
     clock: Option<Py<PyAny>>,
 }
@@ -63,11 +67,42 @@ impl<'py> FromPyObject<'_, 'py> for Fallback {
     }
 }
 
-/// An optional TTL in seconds, checked by the core.
+/// An optional TTL (or time-to-idle) in seconds, checked by the core.
 pub fn ttl_arg(name: &'static str, ttl: Option<&Bound<'_, PyAny>>) -> Result<Option<Duration>> {
     Ok(optional_number(name, ttl)?
         .map(|secs| ttl_from_secs(name, secs))
         .transpose()?)
+}
+
+/// The lifetimes one write asks for: `None` leaves the cache's default.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Lifetimes {
+    pub ttl: Option<Duration>,
+    pub tti: Option<Duration>,
+}
+
+impl Lifetimes {
+    pub fn from_args(
+        ttl: Option<&Bound<'_, PyAny>>,
+        tti: Option<&Bound<'_, PyAny>>,
+    ) -> Result<Lifetimes> {
+        Ok(Lifetimes {
+            ttl: ttl_arg("ttl", ttl)?,
+            tti: ttl_arg("tti", tti)?,
+        })
+    }
+}
+
+/// What a weigher returned, as a weight: an int from 0 to `u32::MAX`.
+fn weight_of(returned: &Bound<'_, PyAny>) -> Result<u32> {
+    let weight = integer("weigher", returned)?;
+    u32::try_from(weight).map_err(|_| {
+        CoreError::invalid(
+            "weigher",
+            format!("must return an int from 0 to {}, got {weight}", u32::MAX),
+        )
+        .into()
+    })
 }
 
 impl MemoryCache {
@@ -119,23 +154,67 @@ impl MemoryCache {
         })
     }
 
+    /// The weight of an entry about to be written: 1 without a weigher,
+    /// else what the weigher returns for `(key, value)`. It runs here, with
+    /// no shard locked; if it raises, the write stores nothing. `key` is
+    /// the caller's key object, or `None` to build one from the probe.
+    pub fn weigh(
+        &self,
+        py: Python<'_>,
+        key: Option<&Bound<'_, PyAny>>,
+        probe: &Probe<'_, '_>,
+        value: &Value,
+    ) -> Result<u32> {
+        let Some(weigher) = &self.weigher else {
+            return Ok(1);
+        };
+        let returned = match key {
+            Some(key) => weigher.call1(py, (key, value))?,
+            None => weigher.call1(py, (probe.to_key().into_py(py)?, value))?,
+        };
+        weight_of(returned.bind(py))
+    }
+
+    /// Stores a value whose weight is known (see `weigh`).
     #[inline(always)]
-    pub fn store(
+    pub fn store_weighed(
         &self,
         py: Python<'_>,
         hash: u64,
         probe: &Probe<'_, '_>,
         value: Value,
-        ttl: Option<Duration>,
+        lifetimes: Lifetimes,
+        weight: u32,
     ) -> Result<()> {
+        let write = Write {
+            ttl: lifetimes.ttl,
+            tti: lifetimes.tti,
+            weight,
+        };
         let replaced = self.with_shard(py, |now, out| {
             let key = || probe.to_key();
             self.inner
-                .insert(now, hash, key, value, ttl, |k| probe.matches(k), out)
+                .insert(now, hash, key, value, write, |k| probe.matches(k), out)
         })?;
-        // The old value is dropped here, after the shard lock is released.
+        // The old (or rejected) value is dropped here, after the shard lock
+        // is released.
         drop(replaced);
         Ok(())
+    }
+
+    /// Weighs a value and stores it.
+    #[inline(always)]
+    pub fn store(
+        &self,
+        py: Python<'_>,
+        key: Option<&Bound<'_, PyAny>>,
+        hash: u64,
+        probe: &Probe<'_, '_>,
+        value: Value,
+        lifetimes: Lifetimes,
+    ) -> Result<()> {
+        let weight = self.weigh(py, key, probe, &value)?;
+        self.store_weighed(py, hash, probe, value, lifetimes, weight)
     }
 
     pub fn forget(
@@ -191,6 +270,7 @@ impl MemoryCache {
     // which only keeps its values alive until a later collection.
     fn __traverse__(&self, visit: PyVisit<'_>) -> std::result::Result<(), PyTraverseError> {
         visit.call(&self.on_evict)?;
+        visit.call(&self.weigher)?;
         visit.call(&self.clock)?;
         self.inner.try_visit_values(|value| visit.call(value))
     }
@@ -200,28 +280,36 @@ impl MemoryCache {
     }
 
     #[new]
-    #[pyo3(signature = (capacity, *, policy=PolicyName::DEFAULT, ttl=None, shards=None, on_evict=None, clock=None))]
+    #[pyo3(signature = (capacity, *, policy=PolicyName::DEFAULT, ttl=None, tti=None, weigher=None, shards=None, on_evict=None, clock=None))]
     #[pyo3(
-        text_signature = "(capacity, *, policy='tinylfu', ttl=None, shards=None, on_evict=None, clock=None)"
+        text_signature = "(capacity, *, policy='tinylfu', ttl=None, tti=None, weigher=None, shards=None, on_evict=None, clock=None)"
     )]
+    // Each argument is a constructor keyword of its own.
+    #[allow(clippy::too_many_arguments)]
     fn new(
         capacity: &Bound<'_, PyAny>,
         policy: PolicyName,
         ttl: Option<&Bound<'_, PyAny>>,
+        tti: Option<&Bound<'_, PyAny>>,
+        weigher: Option<&Bound<'_, PyAny>>,
         shards: Option<&Bound<'_, PyAny>>,
         on_evict: Option<&Bound<'_, PyAny>>,
         clock: Option<&Bound<'_, PyAny>>,
     ) -> Result<Self> {
+        let weigher = crate::convert::optional_callable("weigher", weigher)?;
         let config = Config::from_settings(
             integer("capacity", capacity)?,
             &policy.0,
             optional_integer("shards", shards)?,
             optional_number("ttl", ttl)?,
+            optional_number("tti", tti)?,
+            weigher.is_some(),
         )?;
         Ok(MemoryCache {
             inner: Cache::new(config)?,
             seed: fastrand::u64(..),
             on_evict: crate::convert::optional_callable("on_evict", on_evict)?,
+            weigher,
             clock: self::clock("clock", clock)?,
         })
     }
@@ -232,12 +320,12 @@ impl MemoryCache {
         &self,
         py: Python<'_>,
         key: &Bound<'_, PyAny>,
-        default: Option<Py<PyAny>>,
+        default: Option<&Bound<'_, PyAny>>,
     ) -> Result<Py<PyAny>> {
         let (hash, probe) = Probe::new(key, self.seed)?;
         Ok(match self.lookup(py, hash, &probe)? {
             Some(v) => v,
-            None => default.unwrap_or_else(|| py.None()),
+            None => default.map_or_else(|| py.None(), |d| d.clone().unbind()),
         })
     }
 
@@ -247,23 +335,25 @@ impl MemoryCache {
             .ok_or_else(|| Error::MissingKey(key.clone().unbind()))
     }
 
-    /// Stores `value` under `key`; `ttl` (seconds) overrides the default TTL.
-    #[pyo3(signature = (key, value, ttl=None))]
+    /// Stores `value` under `key`; `ttl` and `tti` (seconds) override the
+    /// cache's defaults for this entry.
+    #[pyo3(signature = (key, value, ttl=None, tti=None))]
     fn set(
         &self,
         py: Python<'_>,
         key: &Bound<'_, PyAny>,
         value: Py<PyAny>,
         ttl: Option<&Bound<'_, PyAny>>,
+        tti: Option<&Bound<'_, PyAny>>,
     ) -> Result<()> {
-        let ttl = ttl_arg("ttl", ttl)?;
+        let lifetimes = Lifetimes::from_args(ttl, tti)?;
         let (hash, probe) = Probe::new(key, self.seed)?;
-        self.store(py, hash, &probe, value, ttl)
+        self.store(py, Some(key), hash, &probe, value, lifetimes)
     }
 
     fn __setitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>, value: Py<PyAny>) -> Result<()> {
         let (hash, probe) = Probe::new(key, self.seed)?;
-        self.store(py, hash, &probe, value, None)
+        self.store(py, Some(key), hash, &probe, value, Lifetimes::default())
     }
 
     /// Removes `key`; returns whether it was present.
@@ -318,15 +408,17 @@ impl MemoryCache {
     }
 
     /// Stores every item of `mapping` (a mapping or an iterable of pairs).
-    /// Every key is checked before the first is stored.
-    #[pyo3(signature = (mapping, ttl=None))]
+    /// Every key is checked, and every value weighed, before the first is
+    /// stored.
+    #[pyo3(signature = (mapping, ttl=None, tti=None))]
     fn set_many(
         &self,
         py: Python<'_>,
         mapping: &Bound<'_, PyAny>,
         ttl: Option<&Bound<'_, PyAny>>,
+        tti: Option<&Bound<'_, PyAny>>,
     ) -> Result<()> {
-        let ttl = ttl_arg("ttl", ttl)?;
+        let lifetimes = Lifetimes::from_args(ttl, tti)?;
         let items = if mapping.hasattr("items")? {
             mapping.call_method0("items")?
         } else {
@@ -342,11 +434,13 @@ impl MemoryCache {
             pairs.push((key, value));
         }
         let mut probes = Vec::with_capacity(pairs.len());
-        for (key, _) in &pairs {
-            probes.push(Probe::new(key, self.seed)?);
+        for (key, value) in &pairs {
+            let (hash, probe) = Probe::new(key, self.seed)?;
+            let weight = self.weigh(py, Some(key), &probe, value)?;
+            probes.push((hash, probe, weight));
         }
-        for ((hash, probe), (_, value)) in probes.iter().zip(pairs.iter()) {
-            self.store(py, *hash, probe, value.clone_ref(py), ttl)?;
+        for ((hash, probe, weight), (_, value)) in probes.iter().zip(pairs.iter()) {
+            self.store_weighed(py, *hash, probe, value.clone_ref(py), lifetimes, *weight)?;
         }
         Ok(())
     }
@@ -403,7 +497,9 @@ impl MemoryCache {
         d.set_item("misses", s.misses)?;
         d.set_item("evictions", s.evictions)?;
         d.set_item("expirations", s.expirations)?;
+        d.set_item("rejections", s.rejections)?;
         d.set_item("size", s.size)?;
+        d.set_item("weighted_size", s.weighted_size)?;
         d.set_item("capacity", s.capacity)?;
         d.set_item(
             "hit_ratio",
@@ -427,8 +523,21 @@ impl MemoryCache {
     }
 
     #[getter]
-    fn capacity(&self) -> usize {
+    fn capacity(&self) -> u64 {
         self.inner.capacity()
+    }
+
+    /// The weigher, or None for a cache whose capacity counts entries.
+    #[getter]
+    fn weigher(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.weigher.as_ref().map(|w| w.clone_ref(py))
+    }
+
+    /// The heaviest entry that can be stored: the capacity, or its share per
+    /// shard when there are several.
+    #[getter]
+    fn max_weight(&self) -> u64 {
+        self.inner.max_weight()
     }
 
     #[getter]
@@ -439,6 +548,11 @@ impl MemoryCache {
     #[getter]
     fn ttl(&self) -> Option<f64> {
         self.inner.default_ttl().map(|d| d.as_secs_f64())
+    }
+
+    #[getter]
+    fn tti(&self) -> Option<f64> {
+        self.inner.default_tti().map(|d| d.as_secs_f64())
     }
 
     #[getter]

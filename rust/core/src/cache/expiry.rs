@@ -1,12 +1,16 @@
-//! The queue of entries that carry a TTL: a min-heap of (deadline, slot).
+//! The queue of entries that carry a deadline (a TTL, a time-to-idle or
+//! both): a min-heap of (time, slot).
 //!
-//! Heap items are never removed in place: when an entry is deleted, replaced
-//! or given a new deadline, its old item stays and is recognised as stale when
-//! it surfaces (the slot is empty or holds a different deadline). Two entries
-//! that share a deadline and a slot are the same case: expiring whichever
-//! holds the slot at that deadline is right. Stale items are bounded: when
-//! they outnumber the live ones by two to one the heap is rebuilt from the
-//! slots, which costs O(n) once per O(n) writes.
+//! Heap items are never removed or moved in place. An item that surfaces is
+//! checked against its slot as it is now: an empty slot, or one with no
+//! deadline, makes it stale; a deadline that has passed expires the entry
+//! (whichever entry holds the slot: it is dead either way); a deadline still
+//! ahead (a read pushed the idle deadline back, or a write set a new one)
+//! puts the slot back in the heap at that time. So a read of an entry with a
+//! time-to-idle only stores the new idle deadline; the heap learns of it
+//! when the old item surfaces. Stale items are bounded: when they outnumber
+//! the live ones by two to one the heap is rebuilt from the slots, which
+//! costs O(n) once per O(n) writes.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -40,16 +44,21 @@ impl ExpiryQueue {
     }
 
     /// The next slot whose deadline is at or before `now`, skipping stale
-    /// items.
+    /// items and rescheduling slots whose deadline moved later.
     pub fn pop_due<K, V>(&mut self, slots: &[Slot<K, V>], now: u64) -> Option<u32> {
-        while let Some(&Reverse((deadline, index))) = self.heap.peek() {
-            if deadline > now {
+        while let Some(&Reverse((at, index))) = self.heap.peek() {
+            if at > now {
                 return None;
             }
             self.heap.pop();
             let slot = &slots[index as usize];
-            if slot.entry.is_some() && slot.expires == deadline {
-                return Some(index);
+            if slot.entry.is_none() {
+                continue;
+            }
+            match slot.deadline() {
+                0 => {}
+                due if due <= now => return Some(index),
+                later => self.heap.push(Reverse((later, index))),
             }
         }
         None
@@ -59,8 +68,8 @@ impl ExpiryQueue {
         let items: Vec<_> = slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.entry.is_some() && s.expires != 0)
-            .map(|(i, s)| Reverse((s.expires, i as u32)))
+            .filter(|(_, s)| s.entry.is_some() && s.deadline() != 0)
+            .map(|(i, s)| Reverse((s.deadline(), i as u32)))
             .collect();
         self.live = items.len();
         self.heap = BinaryHeap::from(items);

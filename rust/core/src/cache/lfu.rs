@@ -7,6 +7,8 @@
 //! favourites keep their counts and today's keys are evicted first. So every
 //! `AGING_PERIOD` × capacity hits, every count is halved (O(n), amortised to
 //! O(1) per hit), and a shift in popularity is followed within a few periods.
+//! (For a cache bounded by weight the capacity here is the number of entries
+//! it has held at most, which is all the policy can know of its size.)
 
 use super::store::{List, Slot, NIL};
 
@@ -49,11 +51,13 @@ impl Lfu {
         freq
     }
 
+    /// `times` uses in a row.
     #[inline]
-    pub fn on_access<K, V>(&mut self, slots: &mut [Slot<K, V>], index: u32) {
+    pub fn on_access<K, V>(&mut self, slots: &mut [Slot<K, V>], index: u32, times: u32) {
         let freq = self.unlink(slots, index);
-        self.push(slots, index, freq.saturating_add(1).min(MAX_FREQ));
-        self.hits += 1;
+        let add = u8::try_from(times).unwrap_or(MAX_FREQ);
+        self.push(slots, index, freq.saturating_add(add).min(MAX_FREQ));
+        self.hits += u64::from(times);
         if self.hits >= self.period {
             self.age(slots);
         }
@@ -62,6 +66,16 @@ impl Lfu {
     #[inline]
     pub fn on_insert<K, V>(&mut self, slots: &mut [Slot<K, V>], index: u32) {
         self.push(slots, index, 1);
+    }
+
+    /// Ages every `AGING_PERIOD` × `keys` hits if that is longer.
+    pub fn ensure_capacity(&mut self, keys: usize) {
+        self.period = self.period.max(keys as u64 * AGING_PERIOD);
+    }
+
+    /// The list holding a slot, for a caller that changes its weight.
+    pub fn list_of<K, V>(&mut self, slots: &[Slot<K, V>], index: u32) -> &mut List {
+        &mut self.buckets[slots[index as usize].freq as usize]
     }
 
     #[inline]

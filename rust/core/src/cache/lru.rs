@@ -32,6 +32,11 @@ impl Lru {
         self.list.back()
     }
 
+    /// The list holding a slot, for a caller that changes its weight.
+    pub fn list_of(&mut self) -> &mut List {
+        &mut self.list
+    }
+
     pub fn clear(&mut self) {
         self.list = List::new();
     }

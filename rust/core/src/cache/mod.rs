@@ -1,5 +1,5 @@
-//! A sharded in-memory cache with a pluggable eviction policy and per-entry
-//! TTL.
+//! A sharded in-memory cache with a pluggable eviction policy, a capacity
+//! counted in entries or in weight, and per-entry TTL and time-to-idle.
 //!
 //! The cache is generic over the key and value types and knows nothing of
 //! Python. Callers pass a 64-bit hash and an equality test with every lookup,
@@ -16,11 +16,25 @@
 //!   hands it to a listener, after the lock is released: dropping a value
 //!   can run arbitrary code in the embedding language, and that code may
 //!   call back into the cache.
-//! - Entries with a TTL sit in an expiry queue per shard. Expired entries are
-//!   freed by every operation: a lookup that finds one removes it, every
-//!   64th operation on a shard sweeps a few due entries, and a full shard
-//!   sweeps before it evicts a live entry. [`Cache::purge_expired`] frees
-//!   all of them at once.
+//! - Entries with a TTL or a time-to-idle sit in an expiry queue per shard.
+//!   Expired entries are freed by every operation: a lookup that finds one
+//!   removes it, every 64th operation on a shard sweeps a few due entries,
+//!   and a full shard sweeps before it evicts a live entry.
+//!   [`Cache::purge_expired`] frees all of them at once.
+//! - Capacity is a weight. Without a weigher every entry weighs 1 and the
+//!   capacity is a count; with one, the caller passes each entry's weight
+//!   and the shards' budgets are shares of the total. An entry heavier than
+//!   its shard's budget is not stored (and counted as a rejection).
+//! - A hit does not reorder the policy's lists or count in its frequency
+//!   sketch at once. It appends the slot to the shard's read buffer, and
+//!   the buffer is replayed into the policy in one pass when it is full and
+//!   before anything changes which slots hold entries (an insert, a removal,
+//!   an eviction), so every index in it is still valid when replayed. This
+//!   is Caffeine's read buffer: the policy's bookkeeping is batched off the
+//!   hit path. Caffeine's buffers are lossy, dropping reads when contended,
+//!   because its reads take no lock; here a hit holds its shard's lock
+//!   anyway, so the buffer never needs to drop one and hit ratios are those
+//!   of the unbuffered policy.
 
 mod expiry;
 mod fifo;
@@ -45,6 +59,8 @@ use lru::Lru;
 use store::Store;
 use tinylfu::TinyLfu;
 
+/// Hits buffered per shard before they are replayed into the policy.
+const READ_BUFFER: usize = 16;
 /// Entries freed by an expiry sweep per operation, at most.
 const SWEEP_BUDGET: usize = 8;
 /// Every this many operations a shard looks at its expiry queue.
@@ -113,45 +129,85 @@ pub struct Stats {
     pub misses: u64,
     pub evictions: u64,
     pub expirations: u64,
+    /// Writes not stored because the entry outweighed its shard's budget.
+    pub rejections: u64,
     pub size: usize,
-    pub capacity: usize,
+    /// The sum of the stored entries' weights (the size, without a weigher).
+    pub weighted_size: u64,
+    pub capacity: u64,
 }
 
-/// The largest capacity a cache accepts.
+/// The largest capacity a cache counted in entries accepts.
 pub const MAX_CAPACITY: usize = u32::MAX as usize / 2;
+/// The largest capacity a cache counted in weight accepts.
+pub const MAX_WEIGHT: u64 = 1 << 62;
+/// How many entries the frequency sketch of a weighted shard is sized for at
+/// first; it grows with the entries stored.
+const WEIGHTED_SKETCH_START: usize = 256;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
-    pub capacity: usize,
+    /// Entries, or with `weighted` the total weight.
+    pub capacity: u64,
     pub policy: PolicyKind,
-    /// `None` picks a count from the capacity and the number of CPUs.
+    /// `None` picks a count from the capacity and the number of CPUs (one
+    /// shard for a weighted cache).
     pub shards: Option<usize>,
     /// Applied to entries set without a TTL of their own.
     pub ttl: Option<Duration>,
+    /// Applied to entries set without a time-to-idle of their own.
+    pub tti: Option<Duration>,
+    /// Whether writes carry their own weights.
+    pub weighted: bool,
 }
 
 impl Config {
-    /// A config from a caller's plain values (a TTL in seconds), checked.
+    /// A config from a caller's plain values (TTL and time-to-idle in
+    /// seconds), checked.
     pub fn from_settings(
         capacity: i64,
         policy: &str,
         shards: Option<i64>,
         ttl_s: Option<f64>,
+        tti_s: Option<f64>,
+        weighted: bool,
     ) -> Result<Config, Error> {
         let size = |name: &'static str, v: i64| {
             usize::try_from(v)
                 .map_err(|_| Error::invalid(name, format!("must be positive, got {v}")))
         };
         Ok(Config {
-            capacity: size("capacity", capacity)?,
+            capacity: size("capacity", capacity)? as u64,
             policy: PolicyKind::parse(policy)?,
             shards: shards.map(|n| size("shards", n)).transpose()?,
             ttl: ttl_s.map(|t| ttl_from_secs("ttl", t)).transpose()?,
+            tti: tti_s.map(|t| ttl_from_secs("tti", t)).transpose()?,
+            weighted,
         })
     }
 }
 
-/// Validates a TTL given in seconds.
+/// What one write asks for beyond the key and the value.
+#[derive(Clone, Copy, Debug)]
+pub struct Write {
+    /// `None` applies the cache's default TTL.
+    pub ttl: Option<Duration>,
+    /// `None` applies the cache's default time-to-idle.
+    pub tti: Option<Duration>,
+    /// The entry's weight: 1 in a cache without a weigher.
+    pub weight: u32,
+}
+
+impl Write {
+    /// The cache's defaults, weight 1.
+    pub const DEFAULT: Write = Write {
+        ttl: None,
+        tti: None,
+        weight: 1,
+    };
+}
+
+/// Validates a TTL (or a time-to-idle) given in seconds.
 pub fn ttl_from_secs(name: &'static str, secs: f64) -> Result<Duration, Error> {
     crate::error::positive_seconds(name, secs)
 }
@@ -192,44 +248,111 @@ struct Shard<K, V> {
     store: Store<K, V>,
     policy: Policy,
     expiry: ExpiryQueue,
-    capacity: usize,
+    /// The shard's budget of weight (of entries, without a weigher).
+    capacity: u64,
+    /// The sum of the stored entries' weights.
+    weight: u64,
+    weighted: bool,
     hits: u64,
     misses: u64,
     evictions: u64,
     expirations: u64,
+    rejections: u64,
     ops: u32,
+    /// Hits not yet replayed into the policy, oldest first: a slot and how
+    /// many hits in a row it took. `read_len` slots are used; `read_hits`
+    /// hits are buffered in all.
+    reads: [(u32, u32); READ_BUFFER],
+    read_len: usize,
+    read_hits: usize,
 }
 
 impl<K, V> Shard<K, V> {
-    fn new(capacity: usize, kind: PolicyKind) -> Result<Self, Error> {
+    fn new(capacity: u64, kind: PolicyKind, weighted: bool) -> Result<Self, Error> {
+        // A shard counted in entries sizes its policy for its capacity; one
+        // counted in weight cannot know how many entries it will hold, so it
+        // starts small and grows with them.
+        let keys = if weighted {
+            WEIGHTED_SKETCH_START.min(capacity as usize)
+        } else {
+            capacity as usize
+        };
         let policy = match kind {
             PolicyKind::Lru => Policy::Lru(Lru::new()),
             PolicyKind::Fifo => Policy::Fifo(Fifo::new()),
-            PolicyKind::Lfu => Policy::Lfu(Box::new(Lfu::new(capacity))),
-            PolicyKind::TinyLfu => Policy::TinyLfu(Box::new(TinyLfu::new(capacity)?)),
+            PolicyKind::Lfu => Policy::Lfu(Box::new(Lfu::new(keys))),
+            PolicyKind::TinyLfu => Policy::TinyLfu(Box::new(TinyLfu::new(capacity, keys)?)),
         };
         Ok(Shard {
             store: Store::new(),
             policy,
             expiry: ExpiryQueue::new(),
             capacity,
+            weight: 0,
+            weighted,
             hits: 0,
             misses: 0,
             evictions: 0,
             expirations: 0,
+            rejections: 0,
             ops: 0,
+            reads: [(0, 0); READ_BUFFER],
+            read_len: 0,
+            read_hits: 0,
         })
     }
 
-    /// A hit, or an update of an existing key (`hit == false`).
+    /// A hit: buffered for the policy, replayed once `READ_BUFFER` hits
+    /// are waiting. Hits in a row on one slot share a buffer entry: the
+    /// policy takes them as one visit that counts `n` times (a frequency
+    /// counter adds `n` at once; a list moves the slot to its front once,
+    /// which is where `n` moves would leave it).
     #[inline(always)]
-    fn touch(&mut self, index: u32, hit: bool) {
+    fn record_hit(&mut self, index: u32) {
+        if matches!(self.policy, Policy::Fifo(_)) {
+            return;
+        }
+        let last = self.read_len.wrapping_sub(1) % READ_BUFFER;
+        if self.read_len != 0 && self.reads[last].0 == index {
+            self.reads[last].1 += 1;
+        } else {
+            self.reads[self.read_len % READ_BUFFER] = (index, 1);
+            self.read_len += 1;
+        }
+        self.read_hits += 1;
+        if self.read_hits >= READ_BUFFER {
+            self.replay();
+        }
+    }
+
+    /// Replays the buffered hits into the policy. Called before any change
+    /// to which slots hold entries, so that every buffered index is live.
+    #[inline]
+    fn settle(&mut self) {
+        if self.read_len != 0 {
+            self.replay();
+        }
+    }
+
+    fn replay(&mut self) {
+        let reads = self.reads;
+        let len = std::mem::take(&mut self.read_len).min(READ_BUFFER);
+        self.read_hits = 0;
+        for &(index, times) in &reads[..len] {
+            self.touch(index, times, true);
+        }
+    }
+
+    /// `times` hits in a row, or an update of an existing key (`hit ==
+    /// false`, `times == 1`).
+    #[inline(always)]
+    fn touch(&mut self, index: u32, times: u32, hit: bool) {
         let slots = &mut self.store.slots;
         match &mut self.policy {
             Policy::Lru(p) => p.on_access(slots, index),
             Policy::Fifo(_) => {}
-            Policy::Lfu(p) => p.on_access(slots, index),
-            Policy::TinyLfu(p) => p.on_access(slots, index, hit),
+            Policy::Lfu(p) => p.on_access(slots, index, times),
+            Policy::TinyLfu(p) => p.on_access(slots, index, times, hit),
         }
     }
 
@@ -250,6 +373,10 @@ impl<K, V> Shard<K, V> {
     }
 
     fn link(&mut self, index: u32) {
+        self.settle();
+        if self.weighted {
+            self.fit_policy();
+        }
         let slots = &mut self.store.slots;
         match &mut self.policy {
             Policy::Lru(p) => p.on_insert(slots, index),
@@ -259,16 +386,50 @@ impl<K, V> Shard<K, V> {
         }
     }
 
-    fn victim(&mut self) -> Option<u32> {
+    /// Sizes the policy's sketch or aging for the entries a weighted shard
+    /// holds now. A sketch that cannot grow (no memory) keeps its size.
+    #[cold]
+    fn fit_policy(&mut self) {
+        let keys = self.store.len();
+        match &mut self.policy {
+            Policy::TinyLfu(p) => {
+                if p.ensure_capacity(keys).is_err() {
+                    // Admission stays on the smaller sketch: less accurate,
+                    // never wrong about what is stored.
+                }
+            }
+            Policy::Lfu(p) => p.ensure_capacity(keys),
+            Policy::Lru(_) | Policy::Fifo(_) => {}
+        }
+    }
+
+    fn victim(&mut self, incoming: u64) -> Option<u32> {
         match &mut self.policy {
             Policy::Lru(p) => p.victim(),
             Policy::Fifo(p) => p.victim(),
             Policy::Lfu(p) => p.victim(),
-            Policy::TinyLfu(p) => p.victim(&self.store.slots),
+            Policy::TinyLfu(p) => p.victim(&self.store.slots, incoming),
         }
     }
 
-    fn take(&mut self, index: u32) -> (K, V) {
+    /// Gives a stored entry a new weight, in the shard's total and its list's.
+    fn reweigh(&mut self, index: u32, weight: u32) {
+        let slots = &mut self.store.slots;
+        let old = std::mem::replace(&mut slots[index as usize].weight, weight);
+        if old == weight {
+            return;
+        }
+        let list = match &mut self.policy {
+            Policy::Lru(p) | Policy::Fifo(p) => p.list_of(),
+            Policy::Lfu(p) => p.list_of(slots, index),
+            Policy::TinyLfu(p) => p.list_of(slots, index),
+        };
+        list.weight = list.weight - u64::from(old) + u64::from(weight);
+        self.weight = self.weight - u64::from(old) + u64::from(weight);
+    }
+
+    /// Takes a slot off the policy's lists (the entry stays stored).
+    fn unlink(&mut self, index: u32) {
         let slots = &mut self.store.slots;
         match &mut self.policy {
             Policy::Lru(p) => p.on_remove(slots, index),
@@ -276,7 +437,14 @@ impl<K, V> Shard<K, V> {
             Policy::Lfu(p) => p.on_remove(slots, index),
             Policy::TinyLfu(p) => p.on_remove(slots, index),
         }
-        if slots[index as usize].expires != 0 {
+    }
+
+    fn take(&mut self, index: u32) -> (K, V) {
+        self.settle();
+        self.weight -= u64::from(self.store.slots[index as usize].weight);
+        self.unlink(index);
+        let slots = &mut self.store.slots;
+        if slots[index as usize].deadline() != 0 {
             self.expiry.live -= 1;
         }
         self.store.remove(index)
@@ -315,41 +483,90 @@ impl<K, V> Shard<K, V> {
         out: &mut Removed<K, V>,
     ) -> Option<u32> {
         let index = self.store.find(hash, eq)?;
-        let expires = self.store.slots[index as usize].expires;
-        if expires != 0 && expires <= now.get() {
+        let deadline = self.store.slots[index as usize].deadline();
+        if deadline != 0 && deadline <= now.get() {
             self.expire(index, out);
             return None;
         }
         Some(index)
     }
 
-    fn set_deadline(&mut self, index: u32, deadline: u64) {
+    /// A read of a live entry: pushes its idle deadline back, if it has one.
+    #[inline(always)]
+    fn refresh_idle(&mut self, index: u32, now: &mut Now) {
         let slot = &mut self.store.slots[index as usize];
-        let old = std::mem::replace(&mut slot.expires, deadline);
-        match (old != 0, deadline != 0) {
+        if slot.idle != 0 {
+            slot.idle_at = now.get().saturating_add(slot.idle);
+        }
+    }
+
+    /// Sets an entry's TTL and time-to-idle (nanoseconds, 0 for none) from
+    /// the instant `at` of a write.
+    ///
+    /// The queue holds, for every entry with a deadline, an item at or
+    /// before that deadline (a later item would let the entry outlive it).
+    /// So a deadline that moves later needs no new item: the old one
+    /// surfaces first and moves the entry on. Only a new or earlier
+    /// deadline is scheduled.
+    fn set_deadlines(&mut self, index: u32, at: u64, ttl: u64, idle: u64) {
+        let slot = &mut self.store.slots[index as usize];
+        let before = slot.deadline();
+        slot.expires = if ttl == 0 { 0 } else { at.saturating_add(ttl) };
+        slot.idle = idle;
+        slot.idle_at = if idle == 0 {
+            0
+        } else {
+            at.saturating_add(idle)
+        };
+        let after = slot.deadline();
+        match (before != 0, after != 0) {
             (false, true) => self.expiry.live += 1,
             (true, false) => self.expiry.live -= 1,
             _ => {}
         }
-        if deadline != 0 && deadline != old {
-            self.expiry.schedule(&self.store.slots, deadline, index);
+        if after != 0 && (before == 0 || after < before) {
+            self.expiry.schedule(&self.store.slots, after, index);
         }
     }
 
-    fn make_room(&mut self, now: &mut Now, out: &mut Removed<K, V>) {
+    /// Evicts until an entry of weight `incoming` fits. `keep` is an entry
+    /// just written that grew: if the policy picks it, it steps aside while
+    /// others go and comes back as a new entry (it fits on its own).
+    fn make_room(
+        &mut self,
+        incoming: u64,
+        keep: Option<u32>,
+        now: &mut Now,
+        out: &mut Removed<K, V>,
+    ) {
+        self.settle();
         if !self.expiry.is_empty() {
             // Dead entries go before live ones.
             self.sweep(now.get(), SWEEP_BUDGET, out);
         }
-        while self.store.len() >= self.capacity {
-            let Some(index) = self.victim() else { break };
+        let mut aside = None;
+        while self.weight + incoming > self.capacity {
+            let Some(index) = self.victim(incoming) else {
+                break;
+            };
+            if Some(index) == keep && aside.is_none() {
+                self.unlink(index);
+                aside = Some(index);
+                continue;
+            }
             let (key, value) = self.take(index);
             self.evictions += 1;
             out.push((key, value, Cause::Size));
         }
+        if let Some(index) = aside {
+            self.link(index);
+        }
     }
 
     fn clear(&mut self) -> Vec<(K, V)> {
+        self.read_len = 0;
+        self.read_hits = 0;
+        self.weight = 0;
         match &mut self.policy {
             Policy::Lru(p) => p.clear(),
             Policy::Fifo(p) => p.clear(),
@@ -371,10 +588,19 @@ impl<K, V> Shard<K, V> {
 
 #[cfg(test)]
 impl<K, V> Shard<K, V> {
-    fn policy_sizes(&self) -> (usize, usize, usize, usize) {
+    fn policy_sizes(&mut self) -> (usize, usize, usize, usize) {
+        self.settle();
         match &self.policy {
             Policy::TinyLfu(p) => p.sizes(),
             _ => (0, 0, 0, 0),
+        }
+    }
+
+    fn policy_weights(&mut self) -> (u64, u64, u64) {
+        self.settle();
+        match &self.policy {
+            Policy::TinyLfu(p) => p.weights(),
+            _ => (0, 0, 0),
         }
     }
 }
@@ -387,9 +613,11 @@ type Shards<K, V> = Box<[Padded<Mutex<Shard<K, V>>>]>;
 
 pub struct Cache<K, V> {
     shards: Shards<K, V>,
-    capacity: usize,
+    capacity: u64,
     policy: PolicyKind,
+    weighted: bool,
     ttl_ns: u64,
+    tti_ns: u64,
 }
 
 /// The shard count chosen when none is given: enough for the CPUs to work in
@@ -410,14 +638,23 @@ fn duration_ns(d: Duration) -> u64 {
 impl<K, V> Cache<K, V> {
     pub fn new(config: Config) -> Result<Self, Error> {
         let capacity = config.capacity;
-        if capacity == 0 || capacity > MAX_CAPACITY {
+        let max = if config.weighted {
+            MAX_WEIGHT
+        } else {
+            MAX_CAPACITY as u64
+        };
+        if capacity == 0 || capacity > max {
             return Err(Error::invalid(
                 "capacity",
-                format!("must be between 1 and {MAX_CAPACITY}, got {capacity}"),
+                format!("must be between 1 and {max}, got {capacity}"),
             ));
         }
-        let shards = config.shards.unwrap_or_else(|| auto_shards(capacity));
-        if shards == 0 || shards > capacity || shards > 1024 {
+        let shards = match config.shards {
+            Some(n) => n,
+            None if config.weighted => 1,
+            None => auto_shards(capacity as usize),
+        };
+        if shards == 0 || shards as u64 > capacity || shards > 1024 {
             return Err(Error::invalid(
                 "shards",
                 format!(
@@ -426,17 +663,21 @@ impl<K, V> Cache<K, V> {
                 ),
             ));
         }
-        let shards: Box<[_]> = (0..shards)
+        let count = shards as u64;
+        let shards: Box<[_]> = (0..count)
             .map(|i| {
-                let size = capacity / shards + usize::from(i < capacity % shards);
-                Shard::new(size, config.policy).map(|shard| Padded(Mutex::new(shard)))
+                let size = capacity / count + u64::from(i < capacity % count);
+                Shard::new(size, config.policy, config.weighted)
+                    .map(|shard| Padded(Mutex::new(shard)))
             })
             .collect::<Result<_, Error>>()?;
         Ok(Cache {
             shards,
             capacity,
             policy: config.policy,
+            weighted: config.weighted,
             ttl_ns: config.ttl.map_or(0, duration_ns),
+            tti_ns: config.tti.map_or(0, duration_ns),
         })
     }
 
@@ -447,8 +688,18 @@ impl<K, V> Cache<K, V> {
         &self.shards[index as usize].0
     }
 
-    pub fn capacity(&self) -> usize {
+    pub fn capacity(&self) -> u64 {
         self.capacity
+    }
+
+    pub fn is_weighted(&self) -> bool {
+        self.weighted
+    }
+
+    /// The largest weight an entry can have and still be stored: the
+    /// smallest shard's budget.
+    pub fn max_weight(&self) -> u64 {
+        self.capacity / self.shards.len() as u64
     }
 
     pub fn policy(&self) -> PolicyKind {
@@ -461,6 +712,10 @@ impl<K, V> Cache<K, V> {
 
     pub fn default_ttl(&self) -> Option<Duration> {
         (self.ttl_ns != 0).then(|| Duration::from_nanos(self.ttl_ns))
+    }
+
+    pub fn default_tti(&self) -> Option<Duration> {
+        (self.tti_ns != 0).then(|| Duration::from_nanos(self.tti_ns))
     }
 
     /// Looks the key up and, on a hit, returns `read(value)`; counts a hit or
@@ -479,7 +734,8 @@ impl<K, V> Cache<K, V> {
         match shard.lookup(hash, eq, &mut now, out) {
             Some(index) => {
                 shard.hits += 1;
-                shard.touch(index, true);
+                shard.refresh_idle(index, &mut now);
+                shard.record_hit(index);
                 shard.read(index, read)
             }
             None => {
@@ -516,10 +772,15 @@ impl<K, V> Cache<K, V> {
         shard.lookup(hash, eq, &mut now, out).is_some()
     }
 
-    /// Stores the value under the key and returns the value it replaces, for
-    /// the caller to drop once the lock is released. `make_key` runs only if
-    /// the key is new (a replacement keeps the stored key). `ttl` overrides
-    /// the cache's default TTL for this entry.
+    /// Stores the value under the key and returns a value for the caller to
+    /// drop once the lock is released: the one it replaces, or the new one
+    /// if it was rejected. `make_key` runs only if the key is new (a
+    /// replacement keeps the stored key). `write` gives the entry's weight
+    /// and overrides the cache's default TTL and time-to-idle.
+    ///
+    /// An entry heavier than its shard's budget is not stored and counts as
+    /// a rejection; if the key held a value, that value is evicted (it
+    /// would be stale) and goes to `out`.
     #[inline]
     // The closures are the key's hashing and equality, passed per call so the
     // cache needs no trait bound on keys: grouping them would only hide them.
@@ -530,31 +791,49 @@ impl<K, V> Cache<K, V> {
         hash: u64,
         make_key: impl FnOnce() -> K,
         value: V,
-        ttl: Option<Duration>,
+        write: Write,
         eq: impl FnMut(&K) -> bool,
         out: &mut Removed<K, V>,
     ) -> Option<V> {
-        let ttl_ns = ttl.map_or(self.ttl_ns, duration_ns);
-        let deadline = if ttl_ns == 0 {
-            0
-        } else {
-            now.get().saturating_add(ttl_ns)
-        };
+        let ttl = write.ttl.map_or(self.ttl_ns, duration_ns);
+        let idle = write.tti.map_or(self.tti_ns, duration_ns);
+        let at = if ttl == 0 && idle == 0 { 0 } else { now.get() };
+        let weight = if self.weighted { write.weight } else { 1 };
         let mut shard = self.shard(hash).lock();
         shard.tick(&mut now, out);
+        let fits = u64::from(weight) <= shard.capacity;
         if let Some(index) = shard.lookup(hash, eq, &mut now, out) {
-            shard.set_deadline(index, deadline);
-            shard.touch(index, false);
-            return shard.store.slots[index as usize]
+            if !fits {
+                shard.rejections += 1;
+                shard.evictions += 1;
+                let (key, old) = shard.take(index);
+                out.push((key, old, Cause::Size));
+                return Some(value);
+            }
+            shard.set_deadlines(index, at, ttl, idle);
+            shard.settle();
+            shard.reweigh(index, weight);
+            shard.touch(index, 1, false);
+            let old = shard.store.slots[index as usize]
                 .entry
                 .as_mut()
                 .map(|(_, slot_value)| std::mem::replace(slot_value, value));
+            if shard.weight > shard.capacity {
+                // The entry grew: others make room for it.
+                shard.make_room(0, Some(index), &mut now, out);
+            }
+            return old;
         }
-        if shard.store.len() >= shard.capacity {
-            shard.make_room(&mut now, out);
+        if !fits {
+            shard.rejections += 1;
+            return Some(value);
         }
-        let index = shard.store.insert(hash, make_key(), value, 0);
-        shard.set_deadline(index, deadline);
+        if shard.weight + u64::from(weight) > shard.capacity {
+            shard.make_room(u64::from(weight), None, &mut now, out);
+        }
+        let index = shard.store.insert(hash, make_key(), value, weight);
+        shard.weight += u64::from(weight);
+        shard.set_deadlines(index, at, ttl, idle);
         shard.link(index);
         None
     }
@@ -630,7 +909,8 @@ impl<K, V> Cache<K, V> {
         for shard in self.shards.iter() {
             let shard = shard.0.lock();
             for (_, slot) in shard.store.occupied() {
-                if slot.expires == 0 || slot.expires > now {
+                let deadline = slot.deadline();
+                if deadline == 0 || deadline > now {
                     if let Some((k, _)) = &slot.entry {
                         keys.push(f(k));
                     }
@@ -651,7 +931,9 @@ impl<K, V> Cache<K, V> {
             stats.misses += shard.misses;
             stats.evictions += shard.evictions;
             stats.expirations += shard.expirations;
+            stats.rejections += shard.rejections;
             stats.size += shard.store.len();
+            stats.weighted_size += shard.weight;
         }
         stats
     }
@@ -663,6 +945,7 @@ impl<K, V> Cache<K, V> {
             shard.misses = 0;
             shard.evictions = 0;
             shard.expirations = 0;
+            shard.rejections = 0;
         }
     }
 

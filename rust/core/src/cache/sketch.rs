@@ -25,45 +25,69 @@ const DOOR_MULT: u64 = 0x1656_67b1_9e37_79f9;
 const RESET_MASK: u64 = 0x7777_7777_7777_7777;
 pub(crate) const SAMPLE_FACTOR: u64 = 10;
 
+/// One cache line of counters: 8 words of 16 four-bit counters.
+type Block = [u64; 8];
+
 pub(crate) struct Sketch {
-    table: Vec<u64>,
+    table: Vec<Block>,
     block_mask: usize,
     door: Vec<u64>,
     door_mask: usize,
     additions: u64,
     sample: u64,
+    /// The number of keys the table is sized for.
+    sized_for: usize,
 }
 
 impl Sketch {
     pub fn new(capacity: usize) -> Result<Self, Error> {
-        let words = capacity.max(8).next_power_of_two();
-        let door_words = (capacity.max(8) * 8 / 64).next_power_of_two();
+        let capacity = capacity.max(8);
+        let words = capacity.next_power_of_two();
+        let door_words = (capacity * 8 / 64).next_power_of_two();
         Ok(Sketch {
-            table: try_vec("capacity", words)?,
+            table: try_vec("capacity", words / 8)?,
             block_mask: words / 8 - 1,
             door: try_vec("capacity", door_words)?,
             door_mask: door_words - 1,
             additions: 0,
-            sample: capacity.max(1) as u64 * SAMPLE_FACTOR,
+            sample: capacity as u64 * SAMPLE_FACTOR,
+            sized_for: capacity,
         })
     }
 
-    /// The four (word, bit shift) positions of a key's counters.
+    /// Once more than the keys the table is sized for are stored, resizes it
+    /// for twice as many (for caches bounded by weight, whose entry count is
+    /// not known in advance). The counts start over, as in Caffeine: a
+    /// count-min sketch cannot be rehashed.
+    pub fn ensure_capacity(&mut self, keys: usize) -> Result<(), Error> {
+        if keys > self.sized_for {
+            *self = Sketch::new(keys.saturating_mul(2))?;
+        }
+        Ok(())
+    }
+
+    /// Accesses per sample: the counters halve after this many.
     #[inline]
-    fn slots(&self, hash: u64) -> [(usize, u32); 4] {
+    pub fn sample(&self) -> u64 {
+        self.sample
+    }
+
+    /// The block of a key and the four (word, bit shift) positions of its
+    /// counters within the block.
+    #[inline(always)]
+    fn slots(&self, hash: u64) -> (usize, [(usize, u32); 4]) {
         let block_hash = hash.wrapping_mul(BLOCK_MULT);
-        let block = ((block_hash >> 32) as usize & self.block_mask) << 3;
-        let counter_hash = hash.wrapping_mul(COUNTER_MULT);
-        std::array::from_fn(|depth| {
-            let h = (counter_hash >> (depth << 3)) as u32;
-            let word = block + ((depth << 1) | (h & 1) as usize);
-            let nibble = (h >> 1) & 15;
-            (word, nibble << 2)
-        })
+        let block = (block_hash >> 32) as usize & self.block_mask;
+        let h = hash.wrapping_mul(COUNTER_MULT);
+        let at = |depth: usize| {
+            let bits = (h >> (depth << 3)) as u32;
+            ((depth << 1) | (bits & 1) as usize, ((bits >> 1) & 15) << 2)
+        };
+        (block, [at(0), at(1), at(2), at(3)])
     }
 
     /// The doorkeeper's word and its two bits for a key.
-    #[inline]
+    #[inline(always)]
     fn door_bits(&self, hash: u64) -> (usize, u64) {
         let h = hash.wrapping_mul(DOOR_MULT);
         let word = (h >> 40) as usize & self.door_mask;
@@ -74,19 +98,38 @@ impl Sketch {
     /// Records one access to the key with this hash.
     #[inline]
     pub fn increment(&mut self, hash: u64) {
-        let (door_word, bits) = self.door_bits(hash);
-        let door = self.door[door_word];
-        if door & bits == bits {
-            for (word, shift) in self.slots(hash) {
-                // Branch-free saturating increment of one 4-bit counter.
-                let w = self.table[word];
-                let below_max = u64::from((w >> shift) & 0xf != 0xf);
-                self.table[word] = w + (below_max << shift);
-            }
-        } else {
-            self.door[door_word] = door | bits;
+        self.increment_by(hash, 1);
+    }
+
+    /// Records `times` accesses to the key with this hash: the same counts
+    /// as `times` calls of `increment`, as the counters saturate at 15
+    /// (only the moment of a reset can differ, by less than `times`).
+    #[inline]
+    pub fn increment_by(&mut self, hash: u64, times: u32) {
+        if times == 0 {
+            return;
         }
-        self.additions += 1;
+        let (door_word, bits) = self.door_bits(hash);
+        let door = &mut self.door[door_word];
+        let mut add = u64::from(times);
+        if *door & bits != bits {
+            // The doorkeeper takes the first sighting.
+            *door |= bits;
+            add -= 1;
+        }
+        let add = add.min(15);
+        if add != 0 {
+            let (block, counters) = self.slots(hash);
+            let block = &mut self.table[block];
+            for (word, shift) in counters {
+                // Saturating add to one 4-bit counter; `word` is below 8 by
+                // construction (masked to 3 bits).
+                let w = &mut block[word & 7];
+                let count = (*w >> shift) & 0xf;
+                *w += (add.min(15 - count)) << shift;
+            }
+        }
+        self.additions += u64::from(times);
         if self.additions >= self.sample {
             self.reset();
         }
@@ -94,18 +137,20 @@ impl Sketch {
 
     /// The estimated number of recent accesses, from 0 to 16.
     pub fn frequency(&self, hash: u64) -> u32 {
-        let min = self
-            .slots(hash)
+        let (block, counters) = self.slots(hash);
+        let block = &self.table[block];
+        let min = counters
             .iter()
-            .map(|&(word, shift)| ((self.table[word] >> shift) & 0xf) as u32)
+            .map(|&(word, shift)| ((block[word & 7] >> shift) & 0xf) as u32)
             .min()
             .unwrap_or(0);
         let (word, bits) = self.door_bits(hash);
         min + u32::from(self.door[word] & bits == bits)
     }
 
+    #[cold]
     fn reset(&mut self) {
-        for word in &mut self.table {
+        for word in self.table.iter_mut().flatten() {
             *word = (*word >> 1) & RESET_MASK;
         }
         self.door.fill(0);
@@ -113,13 +158,13 @@ impl Sketch {
     }
 
     pub fn clear(&mut self) {
-        self.table.fill(0);
+        self.table.fill([0; 8]);
         self.door.fill(0);
         self.additions = 0;
     }
 
     pub fn heap_bytes(&self) -> usize {
-        (self.table.capacity() + self.door.capacity()) * 8
+        self.table.capacity() * std::mem::size_of::<Block>() + self.door.capacity() * 8
     }
 }
 
@@ -178,5 +223,26 @@ mod tests {
         // The 160th access completes the sample: counters halve, the doorkeeper clears.
         s.increment(mix(7));
         assert_eq!(s.frequency(mix(7)), 7);
+    }
+
+    #[test]
+    fn a_run_of_accesses_counts_as_that_many() {
+        for times in [1u32, 2, 3, 7, 15, 16, 40] {
+            let mut one_by_one = Sketch::new(1024).unwrap();
+            let mut at_once = Sketch::new(1024).unwrap();
+            for k in 0..50u64 {
+                for _ in 0..times {
+                    one_by_one.increment(mix(k));
+                }
+                at_once.increment_by(mix(k), times);
+            }
+            for k in 0..60u64 {
+                assert_eq!(
+                    one_by_one.frequency(mix(k)),
+                    at_once.frequency(mix(k)),
+                    "{times}"
+                );
+            }
+        }
     }
 }

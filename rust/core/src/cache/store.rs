@@ -12,14 +12,35 @@ pub(crate) struct Slot<K, V> {
     /// `None` while the slot is on the free list.
     pub entry: Option<(K, V)>,
     pub hash: u64,
-    /// Monotonic nanoseconds after which the entry is dead; 0 means never.
+    /// Monotonic nanoseconds after which the entry is dead (its TTL); 0
+    /// means never.
     pub expires: u64,
+    /// Time-to-idle in nanoseconds; 0 means none.
+    pub idle: u64,
+    /// When the entry dies unless it is read or written first: its last use
+    /// plus `idle` (0 without a time-to-idle).
+    pub idle_at: u64,
     pub prev: u32,
     pub next: u32,
+    /// The entry's share of the capacity: 1 unless the cache has a weigher.
+    pub weight: u32,
     /// Which of the policy's lists holds the slot.
     pub queue: u8,
     /// Policy-specific small counter (LFU frequency).
     pub freq: u8,
+}
+
+impl<K, V> Slot<K, V> {
+    /// When the entry dies: the earlier of its TTL and its idle deadline,
+    /// 0 if it has neither.
+    #[inline(always)]
+    pub fn deadline(&self) -> u64 {
+        match (self.expires, self.idle_at) {
+            (0, idle) => idle,
+            (ttl, 0) => ttl,
+            (ttl, idle) => ttl.min(idle),
+        }
+    }
 }
 
 pub(crate) struct Store<K, V> {
@@ -57,14 +78,17 @@ impl<K, V> Store<K, V> {
     }
 
     /// Stores a key known to be absent and returns its slot. The slot is not
-    /// on any list yet.
-    pub fn insert(&mut self, hash: u64, key: K, value: V, expires: u64) -> u32 {
+    /// on any list yet and has no deadline.
+    pub fn insert(&mut self, hash: u64, key: K, value: V, weight: u32) -> u32 {
         let slot = Slot {
             entry: Some((key, value)),
             hash,
-            expires,
+            expires: 0,
+            idle: 0,
+            idle_at: 0,
             prev: NIL,
             next: NIL,
+            weight,
             queue: 0,
             freq: 0,
         };
@@ -95,6 +119,8 @@ impl<K, V> Store<K, V> {
         }
         let entry = slot.entry.take();
         slot.expires = 0;
+        slot.idle = 0;
+        slot.idle_at = 0;
         slot.next = self.free;
         slot.prev = NIL;
         self.free = index;
@@ -129,12 +155,14 @@ impl<K, V> Store<K, V> {
 }
 
 /// An intrusive doubly linked list of slots: `head` is the most recently
-/// used end, `tail` the end a policy evicts from.
+/// used end, `tail` the end a policy evicts from. It keeps the sum of its
+/// entries' weights as well as their count.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct List {
     pub head: u32,
     pub tail: u32,
     pub len: usize,
+    pub weight: u64,
 }
 
 impl List {
@@ -143,6 +171,7 @@ impl List {
             head: NIL,
             tail: NIL,
             len: 0,
+            weight: 0,
         }
     }
 
@@ -159,6 +188,7 @@ impl List {
             slot.prev = NIL;
             slot.next = old_head;
             slot.queue = queue;
+            self.weight += u64::from(slot.weight);
         }
         if old_head == NIL {
             self.tail = index;
@@ -173,6 +203,7 @@ impl List {
     pub fn unlink<K, V>(&mut self, slots: &mut [Slot<K, V>], index: u32) {
         let (prev, next) = {
             let slot = &slots[index as usize];
+            self.weight -= u64::from(slot.weight);
             (slot.prev, slot.next)
         };
         if prev == NIL {
@@ -229,7 +260,7 @@ mod tests {
         let mut store: Store<u32, u32> = Store::new();
         let mut list = List::new();
         for k in 0..4u32 {
-            let i = store.insert(u64::from(k) * 7919, k, k * 10, 0);
+            let i = store.insert(u64::from(k) * 7919, k, k * 10, 1);
             list.push_front(&mut store.slots, i, 0);
         }
         assert_eq!(
@@ -244,7 +275,7 @@ mod tests {
         let tail = list.pop_back(&mut store.slots).unwrap();
         assert_eq!(store.remove(tail), (1, 10));
         assert_eq!(store.find(7919, |k| *k == 1), None);
-        let reused = store.insert(99, 9, 90, 0);
+        let reused = store.insert(99, 9, 90, 1);
         assert_eq!(reused, 1, "the freed slot is reused");
         assert_eq!(store.find(99, |k| *k == 9), Some(1));
         assert_eq!(store.len(), 4);

@@ -4,12 +4,14 @@ use super::*;
 
 type TestCache = Cache<u64, u64>;
 
-fn cache(capacity: usize, policy: PolicyKind) -> TestCache {
+fn cache(capacity: u64, policy: PolicyKind) -> TestCache {
     Cache::new(Config {
         capacity,
         policy,
         shards: Some(1),
         ttl: None,
+        tti: None,
+        weighted: false,
     })
     .unwrap()
 }
@@ -25,18 +27,38 @@ fn get(c: &TestCache, k: u64) -> Option<u64> {
 
 fn set(c: &TestCache, k: u64, v: u64) -> Removed<u64, u64> {
     let mut out = Removed::new();
-    c.insert(Now::LAZY, h(k), || k, v, None, |x| *x == k, &mut out);
+    c.insert(
+        Now::LAZY,
+        h(k),
+        || k,
+        v,
+        Write::DEFAULT,
+        |x| *x == k,
+        &mut out,
+    );
     out
 }
 
 fn replace(c: &TestCache, k: u64, v: u64) -> Option<u64> {
     let mut out = Removed::new();
-    c.insert(Now::LAZY, h(k), || k, v, None, |x| *x == k, &mut out)
+    c.insert(
+        Now::LAZY,
+        h(k),
+        || k,
+        v,
+        Write::DEFAULT,
+        |x| *x == k,
+        &mut out,
+    )
 }
 
 fn set_ttl(c: &TestCache, k: u64, ttl: Duration) {
     let mut out = Removed::new();
-    c.insert(Now::LAZY, h(k), || k, k, Some(ttl), |x| *x == k, &mut out);
+    let write = Write {
+        ttl: Some(ttl),
+        ..Write::DEFAULT
+    };
+    c.insert(Now::LAZY, h(k), || k, k, write, |x| *x == k, &mut out);
 }
 
 fn sorted_keys(c: &TestCache) -> Vec<u64> {
@@ -116,6 +138,8 @@ fn every_policy_stays_within_capacity() {
             policy,
             shards: Some(4),
             ttl: None,
+            tti: None,
+            weighted: false,
         })
         .unwrap();
         let mut rng = fastrand::Rng::with_seed(7);
@@ -140,9 +164,11 @@ fn capacity_is_split_exactly() {
         policy: PolicyKind::Lru,
         shards: Some(3),
         ttl: None,
+        tti: None,
+        weighted: false,
     })
     .unwrap();
-    let sizes: Vec<usize> = c.shards.iter().map(|s| s.0.lock().capacity).collect();
+    let sizes: Vec<u64> = c.shards.iter().map(|s| s.0.lock().capacity).collect();
     assert_eq!(sizes, vec![4, 3, 3]);
 }
 
@@ -154,6 +180,8 @@ fn bad_configs_name_the_argument() {
             policy: PolicyKind::Lru,
             shards,
             ttl: None,
+            tti: None,
+            weighted: false,
         })
         .err()
         .unwrap()
@@ -275,6 +303,8 @@ fn purge_expired_frees_everything_due() {
         policy: PolicyKind::Fifo,
         shards: Some(2),
         ttl: Some(Duration::from_millis(5)),
+        tti: None,
+        weighted: false,
     })
     .unwrap();
     for k in 0..10 {
@@ -323,4 +353,178 @@ fn clearing_returns_every_entry_and_keeps_working() {
     assert_eq!(c.len(), 0);
     set(&c, 1, 1);
     assert_eq!(get(&c, 1), Some(1));
+}
+
+fn weighted(capacity: u64, policy: PolicyKind) -> TestCache {
+    Cache::new(Config {
+        capacity,
+        policy,
+        shards: Some(1),
+        ttl: None,
+        tti: None,
+        weighted: true,
+    })
+    .unwrap()
+}
+
+fn set_weighed(c: &TestCache, k: u64, weight: u32) -> (Option<u64>, Removed<u64, u64>) {
+    let mut out = Removed::new();
+    let write = Write {
+        weight,
+        ..Write::DEFAULT
+    };
+    let back = c.insert(Now::LAZY, h(k), || k, k, write, |x| *x == k, &mut out);
+    (back, out)
+}
+
+#[test]
+fn a_weighted_cache_evicts_by_weight_and_rejects_the_too_heavy() {
+    for policy in [
+        PolicyKind::Lru,
+        PolicyKind::Fifo,
+        PolicyKind::Lfu,
+        PolicyKind::TinyLfu,
+    ] {
+        let c = weighted(100, policy);
+        for k in 0..10 {
+            set_weighed(&c, k, 10);
+        }
+        assert_eq!(c.stats().weighted_size, 100, "{policy:?}");
+        // One entry of 35 pushes out at least 35 of weight.
+        set_weighed(&c, 100, 35);
+        let stats = c.stats();
+        assert!(stats.weighted_size <= 100, "{policy:?}");
+        assert!(stats.evictions >= 4, "{policy:?}: {stats:?}");
+        // Heavier than the whole capacity: handed back, counted, not stored.
+        let (back, out) = set_weighed(&c, 200, 101);
+        assert_eq!(back, Some(200), "{policy:?}");
+        assert!(out.is_empty(), "{policy:?}");
+        assert_eq!(c.stats().rejections, 1, "{policy:?}");
+        assert_eq!(get(&c, 200), None, "{policy:?}");
+        // Zero weighs nothing.
+        let before = c.stats().weighted_size;
+        set_weighed(&c, 300, 0);
+        assert_eq!(c.stats().weighted_size, before, "{policy:?}");
+    }
+}
+
+#[test]
+fn a_rewrite_reweighs_and_others_make_room_for_it() {
+    for policy in [
+        PolicyKind::Lru,
+        PolicyKind::Fifo,
+        PolicyKind::Lfu,
+        PolicyKind::TinyLfu,
+    ] {
+        let c = weighted(100, policy);
+        for k in 0..5 {
+            set_weighed(&c, k, 20);
+        }
+        // Key 0 is the oldest: FIFO's and LRU's victim. It grows to 90 and
+        // stays; the others leave.
+        let (back, _) = set_weighed(&c, 0, 90);
+        assert_eq!(back, Some(0), "{policy:?}: the replaced value comes back");
+        assert_eq!(get(&c, 0), Some(0), "{policy:?}");
+        let stats = c.stats();
+        assert!(stats.weighted_size <= 100, "{policy:?}: {stats:?}");
+        assert_eq!(stats.weighted_size, 90 + 10 * (stats.size as u64 - 1));
+        // Rewritten too heavy, the key's old value is evicted: never stale.
+        let (back, out) = set_weighed(&c, 0, 500);
+        assert_eq!(back, Some(0));
+        assert_eq!(out.as_slice(), &[(0, 0, Cause::Size)], "{policy:?}");
+        assert_eq!(get(&c, 0), None, "{policy:?}");
+    }
+}
+
+#[test]
+fn tinylfu_measures_its_segments_in_weight() {
+    let c = weighted(10_000, PolicyKind::TinyLfu);
+    for k in 0..2_000u64 {
+        set_weighed(&c, k, 1 + (k % 13) as u32);
+        get(&c, k % 97);
+    }
+    let (window, probation, protected) = c.shards[0].0.lock().policy_weights();
+    let stats = c.stats();
+    assert_eq!(window + probation + protected, stats.weighted_size);
+    assert!(stats.weighted_size <= 10_000);
+    let (_, _, _, max_window) = c.shards[0].0.lock().policy_sizes();
+    assert!(window <= max_window as u64 + 12, "{window} > {max_window}");
+    // The frequently read keys survived the churn.
+    let kept = (0..97).filter(|&k| get(&c, k).is_some()).count();
+    assert!(kept > 90, "{kept} of 97 hot keys kept");
+}
+
+fn at(c: &TestCache, k: u64, now: u64) -> Option<u64> {
+    let mut out = Removed::new();
+    c.get(Now::at(now), h(k), |x| *x == k, |v| *v, &mut out)
+}
+
+fn set_at(c: &TestCache, k: u64, now: u64, ttl: Option<u64>, tti: Option<u64>) {
+    let mut out = Removed::new();
+    let write = Write {
+        ttl: ttl.map(Duration::from_nanos),
+        tti: tti.map(Duration::from_nanos),
+        weight: 1,
+    };
+    c.insert(Now::at(now), h(k), || k, k, write, |x| *x == k, &mut out);
+}
+
+#[test]
+fn idle_entries_expire_and_reads_keep_them_alive() {
+    let c = cache(100, PolicyKind::TinyLfu);
+    set_at(&c, 1, 1_000, None, Some(100));
+    set_at(&c, 2, 1_000, None, Some(100));
+    // Key 1 is read every 60 ns, well past its first idle deadline.
+    for now in (1_060..=1_600).step_by(60) {
+        assert_eq!(at(&c, 1, now), Some(1), "at {now}");
+    }
+    assert_eq!(at(&c, 2, 1_600), None, "key 2 sat idle");
+    assert_eq!(at(&c, 1, 1_700), None, "then key 1 did too");
+    assert_eq!(c.stats().expirations, 2);
+    // A TTL caps a time-to-idle: whichever comes first.
+    set_at(&c, 3, 2_000, Some(150), Some(100));
+    assert_eq!(at(&c, 3, 2_090), Some(3));
+    assert_eq!(at(&c, 3, 2_140), Some(3));
+    assert_eq!(at(&c, 3, 2_150), None);
+    // A write counts as a use.
+    set_at(&c, 4, 3_000, None, Some(100));
+    set_at(&c, 4, 3_090, None, Some(100));
+    assert_eq!(at(&c, 4, 3_150), Some(4));
+}
+
+#[test]
+fn sweeps_reschedule_idle_entries_that_were_read() {
+    let c = cache(100, PolicyKind::Lru);
+    set_at(&c, 1, 1_000, None, Some(100));
+    set_at(&c, 2, 1_000, None, Some(100));
+    at(&c, 1, 1_090);
+    // At 1_150 both first deadlines are due; key 1 was read, so it moves on.
+    let expired = c.purge_expired(Now::at(1_150));
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].0, 2);
+    assert_eq!(c.len(), 1);
+    assert!(c.purge_expired(Now::at(1_189)).is_empty());
+    assert_eq!(c.purge_expired(Now::at(1_190)).len(), 1);
+    assert!(c.is_empty());
+}
+
+#[test]
+fn buffered_hits_reach_the_policy_before_it_evicts() {
+    // More hits than the read buffer holds, then an eviction: LRU order
+    // must reflect every one of them.
+    let c = cache(40, PolicyKind::Lru);
+    for k in 0..40 {
+        set(&c, k, k);
+    }
+    for k in (0..40).rev() {
+        if k != 7 {
+            get(&c, k);
+        }
+    }
+    let out = set(&c, 100, 100);
+    assert_eq!(out.as_slice(), &[(7, 7, Cause::Size)]);
+    // A few hits, fewer than the buffer holds, count too.
+    get(&c, 0);
+    let out = set(&c, 101, 101);
+    assert_eq!(out.as_slice(), &[(39, 39, Cause::Size)]);
 }

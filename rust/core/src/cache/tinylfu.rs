@@ -3,6 +3,9 @@
 //! notes).
 //!
 //! - New entries enter a small LRU *window* (1% of the capacity at first).
+//!   Every size here is a weight: with a weigher the window, the protected
+//!   segment and the steps of the hill climber are measured in the unit the
+//!   weigher returns, as Caffeine does; without one every entry weighs 1.
 //! - An entry pushed out of the window is a *candidate* for the main space, a
 //!   segmented LRU: *probation* (recently admitted) and *protected* (80% of
 //!   the main space: entries hit again while on probation).
@@ -11,7 +14,8 @@
 //!   is evicted. A candidate no more frequent than the victim is rejected; if
 //!   it is warm (estimate ≥ 6) it is still admitted once in 128 at random, so
 //!   an attacker cannot pin the victim by flooding colliding keys.
-//! - Hill climbing resizes the window: every `10 × capacity` requests the hit
+//! - Hill climbing resizes the window: every sample of the sketch (`10 ×`
+//!   the entries it is sized for) requests the hit
 //!   rate of the sample is compared with the previous one; if it improved the
 //!   window keeps moving the same way, otherwise the direction flips. The step
 //!   starts at 6.25% of the capacity, decays by 2% each sample, and restarts
@@ -19,7 +23,7 @@
 //!   heavy workload grows the window towards LRU; a frequency-heavy one
 //!   shrinks it towards LFU.
 
-use super::sketch::{Sketch, SAMPLE_FACTOR};
+use super::sketch::Sketch;
 use super::store::{List, Slot};
 use crate::error::Error;
 
@@ -39,37 +43,42 @@ pub(crate) struct TinyLfu {
     window: List,
     probation: List,
     protected: List,
-    capacity: usize,
-    max_window: usize,
-    max_protected: usize,
+    capacity: u64,
+    max_window: u64,
+    max_protected: u64,
     hits: u64,
     misses: u64,
-    sample: u64,
     previous_hit_rate: f64,
     step: f64,
     rng: fastrand::Rng,
 }
 
 impl TinyLfu {
-    pub fn new(capacity: usize) -> Result<Self, Error> {
+    /// A policy for `capacity` units of weight, its sketch sized for
+    /// `keys` entries at first.
+    pub fn new(capacity: u64, keys: usize) -> Result<Self, Error> {
         let capacity = capacity.max(1);
-        let max_window = ((capacity as f64 * INITIAL_WINDOW_PERCENT) as usize).max(1);
+        let max_window = ((capacity as f64 * INITIAL_WINDOW_PERCENT) as u64).max(1);
         let main = capacity - max_window.min(capacity);
         Ok(TinyLfu {
-            sketch: Sketch::new(capacity)?,
+            sketch: Sketch::new(keys)?,
             window: List::new(),
             probation: List::new(),
             protected: List::new(),
             capacity,
             max_window,
-            max_protected: (main as f64 * PROTECTED_PERCENT) as usize,
+            max_protected: (main as f64 * PROTECTED_PERCENT) as u64,
             hits: 0,
             misses: 0,
-            sample: capacity as u64 * SAMPLE_FACTOR,
             previous_hit_rate: 0.0,
             step: -STEP_PERCENT * capacity as f64,
-            rng: fastrand::Rng::with_seed(0x5eed ^ capacity as u64),
+            rng: fastrand::Rng::with_seed(0x5eed ^ capacity),
         })
+    }
+
+    /// Sizes the sketch for `keys` entries if it is sized for fewer.
+    pub fn ensure_capacity(&mut self, keys: usize) -> Result<(), Error> {
+        self.sketch.ensure_capacity(keys)
     }
 
     fn list(&mut self, queue: u8) -> &mut List {
@@ -81,8 +90,8 @@ impl TinyLfu {
     }
 
     #[inline]
-    pub fn on_access<K, V>(&mut self, slots: &mut [Slot<K, V>], index: u32, hit: bool) {
-        self.sketch.increment(slots[index as usize].hash);
+    pub fn on_access<K, V>(&mut self, slots: &mut [Slot<K, V>], index: u32, times: u32, hit: bool) {
+        self.sketch.increment_by(slots[index as usize].hash, times);
         match slots[index as usize].queue {
             WINDOW => self.window.move_to_front(slots, index),
             PROBATION => {
@@ -93,7 +102,7 @@ impl TinyLfu {
             _ => self.protected.move_to_front(slots, index),
         }
         if hit {
-            self.hits += 1;
+            self.hits += u64::from(times);
             self.maybe_climb(slots);
         }
     }
@@ -107,9 +116,10 @@ impl TinyLfu {
     pub fn on_insert<K, V>(&mut self, slots: &mut [Slot<K, V>], index: u32) {
         self.sketch.increment(slots[index as usize].hash);
         self.window.push_front(slots, index, WINDOW);
-        // Overflow of the window moves to probation; if the cache was full,
-        // `victim` has already decided that the candidate stays.
-        while self.window.len > self.max_window {
+        // Overflow of the window moves to probation (an entry heavier than
+        // the whole window goes straight through); if the cache was full,
+        // `victim` has already decided that the candidates stay.
+        while self.window.weight > self.max_window {
             let Some(candidate) = self.window.pop_back(slots) else {
                 break;
             };
@@ -123,12 +133,13 @@ impl TinyLfu {
         self.list(queue).unlink(slots, index);
     }
 
-    /// The entry to evict so that one more fits. Called with the cache full,
-    /// before the new entry is inserted.
-    pub fn victim<K, V>(&mut self, slots: &[Slot<K, V>]) -> Option<u32> {
+    /// The entry to evict so that one of weight `incoming` fits. Called with
+    /// the cache full, before the new entry is inserted, as many times as it
+    /// takes.
+    pub fn victim<K, V>(&mut self, slots: &[Slot<K, V>], incoming: u64) -> Option<u32> {
         // The new entry will push the window's LRU entry out: it competes with
         // probation's LRU entry for a place in the main space.
-        if self.window.len >= self.max_window {
+        if self.window.weight + incoming > self.max_window {
             if let Some(candidate) = self.window.back() {
                 let Some(victim) = self.probation.back().or(self.protected.back()) else {
                     return Some(candidate);
@@ -159,7 +170,7 @@ impl TinyLfu {
     }
 
     fn demote_protected<K, V>(&mut self, slots: &mut [Slot<K, V>]) {
-        while self.protected.len > self.max_protected {
+        while self.protected.weight > self.max_protected {
             let Some(demoted) = self.protected.pop_back(slots) else {
                 break;
             };
@@ -169,7 +180,7 @@ impl TinyLfu {
 
     #[inline]
     fn maybe_climb<K, V>(&mut self, slots: &mut [Slot<K, V>]) {
-        if self.hits + self.misses >= self.sample {
+        if self.hits + self.misses >= self.sketch.sample() {
             self.climb(slots);
         }
     }
@@ -189,20 +200,21 @@ impl TinyLfu {
         self.misses = 0;
         let amount = amount.round() as i64;
         if amount > 0 {
-            self.grow_window(slots, amount as usize);
+            self.grow_window(slots, amount.unsigned_abs());
         } else if amount < 0 {
-            self.shrink_window(slots, amount.unsigned_abs() as usize);
+            self.shrink_window(slots, amount.unsigned_abs());
         }
     }
 
     /// Moves capacity from the protected segment to the window and refills
     /// the window from the main space's LRU ends.
-    fn grow_window<K, V>(&mut self, slots: &mut [Slot<K, V>], amount: usize) {
+    fn grow_window<K, V>(&mut self, slots: &mut [Slot<K, V>], amount: u64) {
         let quota = amount.min(self.max_protected);
         self.max_protected -= quota;
         self.max_window += quota;
         self.demote_protected(slots);
-        for _ in 0..quota {
+        let target = self.window.weight + quota;
+        while self.window.weight < target {
             let moved = match self.probation.pop_back(slots) {
                 Some(index) => index,
                 None => match self.protected.pop_back(slots) {
@@ -216,11 +228,11 @@ impl TinyLfu {
 
     /// Gives window capacity back to the protected segment; the window's LRU
     /// entries move to probation.
-    fn shrink_window<K, V>(&mut self, slots: &mut [Slot<K, V>], amount: usize) {
+    fn shrink_window<K, V>(&mut self, slots: &mut [Slot<K, V>], amount: u64) {
         let quota = amount.min(self.max_window.saturating_sub(1));
         self.max_window -= quota;
         self.max_protected += quota;
-        while self.window.len > self.max_window {
+        while self.window.weight > self.max_window {
             let Some(moved) = self.window.pop_back(slots) else {
                 break;
             };
@@ -241,13 +253,27 @@ impl TinyLfu {
         self.sketch.heap_bytes()
     }
 
+    /// The list holding a slot, for a caller that changes its weight.
+    pub fn list_of<K, V>(&mut self, slots: &[Slot<K, V>], index: u32) -> &mut List {
+        self.list(slots[index as usize].queue)
+    }
+
     #[cfg(test)]
     pub fn sizes(&self) -> (usize, usize, usize, usize) {
         (
             self.window.len,
             self.probation.len,
             self.protected.len,
-            self.max_window,
+            self.max_window as usize,
+        )
+    }
+
+    #[cfg(test)]
+    pub fn weights(&self) -> (u64, u64, u64) {
+        (
+            self.window.weight,
+            self.probation.weight,
+            self.protected.weight,
         )
     }
 }
