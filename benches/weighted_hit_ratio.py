@@ -123,9 +123,7 @@ def main() -> None:
         keys, sizes = trace(opts.requests, seed=7 + 10 * run)
         for capacity in capacities:
             for c in everyone:
-                results.setdefault((capacity, c.name), []).append(
-                    replay(c, capacity, keys, sizes)
-                )
+                results.setdefault((capacity, c.name), []).append(replay(c, capacity, keys, sizes))
         print(f"run {run + 1}/{opts.runs} done", file=sys.stderr, flush=True)
     print(f"requests: {opts.requests:,}; mean of {opts.runs} runs\n")
     print("| capacity | cache | byte hit % | request hit % | bytes held at the end |")
