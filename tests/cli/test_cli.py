@@ -67,17 +67,9 @@ def test_the_demo_serves_prometheus_metrics_while_it_runs() -> None:
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "langcluster", "demo", "--json", "--duration", "4",
-         "--metrics-port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
     families: dict[str, Any] = {}
 
-    def scraped_a_call() -> bool:
+    def scraped_a_call(port: int) -> bool:
         try:
             text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
         except httpx.HTTPError:
@@ -89,11 +81,25 @@ def test_the_demo_serves_prometheus_metrics_while_it_runs() -> None:
         families.update(scraped)  # calls have been made and counted
         return True
 
-    try:
-        wait_until(scraped_a_call, 30)
-        stdout, stderr = demo.communicate(timeout=60)
-    finally:
-        demo.kill()
+    # The port is free when chosen, but the demo's own simulated servers bind
+    # ephemeral ports first and may be given that very one: then the demo
+    # exits at once saying so, and the run is repeated on another port.
+    for _ in range(3):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "langcluster", "demo", "--json", "--duration", "4",
+             "--metrics-port", str(port)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            wait_until(lambda p=port, d=demo: scraped_a_call(p) or d.poll() is not None, 30)
+            stdout, stderr = demo.communicate(timeout=60)
+        finally:
+            demo.kill()
+        if families or "Address already in use" not in stderr:
+            break
     assert demo.returncode == 0, stderr
     assert families, "no scrape showed a call"
     nodes = {s.labels["node"] for s in families["langcluster_node_in_flight"].samples}
