@@ -18,6 +18,7 @@ from langcluster._core import (
     Lease,
     LeastConnections,
     PowerOfTwoChoices,
+    PrefixAware,
     Random,
     RoundRobin,
     WeightedRoundRobin,
@@ -54,7 +55,7 @@ from langcluster.health import (
 )
 from langcluster.node import Node, NodeStatus
 from langcluster.registry import NodeEvent, NodeEventKind, NodeRegistry
-from langcluster.types import Key, NodeLike
+from langcluster.types import Key, NodeLike, Prompt
 
 __all__ = [
     "Adaptive",
@@ -99,6 +100,8 @@ __all__ = [
     "NodeRegistry",
     "NodeStatus",
     "PowerOfTwoChoices",
+    "PrefixAware",
+    "Prompt",
     "Random",
     "RedisCache",
     "RoundRobin",

@@ -6,7 +6,7 @@ from typing import Any, Generic, TypeVar, final
 
 from typing_extensions import Self, disjoint_base
 
-from langcluster.types import BreakerState, Key, NodeLike, Policy, Window
+from langcluster.types import BreakerState, Key, NodeLike, Policy, PrefixLoad, Prompt, Window
 
 __version__: str
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "LeastConnections",
     "MemoryCache",
     "PowerOfTwoChoices",
+    "PrefixAware",
     "Random",
     "Ready",
     "RoundRobin",
@@ -116,6 +117,33 @@ class ConsistentHash(Balancer):
     def vnodes(self) -> int: ...
     @property
     def load_factor(self) -> float | None: ...
+
+@final
+class PrefixAware(Balancer):
+    def __new__(
+        cls,
+        nodes: Iterable[NodeLike] | None = None,
+        *,
+        block_size: int = 64,
+        token_block_size: int = 16,
+        max_blocks: int = 262144,
+        max_prompt_blocks: int = 1024,
+        balance_rel: float = 1.5,
+        balance_abs: float = 4.0,
+        min_match: float = 0.0,
+        load: PrefixLoad = "in_flight",
+        shards: int = 16,
+        decay_s: float = 10.0,
+    ) -> PrefixAware: ...
+    def pick(self, prompt: Prompt | None = None) -> Any:
+        """The node for ``prompt``; records that it now holds its blocks."""
+
+    def acquire(self, prompt: Prompt | None = None) -> Lease:
+        """A sync and async context manager picking for ``prompt``."""
+
+    def prefix_stats(self) -> dict[str, int | float]: ...
+    @property
+    def settings(self) -> dict[str, int | float | str]: ...
 
 @final
 class Lease:

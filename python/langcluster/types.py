@@ -14,6 +14,8 @@ __all__ = [
     "L2ErrorPolicy",
     "NodeLike",
     "Policy",
+    "PrefixLoad",
+    "Prompt",
     "Scheme",
     "Serializer",
     "Window",
@@ -23,6 +25,15 @@ __all__ = [
 Key: TypeAlias = str | bytes | int
 """A key for a cache or a balancer: ``str``, ``bytes`` or ``int`` (``42``
 and ``"42"`` route alike, and are different cache keys)."""
+
+PrefixLoad: TypeAlias = Literal["in_flight", "latency"]
+"""What ``PrefixAware`` counts as a node's load: its requests in flight, or
+those scaled by its latency EWMA relative to the other nodes'."""
+
+Prompt: TypeAlias = str | bytes | int | list[int] | tuple[int, ...]
+"""A prompt as ``PrefixAware`` reads it: text (cut into byte blocks), or
+token ids (cut into token blocks). Any ``Key`` is a prompt, so
+``PrefixAware`` takes the key of a ``Cluster`` call as its prompt."""
 
 
 @runtime_checkable
@@ -70,5 +81,6 @@ BalancerName: TypeAlias = Literal[
     "adaptive",
     "random",
     "power_of_two_choices",
+    "prefix_aware",
 ]
 """A balancer by name, for ``Cluster`` and the config file."""

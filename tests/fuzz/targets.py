@@ -145,16 +145,18 @@ BALANCERS = [
     lc.PowerOfTwoChoices,
     lc.Adaptive,
     lc.ConsistentHash,
+    lc.PrefixAware,
 ]
+PREFIX_OPTIONS = ["block_size", "max_blocks", "balance_rel", "min_match", "load"]
 
 
 @given(
     cls=st.sampled_from(BALANCERS),
     nodes=st.one_of(NODES, EXTREME),
     options=st.dictionaries(
-        st.sampled_from(["vnodes", "load_factor", "decay_s"]), EXTREME, max_size=2
+        st.sampled_from(["vnodes", "load_factor", "decay_s", *PREFIX_OPTIONS]), EXTREME, max_size=2
     ),
-    key=KEYS,
+    key=st.one_of(KEYS, st.lists(st.one_of(NUMBERS, EXTREME), max_size=40)),
     node_id=st.one_of(st.sampled_from(["a", "b", "zz"]), EXTREME),
     latency=st.one_of(NUMBERS, EXTREME),
     ok=st.one_of(st.booleans(), EXTREME),
@@ -173,15 +175,17 @@ def balancers(
     wanted = {
         lc.Adaptive: {"decay_s"},
         lc.ConsistentHash: {"vnodes", "load_factor"},
+        lc.PrefixAware: {"decay_s", *PREFIX_OPTIONS},
     }.get(cls, set())
     options = {k: v for k, v in options.items() if k in wanted}
     balancer = call(cls, ["nodes", *options], nodes, **options)
     if balancer is None:
         balancer = cls(GOOD_NODES)
-    call(balancer.pick, ["key"], key)
-    lease = call(balancer.acquire, ["key"], key)
+    named = ["prompt"] if cls is lc.PrefixAware else ["key"]
+    call(balancer.pick, named, key)
+    lease = call(balancer.acquire, named, key)
     if lease is not None:
-        call(enter, ["key"], lease)
+        call(enter, named, lease)
     call(balancer.begin, ["node_id"], node_id)
     call(balancer.end, ["node_id", "latency_s", "ok"], node_id, latency, ok)
     call(balancer.release, ["node_id"], node_id)

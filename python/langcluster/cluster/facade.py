@@ -23,6 +23,7 @@ from langcluster._core import (
     LeastConnections,
     MemoryCache,
     PowerOfTwoChoices,
+    PrefixAware,
     Random,
     RoundRobin,
     WeightedRoundRobin,
@@ -58,6 +59,7 @@ BALANCERS: dict[BalancerName, type[Balancer]] = {
     "adaptive": Adaptive,
     "random": Random,
     "power_of_two_choices": PowerOfTwoChoices,
+    "prefix_aware": PrefixAware,
 }
 
 

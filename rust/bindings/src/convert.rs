@@ -7,12 +7,12 @@
 
 use std::borrow::Cow;
 
-use langcluster_core::balancer::NodeSpec;
+use langcluster_core::balancer::{NodeSpec, PrefixConfig, Prompt};
 use langcluster_core::hash::{hash_bytes, hash_i64};
 use pyo3::exceptions::PyTypeError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyIterator, PyString, PyTuple, PyType};
+use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyIterator, PyList, PyString, PyTuple, PyType};
 
 use crate::errors::{type_name, Error, Result};
 
@@ -300,6 +300,71 @@ pub fn check_routing_key(key: &Bound<'_, PyAny>) -> Result<()> {
     } else {
         Err(key_type_error(key))
     }
+}
+
+/// The chained block hashes of a prompt, appended to `out`: a str (its
+/// UTF-8 bytes), bytes, an int (its decimal text, as a routing key), or a
+/// list or tuple of token ids (ints from 0 to 2**32-1). Only the blocks the
+/// balancer looks at are read, so a huge prompt costs no more than its first
+/// `max_prompt_blocks` blocks.
+pub fn prompt_hashes(
+    config: &PrefixConfig,
+    prompt: &Bound<'_, PyAny>,
+    out: &mut Vec<u64>,
+) -> Result<()> {
+    if let Ok(s) = prompt.cast::<PyString>() {
+        config.hash(Prompt::Bytes(s.to_str()?.as_bytes()), out);
+    } else if let Ok(b) = prompt.cast::<PyBytes>() {
+        config.hash(Prompt::Bytes(b.as_bytes()), out);
+    } else if prompt.is_instance_of::<PyInt>() && !prompt.is_instance_of::<PyBool>() {
+        config.hash(Prompt::Bytes(prompt.str()?.to_str()?.as_bytes()), out);
+    } else if let Ok(list) = prompt.cast::<PyList>() {
+        let tokens = token_ids(config, list.iter())?;
+        config.hash(Prompt::Tokens(&tokens), out);
+    } else if let Ok(tuple) = prompt.cast::<PyTuple>() {
+        let tokens = token_ids(config, tuple.iter())?;
+        config.hash(Prompt::Tokens(&tokens), out);
+    } else {
+        return Err(Error::expected(
+            "prompt",
+            "a str, bytes, int or a list or tuple of token ids",
+            prompt,
+        ));
+    }
+    Ok(())
+}
+
+/// The token ids of a prompt, as many as the balancer reads.
+fn token_ids<'py>(
+    config: &PrefixConfig,
+    items: impl Iterator<Item = Bound<'py, PyAny>>,
+) -> Result<Vec<u32>> {
+    let limit = config.max_prompt_tokens();
+    let mut tokens = Vec::new();
+    for (i, item) in items.take(limit).enumerate() {
+        let id = if item.is_instance_of::<PyInt>() && !item.is_instance_of::<PyBool>() {
+            item.extract::<u32>().ok()
+        } else {
+            None
+        };
+        match id {
+            Some(id) => tokens.push(id),
+            None if item.is_instance_of::<PyInt>() && !item.is_instance_of::<PyBool>() => {
+                return Err(Error::Core(langcluster_core::Error::invalid(
+                    format!("prompt[{i}]"),
+                    format!("must be a token id from 0 to 2**32-1, got {}", item.str()?),
+                )))
+            }
+            None => {
+                return Err(Error::expected(
+                    format!("prompt[{i}]"),
+                    "an int (a token id)",
+                    &item,
+                ))
+            }
+        }
+    }
+    Ok(tokens)
 }
 
 pub fn key_type_error(key: &Bound<'_, PyAny>) -> Error {

@@ -18,8 +18,8 @@ mod _core {
     use super::check_node;
     #[pymodule_export]
     use crate::balancer::{
-        Adaptive, Balancer, ConsistentHash, Lease, LeastConnections, PowerOfTwoChoices, Random,
-        RoundRobin, WeightedRoundRobin,
+        Adaptive, Balancer, ConsistentHash, Lease, LeastConnections, PowerOfTwoChoices,
+        PrefixAware, Random, RoundRobin, WeightedRoundRobin,
     };
     #[pymodule_export]
     use crate::breaker::{breaker_settings, CircuitBreaker, Guarded};

@@ -12,13 +12,19 @@ use pyo3::types::{PyBool, PyType};
 use crate::errors::{Error, Result};
 use crate::ready::Ready;
 
+/// What a pick routes by: the hash of a key, or a prompt's block hashes.
+pub enum Route {
+    Key(Option<u64>),
+    Blocks(Vec<u64>),
+}
+
 /// What a lease needs of a balancer: a pick that also hands over the
 /// node's live counters.
 pub trait PickState: Send + Sync {
     fn pick_state(
         &self,
         py: Python<'_>,
-        key: Option<u64>,
+        route: &Route,
     ) -> std::result::Result<(Py<PyAny>, Arc<NodeState>), langcluster_core::Error>;
 }
 
@@ -34,16 +40,16 @@ struct Held {
 #[pyclass(frozen, module = "langcluster._core")]
 pub struct Lease {
     balancer: Arc<dyn PickState>,
-    key: Option<u64>,
+    route: Route,
     /// Only this lease's own enter/exit touch it; never held across Python code.
     held: Mutex<Option<Held>>,
 }
 
 impl Lease {
-    pub fn new(balancer: Arc<dyn PickState>, key: Option<u64>) -> Self {
+    pub fn new(balancer: Arc<dyn PickState>, route: Route) -> Self {
         Self {
             balancer,
-            key,
+            route,
             held: Mutex::new(None),
         }
     }
@@ -63,7 +69,7 @@ impl Lease {
                 "acquire: this lease is already entered; call acquire() once per request",
             ));
         }
-        let (node, state) = self.balancer.pick_state(py, self.key)?;
+        let (node, state) = self.balancer.pick_state(py, &self.route)?;
         state.begin();
         *self.held() = Some(Held {
             state,

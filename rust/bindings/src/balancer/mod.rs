@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 mod lease;
+mod prefix;
 
 use langcluster_core::balancer::{
     self as core, NodeSpec, NodeState, NodeStats, Strategy, DEFAULT_DECAY_S, DEFAULT_VNODES,
@@ -19,7 +20,8 @@ use crate::convert::{
 };
 use crate::errors::Result;
 pub use lease::Lease;
-use lease::PickState;
+use lease::{PickState, Route};
+pub use prefix::PrefixAware;
 
 type Handle = Py<PyAny>;
 type CoreResult<T> = std::result::Result<T, CoreError>;
@@ -87,7 +89,11 @@ impl<S: Strategy> DynBalancer for core::Balancer<Handle, S> {
 }
 
 impl<S: Strategy> PickState for core::Balancer<Handle, S> {
-    fn pick_state(&self, py: Python<'_>, key: Option<u64>) -> CoreResult<(Handle, Arc<NodeState>)> {
+    fn pick_state(&self, py: Python<'_>, route: &Route) -> CoreResult<(Handle, Arc<NodeState>)> {
+        let key = match route {
+            Route::Key(key) => *key,
+            Route::Blocks(_) => None,
+        };
         self.pick_with(key, |m| (m.handle.clone_ref(py), Arc::clone(&m.state)))
     }
 }
@@ -143,7 +149,7 @@ impl Balancer {
     #[pyo3(signature = (key=None))]
     fn acquire(&self, key: Option<&Bound<'_, PyAny>>) -> Result<Lease> {
         let hash = self.key_hash(key)?;
-        Ok(Lease::new(Arc::clone(&self.leases), hash))
+        Ok(Lease::new(Arc::clone(&self.leases), Route::Key(hash)))
     }
 
     /// Counts one request in flight on `node_id`.
@@ -195,19 +201,7 @@ impl Balancer {
     /// Per-node counters: `{id: {"picks", "in_flight", "successes",
     /// "failures", "ewma_latency_s", "available", "weight"}}`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let out = PyDict::new(py);
-        for s in self.inner.stats() {
-            let d = PyDict::new(py);
-            d.set_item("picks", s.picks)?;
-            d.set_item("in_flight", s.in_flight)?;
-            d.set_item("successes", s.successes)?;
-            d.set_item("failures", s.failures)?;
-            d.set_item("ewma_latency_s", s.ewma_latency_s)?;
-            d.set_item("available", s.available)?;
-            d.set_item("weight", s.weight)?;
-            out.set_item(s.id, d)?;
-        }
-        Ok(out)
+        stats_dict(py, self.inner.stats())
     }
 
     /// The current node objects, available or not, in the order given.
@@ -242,6 +236,23 @@ impl Balancer {
             this.inner.available_len()
         ))
     }
+}
+
+/// `{id: {counter: value}}` for the nodes' counters.
+fn stats_dict(py: Python<'_>, stats: Vec<NodeStats>) -> PyResult<Bound<'_, PyDict>> {
+    let out = PyDict::new(py);
+    for s in stats {
+        let d = PyDict::new(py);
+        d.set_item("picks", s.picks)?;
+        d.set_item("in_flight", s.in_flight)?;
+        d.set_item("successes", s.successes)?;
+        d.set_item("failures", s.failures)?;
+        d.set_item("ewma_latency_s", s.ewma_latency_s)?;
+        d.set_item("available", s.available)?;
+        d.set_item("weight", s.weight)?;
+        out.set_item(s.id, d)?;
+    }
+    Ok(out)
 }
 
 macro_rules! simple_balancer {

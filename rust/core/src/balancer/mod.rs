@@ -18,6 +18,7 @@ mod ewma;
 mod least_connections;
 mod node;
 mod power_of_two;
+mod prefix;
 mod random;
 mod round_robin;
 mod weighted_round_robin;
@@ -28,6 +29,7 @@ pub use ewma::PeakEwma;
 pub use least_connections::LeastConnections;
 pub use node::{NodeState, NodeStats};
 pub use power_of_two::PowerOfTwoChoices;
+pub use prefix::{PrefixAware, PrefixConfig, PrefixStats, Prompt};
 pub use random::Random;
 pub use round_robin::RoundRobin;
 pub use weighted_round_robin::{smooth_schedule, Schedule, WeightedRoundRobin};
@@ -273,6 +275,19 @@ impl<T: Send + Sync, S: Strategy> Balancer<T, S> {
         key: Option<u64>,
         f: impl FnOnce(&Member<T>) -> R,
     ) -> Result<R, Error> {
+        let strategy = &self.strategy;
+        self.pick_by(|snap, rng| strategy.choose(snap, key, rng), f)
+    }
+
+    /// Picks with `choose` (given the current snapshot, which has at least
+    /// one live node, and the thread's generator) and hands the member it
+    /// returns to `f` while the snapshot is held.
+    #[inline]
+    pub fn pick_by<R>(
+        &self,
+        choose: impl FnOnce(&Snapshot<T, S::Table>, &mut fastrand::Rng) -> Result<u32, Error>,
+        f: impl FnOnce(&Member<T>) -> R,
+    ) -> Result<R, Error> {
         let cell = self.local.get_or(|| {
             RefCell::new(Local {
                 snapshot: Cache::new(Arc::clone(&self.current)),
@@ -282,32 +297,25 @@ impl<T: Send + Sync, S: Strategy> Balancer<T, S> {
         match cell.try_borrow_mut() {
             Ok(mut local) => {
                 let Local { snapshot, rng } = &mut *local;
-                Self::pick_from(&self.strategy, snapshot.load(), key, rng, f)
+                Self::pick_from(snapshot.load(), rng, choose, f)
             }
             // Re-entered on this thread (a destructor run while swapping the
             // cached snapshot picked again): read the shared one directly.
-            Err(_) => Self::pick_from(
-                &self.strategy,
-                &self.current.load(),
-                key,
-                &mut fastrand::Rng::new(),
-                f,
-            ),
+            Err(_) => Self::pick_from(&self.current.load(), &mut fastrand::Rng::new(), choose, f),
         }
     }
 
     #[inline]
     fn pick_from<R>(
-        strategy: &S,
         snap: &Snapshot<T, S::Table>,
-        key: Option<u64>,
         rng: &mut fastrand::Rng,
+        choose: impl FnOnce(&Snapshot<T, S::Table>, &mut fastrand::Rng) -> Result<u32, Error>,
         f: impl FnOnce(&Member<T>) -> R,
     ) -> Result<R, Error> {
         if snap.live.is_empty() {
             return Err(Error::NoAvailableNode);
         }
-        let i = strategy.choose(snap, key, rng)?;
+        let i = choose(snap, rng)?;
         let member = &snap.members[i as usize];
         member.state.count_pick();
         Ok(f(member))
@@ -353,6 +361,11 @@ impl<T: Send + Sync, S: Strategy> Balancer<T, S> {
             }
             None => false,
         }
+    }
+
+    /// Reads the current snapshot.
+    pub fn with_snapshot<R>(&self, f: impl FnOnce(&Snapshot<T, S::Table>) -> R) -> R {
+        f(&self.current.load())
     }
 
     /// Reads the node set under the current snapshot.

@@ -1,0 +1,308 @@
+use super::super::testing::specs;
+use super::*;
+
+fn balancer(ids: &[&str], config: PrefixConfig) -> PrefixAware<String> {
+    PrefixAware::new(config, specs(ids), 10.0).unwrap()
+}
+
+fn pick(b: &PrefixAware<String>, prompt: &[u8]) -> String {
+    b.pick_with(Prompt::Bytes(prompt), |m| m.handle.clone())
+        .unwrap()
+}
+
+/// A prompt of `blocks` 64-byte blocks: a shared `group` prefix of `shared`
+/// blocks, then blocks unique to `user`.
+fn prompt(group: u32, shared: usize, user: u32, blocks: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..blocks {
+        let tag = if i < shared {
+            format!("g{group}-b{i}")
+        } else {
+            format!("g{group}-u{user}-b{i}")
+        };
+        let mut block = tag.into_bytes();
+        block.resize(64, b'.');
+        out.extend_from_slice(&block);
+    }
+    out
+}
+
+fn blocks_of(b: &PrefixAware<String>, id: &str) -> u64 {
+    b.prefix_stats()
+        .blocks_per_node
+        .iter()
+        .find(|(n, _)| n == id)
+        .map_or(0, |(_, c)| *c)
+}
+
+#[test]
+fn a_prompt_returns_to_the_node_that_holds_its_prefix() {
+    let b = balancer(&["a", "b", "c", "d"], PrefixConfig::default());
+    let first = pick(&b, &prompt(1, 8, 0, 10));
+    for user in 1..20 {
+        assert_eq!(pick(&b, &prompt(1, 8, user, 10)), first);
+    }
+    let s = b.prefix_stats();
+    assert_eq!(s.prompts, 20);
+    assert_eq!(s.prompt_blocks, 200);
+    assert_eq!(s.matched_blocks, 19 * 8);
+    assert_eq!(s.blocks, 8 + 20 * 2);
+    assert_eq!(blocks_of(&b, &first), 48);
+}
+
+#[test]
+fn misses_go_to_the_least_loaded_node_and_ties_are_random() {
+    let b = balancer(&["a", "b", "c"], PrefixConfig::default());
+    b.balancer().begin("a").unwrap();
+    b.balancer().begin("b").unwrap();
+    assert_eq!(pick(&b, &prompt(7, 4, 0, 4)), "c");
+    b.balancer().end("a", 0.1, true).unwrap();
+    b.balancer().end("b", 0.1, true).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for g in 100..160 {
+        seen.insert(pick(&b, &prompt(g, 4, 0, 4)));
+    }
+    assert_eq!(seen.len(), 3, "new prefixes at equal load spread at random");
+}
+
+#[test]
+fn an_overloaded_holder_spills_and_the_prefix_gets_a_second_home() {
+    let b = balancer(&["a", "b", "c", "d"], PrefixConfig::default());
+    let home = pick(&b, &prompt(1, 8, 0, 8));
+    for _ in 0..8 {
+        b.balancer().begin(&home).unwrap();
+    }
+    // Mean load 2, limit max(3, 6): the holder at 8 is passed over.
+    let second = pick(&b, &prompt(1, 8, 1, 8));
+    assert_ne!(second, home);
+    assert_eq!(b.prefix_stats().spills, 1);
+    // The second home now holds the prefix and takes it while the first is busy.
+    for user in 2..10 {
+        assert_eq!(pick(&b, &prompt(1, 8, user, 8)), second);
+    }
+    assert_eq!(blocks_of(&b, &second), 8);
+}
+
+#[test]
+fn a_short_match_counts_as_none_under_min_match() {
+    let config = PrefixConfig {
+        min_match: 0.5,
+        ..PrefixConfig::default()
+    };
+    let b = balancer(&["a", "b"], config);
+    let home = pick(&b, &prompt(1, 2, 0, 10));
+    b.balancer().begin(&home).unwrap();
+    // 2 of 10 blocks match: under half, so the idle node wins.
+    assert_ne!(pick(&b, &prompt(1, 2, 1, 10)), home);
+    b.balancer().begin("a").unwrap();
+    b.balancer().begin("b").unwrap();
+    // 8 of 10 blocks match: the holder wins at equal load.
+    let full = prompt(1, 8, 2, 10);
+    let holder = pick(&b, &full);
+    assert_eq!(pick(&b, &full), holder);
+}
+
+#[test]
+fn the_record_never_outgrows_its_budget() {
+    let config = PrefixConfig {
+        max_blocks: 1_000,
+        shards: 4,
+        ..PrefixConfig::default()
+    };
+    let b = balancer(&["a", "b", "c"], config);
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut peak_bytes = 0;
+    for i in 0..5_000 {
+        let p = prompt(rng.u32(..200), rng.usize(0..20), i, 20);
+        pick(&b, &p);
+        if i % 97 == 0 {
+            let s = b.prefix_stats();
+            assert!(s.blocks <= 1_000, "{} blocks", s.blocks);
+            let per_node: u64 = s.blocks_per_node.iter().map(|(_, n)| n).sum();
+            assert_eq!(per_node, s.blocks);
+            peak_bytes = peak_bytes.max(s.bytes);
+        }
+    }
+    let s = b.prefix_stats();
+    assert_eq!(s.blocks, 1_000);
+    assert!(s.evictions > 50_000);
+    // Pairs of 40 bytes and their table: far under what 4 shards of 1,000
+    // would hold if freed room were never given back.
+    assert!(peak_bytes < 200_000, "{peak_bytes} bytes");
+}
+
+#[test]
+fn eviction_is_least_recently_used_across_shards() {
+    let config = PrefixConfig {
+        max_blocks: 100,
+        shards: 8,
+        ..PrefixConfig::default()
+    };
+    let b = balancer(&["a"], config);
+    for g in 0..10 {
+        pick(&b, &prompt(g, 10, 0, 10));
+    }
+    // Group 0 is used again, so the least recent is group 1.
+    pick(&b, &prompt(0, 10, 0, 10));
+    pick(&b, &prompt(99, 10, 0, 10));
+    let before = b.prefix_stats().matched_blocks;
+    pick(&b, &prompt(0, 10, 0, 10));
+    assert_eq!(b.prefix_stats().matched_blocks - before, 10);
+    let before = b.prefix_stats().matched_blocks;
+    pick(&b, &prompt(1, 10, 0, 10));
+    assert_eq!(
+        b.prefix_stats().matched_blocks - before,
+        0,
+        "group 1 was evicted"
+    );
+}
+
+#[test]
+fn what_survives_eviction_is_a_prefix() {
+    let config = PrefixConfig {
+        max_blocks: 15,
+        shards: 1,
+        ..PrefixConfig::default()
+    };
+    let b = balancer(&["a"], config);
+    pick(&b, &prompt(1, 10, 0, 10));
+    pick(&b, &prompt(2, 10, 0, 10));
+    // Room for 15: group 2's 10 and group 1's first 5.
+    let before = b.prefix_stats().matched_blocks;
+    pick(&b, &prompt(1, 10, 0, 10));
+    assert_eq!(b.prefix_stats().matched_blocks - before, 5);
+}
+
+#[test]
+fn removed_nodes_lose_their_record_and_unavailable_ones_keep_it() {
+    let b = balancer(&["a", "b"], PrefixConfig::default());
+    let p = prompt(1, 6, 0, 6);
+    let home = pick(&b, &p);
+    b.balancer().set_available(&home, false).unwrap();
+    let other = pick(&b, &p);
+    assert_ne!(other, home);
+    b.balancer().set_available(&home, true).unwrap();
+    assert_eq!(blocks_of(&b, &home), 6, "kept while unavailable");
+    b.update(specs(&["a", "b", "c"])).unwrap();
+    b.update(specs(&[other.as_str(), "c"])).unwrap();
+    let s = b.prefix_stats();
+    assert_eq!(s.blocks, 6, "{s:?}");
+    assert_eq!(blocks_of(&b, &other), 6);
+    // A node that joins again starts cold.
+    b.update(specs(&["a", "b", "c"])).unwrap();
+    assert_eq!(blocks_of(&b, &home), 0);
+}
+
+#[test]
+fn token_prompts_use_token_blocks() {
+    let b = balancer(&["a", "b", "c"], PrefixConfig::default());
+    let tokens: Vec<u32> = (0..64).collect();
+    let first = b
+        .pick_with(Prompt::Tokens(&tokens), |m| m.handle.clone())
+        .unwrap();
+    assert_eq!(b.prefix_stats().prompt_blocks, 4);
+    let bytes: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
+    assert_eq!(
+        pick(&b, &bytes),
+        first,
+        "the same ids packed in bytes match"
+    );
+}
+
+#[test]
+fn a_prompt_without_a_whole_block_goes_to_the_least_loaded() {
+    let b = balancer(&["a", "b"], PrefixConfig::default());
+    b.balancer().begin("a").unwrap();
+    assert_eq!(pick(&b, b"short"), "b");
+    assert_eq!(b.prefix_stats().prompts, 0);
+    let empty = balancer(&[], PrefixConfig::default());
+    assert_eq!(
+        empty.pick_with(Prompt::Bytes(&[1; 640]), |_| ()),
+        Err(Error::NoAvailableNode)
+    );
+}
+
+#[test]
+fn settings_out_of_range_are_refused_by_name() {
+    let cases: [(&str, PrefixConfig); 6] = [
+        (
+            "block_size",
+            PrefixConfig {
+                block_bytes: 0,
+                ..PrefixConfig::default()
+            },
+        ),
+        (
+            "token_block_size",
+            PrefixConfig {
+                block_tokens: 5000,
+                ..PrefixConfig::default()
+            },
+        ),
+        (
+            "max_blocks",
+            PrefixConfig {
+                max_blocks: 0,
+                ..PrefixConfig::default()
+            },
+        ),
+        (
+            "shards",
+            PrefixConfig {
+                shards: 0,
+                ..PrefixConfig::default()
+            },
+        ),
+        (
+            "balance_rel",
+            PrefixConfig {
+                balance_rel: f64::NAN,
+                ..PrefixConfig::default()
+            },
+        ),
+        (
+            "min_match",
+            PrefixConfig {
+                min_match: 1.5,
+                ..PrefixConfig::default()
+            },
+        ),
+    ];
+    for (name, config) in cases {
+        match PrefixAware::<String>::new(config, vec![], 10.0) {
+            Err(Error::InvalidArgument { name: got, .. }) => assert_eq!(got, name),
+            _ => panic!("{name} accepted"),
+        }
+    }
+}
+
+#[test]
+fn picks_from_many_threads_keep_the_record_consistent() {
+    let config = PrefixConfig {
+        max_blocks: 2_000,
+        shards: 4,
+        ..PrefixConfig::default()
+    };
+    let b = Arc::new(balancer(&["a", "b", "c", "d"], config));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let b = Arc::clone(&b);
+            std::thread::spawn(move || {
+                let mut rng = fastrand::Rng::with_seed(t);
+                for i in 0..3_000 {
+                    pick(&b, &prompt(rng.u32(..300), 8, i, 12));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let s = b.prefix_stats();
+    assert!(s.blocks <= 2_000);
+    assert_eq!(
+        s.blocks_per_node.iter().map(|(_, n)| n).sum::<u64>(),
+        s.blocks
+    );
+    assert_eq!(s.prompts, 12_000);
+}
