@@ -1,7 +1,7 @@
 """A small OpenAI-compatible gateway: POST /v1/chat/completions is routed
-across several model servers with prompt-prefix affinity (ConsistentHash
-with bounded load on the conversation so far, so a repeated prefix lands
-where that server's prompt cache is warm) and fails over when one dies.
+across several model servers by PrefixAware, which sends each prompt to the
+server that already holds its prefix in its KV cache (unless that server is
+overloaded), and fails over when one dies.
 
 Run with `python examples/llm_gateway.py`: it starts three simulated
 backends and the gateway on loopback, talks to it as an OpenAI client
@@ -19,10 +19,10 @@ import langcluster as lc
 from langcluster.testing import SimulatedServer
 
 
-def prefix(body: dict) -> str:
-    """The conversation before the newest message: what a server has cached."""
-    messages = body.get("messages") or [{}]
-    return json.dumps(messages[:-1] or messages[:1])[:512]
+def prompt(body: dict) -> str:
+    """The whole conversation as the server will read it: PrefixAware cuts
+    it into blocks and matches the leading ones a server already holds."""
+    return json.dumps(body.get("messages") or [])
 
 
 async def start_gateway(cluster: lc.Cluster, client: httpx.AsyncClient) -> asyncio.Server:
@@ -44,7 +44,7 @@ async def start_gateway(cluster: lc.Cluster, client: httpx.AsyncClient) -> async
                 return response.json()
 
             try:
-                status, answer = 200, await cluster.call(forward, key=prefix(body))
+                status, answer = 200, await cluster.call(forward, key=prompt(body))
             except Exception as error:  # every backend failed: a 502, as a proxy says
                 status, answer = 502, {"error": {"message": f"{type(error).__name__}"}}
         data = json.dumps(answer).encode()
@@ -62,8 +62,7 @@ async def start_gateway(cluster: lc.Cluster, client: httpx.AsyncClient) -> async
 async def main() -> None:
     backends = [await SimulatedServer(f"gpu-{i}", latency_s=0.003).start() for i in range(3)]
     cluster = lc.Cluster(
-        service="gateway", nodes=[b.node() for b in backends], balancer="consistent_hash",
-        balancer_options={"load_factor": 1.25},  # no server takes > 1.25x the mean load
+        service="gateway", nodes=[b.node() for b in backends], balancer="prefix_aware",
         breaker=lc.BreakerConfig(window_size=4, minimum_calls=2, open_timeout_s=5.0),
     )  # fmt: skip
     upstream = httpx.AsyncClient(timeout=2.0)
@@ -71,7 +70,9 @@ async def main() -> None:
         gateway = await start_gateway(cluster, upstream)
         port = gateway.sockets[0].getsockname()[1]
         api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/v1", timeout=5.0)
-        systems = ["You are a lawyer.", "You are a chef.", "You are a pilot."]
+        systems = [
+            f"You are a {job}. Answer as one would, briefly." for job in ("lawyer", "chef", "pilot")
+        ]
 
         async def turn(system: str, n: int) -> str:
             messages = [{"role": "system", "content": system},

@@ -163,7 +163,7 @@ def test_settings_report_what_is_in_force() -> None:
 
 
 def test_use_latency_steers_away_from_a_slow_node() -> None:
-    b = lc.PrefixAware(make_nodes(2), load="latency")
+    b = lc.PrefixAware(make_nodes(2), load="latency", balance_abs=0.5)
     home = b.pick(prompt(1, 0)).id
     other = "n1" if home == "n0" else "n0"
     b.begin(home)
@@ -171,7 +171,7 @@ def test_use_latency_steers_away_from_a_slow_node() -> None:
     b.begin(other)
     b.end(other, 0.01)
     # Same in-flight count (0), but the holder answers 500x slower: with
-    # latency it counts as overloaded past balance_abs.
+    # latency its load counts as about 1 request, over the mean + 0.5.
     assert b.pick(prompt(2, 0)).id == other
 
 
@@ -202,4 +202,6 @@ def test_the_config_file_names_it() -> None:
     assert isinstance(cluster.balancer, lc.PrefixAware)
     assert cluster.balancer.settings["balance_rel"] == 2.0
     with pytest.raises(ValueError, match=r"^balancer\.min_match"):
-        lc.Cluster.from_config({"service": "x", "balancer": {"kind": "prefix_aware", "min_match": 5}})
+        lc.Cluster.from_config(
+            {"service": "x", "balancer": {"kind": "prefix_aware", "min_match": 5}}
+        )

@@ -109,8 +109,8 @@ impl PrefixAware {
     ))]
     #[pyo3(
         text_signature = "(nodes=None, *, block_size=64, token_block_size=16, \
-        max_blocks=262144, max_prompt_blocks=1024, balance_rel=1.5, balance_abs=4.0, \
-        min_match=0.0, load='in_flight', shards=16, decay_s=10.0)"
+        max_blocks=262144, max_prompt_blocks=1024, balance_rel=1.5, balance_abs=8.0, \
+        min_match=0.5, load='in_flight', shards=16, decay_s=10.0)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn new(

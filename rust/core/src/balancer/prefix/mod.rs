@@ -79,8 +79,8 @@ impl Default for PrefixConfig {
             max_prompt_blocks: 1024,
             shards: 16,
             balance_rel: 1.5,
-            balance_abs: 4.0,
-            min_match: 0.0,
+            balance_abs: 8.0,
+            min_match: 0.5,
             use_latency: false,
         }
     }

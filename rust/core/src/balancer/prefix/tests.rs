@@ -69,10 +69,10 @@ fn misses_go_to_the_least_loaded_node_and_ties_are_random() {
 fn an_overloaded_holder_spills_and_the_prefix_gets_a_second_home() {
     let b = balancer(&["a", "b", "c", "d"], PrefixConfig::default());
     let home = pick(&b, &prompt(1, 8, 0, 8));
-    for _ in 0..8 {
+    for _ in 0..16 {
         b.balancer().begin(&home).unwrap();
     }
-    // Mean load 2, limit max(3, 6): the holder at 8 is passed over.
+    // Mean load 4, limit max(6, 12): the holder at 16 is passed over.
     let second = pick(&b, &prompt(1, 8, 1, 8));
     assert_ne!(second, home);
     assert_eq!(b.prefix_stats().spills, 1);

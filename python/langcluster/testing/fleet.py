@@ -1,0 +1,390 @@
+"""A discrete-event simulation of a fleet of LLM servers with prefix (KV)
+caches, to measure a router before it meets real traffic.
+
+No server runs: each simulated server has an LRU cache of prompt blocks,
+runs at most ``slots`` requests at once (the rest wait), computes prefills
+one at a time (a prefill costs ``prefill_base_s`` plus
+``prefill_per_token_s`` for each token not already cached), then decodes
+``decode_per_token_s`` per output token. Arrivals are given by a workload
+(``langcluster.testing.workloads``); the router sees every request in time
+order: ``pick`` on arrival, ``started`` when the request is sent, and
+``finished`` when its last token is out.
+
+    result = simulate(workload, router, servers=8, model=ServerModel(...))
+    result.hit_rate, result.ttft_p99_s
+
+A router is any object with ``pick(request, fleet) -> int`` (a server
+index; ``fleet`` is the live view of every server, which only an oracle
+should read), and optionally ``started(server, request)``,
+``finished(server, request, latency_s)`` and ``set_available(server, up)``.
+``BalancerRouter`` adapts any langcluster balancer.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = [
+    "BalancerRouter",
+    "Fleet",
+    "Outage",
+    "Request",
+    "Result",
+    "Router",
+    "Server",
+    "ServerModel",
+    "Workload",
+    "prompt_bytes",
+    "simulate",
+]
+
+
+@dataclass(frozen=True)
+class ServerModel:
+    """One server's capacity and speed."""
+
+    slots: int = 32
+    cache_blocks: int = 4096
+    block_tokens: int = 16
+    prefill_base_s: float = 0.005
+    prefill_per_token_s: float = 0.00005
+    decode_per_token_s: float = 0.01
+
+
+@dataclass(eq=False)
+class Request:
+    """A prompt as a sequence of block ids (equal ids mean an equal prefix up
+    to and including that block), and how many tokens it wants back."""
+
+    arrival_s: float
+    blocks: tuple[int, ...]
+    output_tokens: int
+    conversation: int = -1
+    turn: int = 0
+    # Filled in by the simulation.
+    server: int = -1
+    attempt: int = 0
+    hit_blocks: int = 0
+    ttft_s: float = math.nan
+    done_s: float = math.nan
+
+
+class Workload(Protocol):
+    """Requests in arrival order, and follow-ups to finished ones."""
+
+    def arrivals(self) -> Iterable[Request]: ...
+
+    def follow_up(self, done: Request, now_s: float) -> Request | None: ...
+
+
+class Router(Protocol):
+    def pick(self, request: Request, fleet: Fleet) -> int: ...
+
+
+def prompt_bytes(blocks: Sequence[int], block_bytes: int = 64) -> bytes:
+    """The prompt as bytes for a router that reads text: one ``block_bytes``
+    block per block id, so equal ids give equal blocks."""
+    return b"".join(b.to_bytes(8, "little") * (block_bytes // 8) for b in blocks)
+
+
+class Server:
+    """One simulated server: its cache, its queues, its counters."""
+
+    def __init__(self, index: int, model: ServerModel) -> None:
+        self.index = index
+        self.model = model
+        self.cache: OrderedDict[int, None] = OrderedDict()
+        self.waiting: deque[Request] = deque()
+        self.prefills: deque[Request] = deque()
+        self.prefilling: Request | None = None
+        self.decoding: set[Request] = set()
+        self.prefill_ends_s = 0.0
+        self.running = 0
+        self.up = True
+        self.served = 0
+        self.prompt_tokens = 0
+        self.hit_tokens = 0
+
+    def cached_prefix(self, blocks: Sequence[int]) -> int:
+        """How many leading blocks are in the cache (without touching them)."""
+        n = 0
+        for b in blocks:
+            if b not in self.cache:
+                break
+            n += 1
+        return n
+
+    def prefill_s(self, blocks: Sequence[int], hit: int) -> float:
+        m = self.model
+        return m.prefill_base_s + m.prefill_per_token_s * (len(blocks) - hit) * m.block_tokens
+
+    def admit(self, blocks: Sequence[int]) -> int:
+        """Looks the prompt up and caches it, evicting the least recent. The
+        last block is touched first, so a prompt's first blocks are evicted
+        last (as vLLM frees a sequence's blocks from its end)."""
+        hit = self.cached_prefix(blocks)
+        cache = self.cache
+        for b in reversed(blocks):
+            if b in cache:
+                cache.move_to_end(b)
+            else:
+                cache[b] = None
+        while len(cache) > self.model.cache_blocks:
+            cache.popitem(last=False)
+        return hit
+
+    def queued_prefill_s(self, now_s: float) -> float:
+        """Prefill work ahead of a new request, from the real cache."""
+        ahead = max(0.0, self.prefill_ends_s - now_s) if self.prefilling else 0.0
+        for r in itertools.chain(self.prefills, self.waiting):
+            ahead += self.prefill_s(r.blocks, self.cached_prefix(r.blocks))
+        return ahead
+
+
+@dataclass
+class Fleet:
+    """The servers, and the time now."""
+
+    servers: list[Server]
+    now_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Outage:
+    """Server ``server`` goes down at ``down_s`` and comes back cold at ``up_s``."""
+
+    server: int
+    down_s: float
+    up_s: float
+
+
+@dataclass
+class Result:
+    """What one run measured (requests that arrived before ``warmup_s`` are
+    left out of every figure)."""
+
+    requests: list[Request]
+    servers: list[Server]
+    pick_s: list[float] = field(default_factory=list)
+
+    def measured(self) -> list[Request]:
+        return [r for r in self.requests if not math.isnan(r.ttft_s)]
+
+    @property
+    def hit_rate(self) -> float:
+        done = self.measured()
+        total = sum(len(r.blocks) for r in done)
+        return sum(r.hit_blocks for r in done) / total if total else 0.0
+
+    def ttft_quantile(self, q: float) -> float:
+        values = sorted(r.ttft_s for r in self.measured())
+        if not values:
+            return math.nan
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+    @property
+    def ttft_p50_s(self) -> float:
+        return self.ttft_quantile(0.50)
+
+    @property
+    def ttft_p99_s(self) -> float:
+        return self.ttft_quantile(0.99)
+
+    def goodput(self, ttft_target_s: float) -> float:
+        """Requests per second answered within the TTFT target."""
+        done = self.measured()
+        if not done:
+            return 0.0
+        span = max(r.arrival_s for r in done) - min(r.arrival_s for r in done)
+        good = sum(1 for r in done if r.ttft_s <= ttft_target_s)
+        return good / span if span > 0 else 0.0
+
+    @property
+    def load_spread(self) -> float:
+        """Requests of the busiest server over the mean (1.0 is even)."""
+        counts = [s.served for s in self.servers]
+        mean = sum(counts) / len(counts)
+        return max(counts) / mean if mean else 1.0
+
+    @property
+    def pick_us(self) -> float:
+        return 1e6 * sum(self.pick_s) / len(self.pick_s) if self.pick_s else 0.0
+
+    def windows(self, width_s: float) -> Iterator[tuple[float, list[Request]]]:
+        """The measured requests grouped by arrival in windows of ``width_s``."""
+        groups: dict[int, list[Request]] = {}
+        for r in self.measured():
+            groups.setdefault(int(r.arrival_s // width_s), []).append(r)
+        for k in sorted(groups):
+            yield k * width_s, groups[k]
+
+
+_ARRIVE, _PREFILLED, _DONE, _DOWN, _UP = range(5)
+
+
+def _call(router: object, name: str, *args: Any) -> None:
+    hook: Callable[..., Any] | None = getattr(router, name, None)
+    if hook is not None:
+        hook(*args)
+
+
+def simulate(
+    workload: Workload,
+    router: Router,
+    *,
+    servers: int,
+    model: ServerModel,
+    warmup_s: float = 0.0,
+    outages: Sequence[Outage] = (),
+) -> Result:
+    """Runs the workload to its end through ``router``; see the module doc."""
+    fleet = Fleet([Server(i, model) for i in range(servers)])
+    events: list[tuple[float, int, int, Any]] = []
+    order = itertools.count()
+    result = Result([], fleet.servers)
+
+    def push(at_s: float, kind: int, payload: Any) -> None:
+        heapq.heappush(events, (at_s, next(order), kind, payload))
+
+    for request in workload.arrivals():
+        push(request.arrival_s, _ARRIVE, request)
+    for outage in outages:
+        push(outage.down_s, _DOWN, outage.server)
+        push(outage.up_s, _UP, outage.server)
+
+    def route(request: Request) -> None:
+        started = time.perf_counter()
+        s = router.pick(request, fleet)
+        result.pick_s.append(time.perf_counter() - started)
+        server = fleet.servers[s]
+        if not server.up:
+            raise RuntimeError(f"router picked server {s}, which is down")
+        request.server = s
+        request.attempt += 1
+        _call(router, "started", s, request)
+        server.waiting.append(request)
+        admit(server)
+
+    def admit(server: Server) -> None:
+        while server.running < server.model.slots and server.waiting:
+            server.running += 1
+            server.prefills.append(server.waiting.popleft())
+        if server.prefilling is None and server.prefills:
+            request = server.prefills.popleft()
+            request.hit_blocks = server.admit(request.blocks)
+            server.prefilling = request
+            server.prefill_ends_s = fleet.now_s + server.prefill_s(
+                request.blocks, request.hit_blocks
+            )
+            push(server.prefill_ends_s, _PREFILLED, (request, request.attempt))
+
+    while events:
+        now, _, kind, payload = heapq.heappop(events)
+        fleet.now_s = now
+        if kind == _ARRIVE:
+            result.requests.append(payload)
+            route(payload)
+        elif kind == _PREFILLED:
+            request, attempt = payload
+            if attempt != request.attempt:
+                continue  # its server went down meanwhile
+            server = fleet.servers[request.server]
+            server.prefilling = None
+            server.decoding.add(request)
+            if request.arrival_s >= warmup_s:
+                request.ttft_s = now - request.arrival_s
+            decode_s = request.output_tokens * model.decode_per_token_s
+            push(now + decode_s, _DONE, (request, attempt))
+            admit(server)
+        elif kind == _DONE:
+            request, attempt = payload
+            if attempt != request.attempt or request not in fleet.servers[request.server].decoding:
+                continue  # lost with its server
+            server = fleet.servers[request.server]
+            server.decoding.discard(request)
+            request.done_s = now
+            server.running -= 1
+            server.served += 1
+            tokens = len(request.blocks) * model.block_tokens
+            server.prompt_tokens += tokens
+            server.hit_tokens += request.hit_blocks * model.block_tokens
+            _call(router, "finished", request.server, request, now - request.arrival_s)
+            admit(server)
+            follow = workload.follow_up(request, now)
+            if follow is not None:
+                push(follow.arrival_s, _ARRIVE, follow)
+        elif kind == _DOWN:
+            server = fleet.servers[payload]
+            server.up = False
+            _call(router, "set_available", payload, False)
+            # Requests that had no first token yet are sent again; those
+            # decoding are lost with the server, as their clients would see.
+            again = list(server.waiting) + list(server.prefills)
+            if server.prefilling is not None:
+                again.append(server.prefilling)
+            for request in server.decoding:
+                _call(router, "finished", payload, request, None)
+            server.waiting.clear()
+            server.prefills.clear()
+            server.prefilling = None
+            server.decoding.clear()
+            server.running = 0
+            server.cache.clear()
+            for request in again:
+                _call(router, "finished", payload, request, None)
+                request.hit_blocks = 0
+                route(request)
+        elif kind == _UP:
+            fleet.servers[payload].up = True
+            _call(router, "set_available", payload, True)
+    return result
+
+
+class BalancerRouter:
+    """A langcluster balancer as a simulated router: servers are nodes named
+    ``s0``, ``s1``...; ``prompt`` turns a request into what ``pick`` takes
+    (None for balancers that take no key)."""
+
+    def __init__(
+        self,
+        balancer: Any,
+        servers: int,
+        prompt: Callable[[Request], object] | None = None,
+    ) -> None:
+        self.balancer = balancer
+        self.prompt = prompt
+        self.ids = [f"s{i}" for i in range(servers)]
+        balancer.update([_Node(i) for i in self.ids])
+
+    def pick(self, request: Request, fleet: Fleet) -> int:
+        node = (
+            self.balancer.pick()
+            if self.prompt is None
+            else self.balancer.pick(self.prompt(request))
+        )
+        return int(node.id[1:])
+
+    def started(self, server: int, request: Request) -> None:
+        self.balancer.begin(self.ids[server])
+
+    def finished(self, server: int, request: Request, latency_s: float | None) -> None:
+        if latency_s is None:
+            self.balancer.release(self.ids[server])
+        else:
+            self.balancer.end(self.ids[server], latency_s)
+
+    def set_available(self, server: int, up: bool) -> None:
+        self.balancer.set_available(self.ids[server], up)
+
+
+@dataclass(frozen=True)
+class _Node:
+    id: str
+    weight: float = 1.0
