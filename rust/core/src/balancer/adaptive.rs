@@ -48,11 +48,11 @@ impl Strategy for Adaptive {
         } else {
             (snap.weight(a), snap.weight(b))
         };
-        Ok(if cheaper(snap.state(b), wb, snap.state(a), wa) {
-            b
-        } else {
-            a
-        })
+        let (sa, sb) = (&snap.live_states[i], &snap.live_states[j]);
+        // Selected by index, not by a branch: which node is cheaper is a
+        // coin toss between equal nodes, and a mispredicted branch cost
+        // about as much as the whole comparison.
+        Ok([a, b][usize::from(cheaper(sb, wb, sa, wa))])
     }
 }
 

@@ -87,6 +87,10 @@ pub struct Snapshot<T, Table> {
     index: Arc<HashMap<Box<str>, usize>>,
     /// Indices into `members` of the available nodes, in input order.
     pub live: Vec<u32>,
+    /// The counters of the live nodes, in the order of `live`: one load
+    /// away, where `members[live[i]].state` is three (the hot loop of the
+    /// two-choice balancers is a chain of dependent loads).
+    pub live_states: Vec<Arc<NodeState>>,
     /// True when every live node has the same weight.
     pub uniform: bool,
     pub table: Table,
@@ -172,6 +176,7 @@ impl<T: Send + Sync, S: Strategy> Balancer<T, S> {
             members: Arc::new(Vec::new()),
             index: Arc::new(HashMap::new()),
             live: Vec::new(),
+            live_states: Vec::new(),
             uniform: true,
             table: strategy.build::<T>(&[], &[]),
         };
@@ -258,10 +263,15 @@ impl<T: Send + Sync, S: Strategy> Balancer<T, S> {
             .windows(2)
             .all(|w| members[w[0] as usize].weight == members[w[1] as usize].weight);
         let table = self.strategy.build(&members, &live);
+        let live_states = live
+            .iter()
+            .map(|&i| Arc::clone(&members[i as usize].state))
+            .collect();
         self.current.store(Arc::new(Snapshot {
             members,
             index,
             live,
+            live_states,
             uniform,
             table,
         }));
@@ -483,15 +493,17 @@ impl Turns {
     }
 }
 
-/// Two distinct uniformly random positions in `0..n` (`n >= 2`).
+/// Two distinct uniformly random positions in `0..n` (`2 <= n <= 2^32`),
+/// from one 64-bit draw: each half scaled by a multiply-shift (bias under
+/// n / 2^32, far below any load difference), and the second shifted past the
+/// first without a branch (`b >= a` is a coin toss a predictor gets wrong
+/// half the time).
 #[inline]
 pub(crate) fn two_distinct(rng: &mut fastrand::Rng, n: usize) -> (usize, usize) {
-    let a = rng.usize(..n);
-    let mut b = rng.usize(..n - 1);
-    if b >= a {
-        b += 1;
-    }
-    (a, b)
+    let r = rng.u64(..);
+    let a = (((r & 0xffff_ffff) * n as u64) >> 32) as usize;
+    let b = (((r >> 32) * (n as u64 - 1)) >> 32) as usize;
+    (a, b + usize::from(b >= a))
 }
 
 #[cfg(test)]
@@ -636,6 +648,30 @@ mod tests {
         let cycle = Cycle::new(10);
         for t in (u32::MAX - 2)..=u32::MAX {
             assert_eq!(turns.take(cycle), (t % 10) as usize);
+        }
+    }
+
+    #[test]
+    fn two_distinct_draws_are_distinct_and_every_pair_is_drawn_evenly() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        for n in [2usize, 3, 7] {
+            let mut counts = vec![0u32; n * n];
+            let draws = 20_000 * n * (n - 1);
+            for _ in 0..draws {
+                let (a, b) = two_distinct(&mut rng, n);
+                assert!(a != b && a < n && b < n);
+                counts[a * n + b] += 1;
+            }
+            let expected = (draws / (n * (n - 1))) as f64;
+            for a in 0..n {
+                for b in (0..n).filter(|&b| b != a) {
+                    let got = f64::from(counts[a * n + b]);
+                    assert!(
+                        (got / expected - 1.0).abs() < 0.05,
+                        "n {n}: ({a}, {b}) {got}"
+                    );
+                }
+            }
         }
     }
 

@@ -28,11 +28,7 @@ impl Strategy for PowerOfTwoChoices {
         }
         let (i, j) = two_distinct(rng, n);
         let (a, b) = (snap.live[i], snap.live[j]);
-        Ok(if load_per_weight(snap, b) < load_per_weight(snap, a) {
-            b
-        } else {
-            a
-        })
+        Ok([a, b][usize::from(load_per_weight(snap, b) < load_per_weight(snap, a))])
     }
 }
 
