@@ -61,6 +61,18 @@ def pick(balancer: Any, *args: Any) -> Call:
     return balancer.pick, args
 
 
+def prompts(n: int = 64, size: int = 8192) -> list[str]:
+    """8 KB prompts: 16 system prompts of 6 KB, each with its own questions."""
+    systems = [(f"[system prompt {g}] " * 400)[:6144] for g in range(16)]
+    return [(systems[i % 16] + f"<question {i}> " * 200)[:size] for i in range(n)]
+
+
+def pick_prompts(balancer: Any) -> Call:
+    """Picks for 64 prompts in turn (the cycle's step is in the floor too)."""
+    turn = itertools.cycle(prompts())
+    return (lambda: balancer.pick(next(turn))), ()
+
+
 CASES = [
     Case("floor", "floor", floor),
     Case("round_robin", "langcluster", lambda: pick(lc.RoundRobin(nodes()))),
@@ -90,4 +102,6 @@ CASES = [
         lambda: pick(baselines.ConsistentHash(nodes(RING_NODES)), KEY),
     ),
     Case("consistent_hash", "uhashring", _peer_uhashring),
+    Case("prefix_aware_8kb", "langcluster", lambda: pick_prompts(lc.PrefixAware(nodes()))),
+    Case("prefix_aware_8kb", "pure-python", lambda: pick_prompts(baselines.PrefixAware(nodes()))),
 ]

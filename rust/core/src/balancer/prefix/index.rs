@@ -15,7 +15,7 @@
 //! most one pair per node.
 
 use std::mem::size_of;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use hashbrown::HashTable;
@@ -213,16 +213,18 @@ impl Shard {
         self.len -= 1;
     }
 
-    /// Evicts the least recently used pair; `false` if the shard is empty.
-    fn evict_oldest(&mut self) -> bool {
+    /// Evicts the least recently used pair and returns its node slot;
+    /// `None` if the shard is empty.
+    fn evict_oldest(&mut self) -> Option<u32> {
         if self.oldest == NIL {
-            return false;
+            return None;
         }
+        let node = self.pairs[self.oldest as usize].node;
         self.remove(self.oldest);
         if self.len * 4 < self.pairs.capacity() && self.pairs.capacity() > COMPACT_ABOVE {
             self.compact();
         }
-        true
+        Some(node)
     }
 
     /// Rebuilds the shard at its present size, so memory freed by evictions
@@ -359,6 +361,18 @@ impl Index {
         out
     }
 
+    /// Pairs held per node slot (`slots` of them), counted exactly.
+    pub(super) fn sizes(&self, slots: usize) -> Box<[AtomicI64]> {
+        let sizes: Box<[AtomicI64]> = (0..slots).map(|_| AtomicI64::new(0)).collect();
+        for cell in self.cells.iter() {
+            let shard = cell.shard.lock().unwrap_or_else(|e| e.into_inner());
+            for (size, &n) in sizes.iter().zip(&shard.per_node) {
+                size.fetch_add(n as i64, Ordering::Relaxed);
+            }
+        }
+        sizes
+    }
+
     /// Drops the pairs of node `slot` from every shard.
     pub(super) fn purge(&self, slot: u32) {
         for cell in self.cells.iter() {
@@ -374,15 +388,20 @@ impl Locked<'_> {
     /// Records that node `slot` now holds every block of `hashes`. The last
     /// block is recorded first, so a prompt's first blocks are the most
     /// recent and are evicted last: what stays is always a prefix.
-    pub(super) fn record(&mut self, hashes: &[u64], slot: u32) {
+    ///
+    /// `sizes` (per node slot) follows the pairs added and evicted: the
+    /// placement of new prefixes reads it without locking any shard.
+    pub(super) fn record(&mut self, hashes: &[u64], slot: u32, sizes: &[AtomicI64]) {
         let tick = self.index.clock.fetch_add(1, Ordering::Relaxed);
         for &hash in hashes.iter().rev() {
             let p = self.shard.find(hash, slot);
             if p != NIL {
                 self.shard.touch(p, tick);
-            } else if !self.reserve() {
+            } else if !self.reserve(sizes) {
                 break;
-            } else if !self.shard.insert(hash, slot, tick, self.index.max) {
+            } else if self.shard.insert(hash, slot, tick, self.index.max) {
+                count(sizes, slot, 1);
+            } else {
                 self.index.total.fetch_sub(1, Ordering::Relaxed);
                 break;
             }
@@ -399,7 +418,7 @@ impl Locked<'_> {
     /// Takes one unit of the budget, evicting the cluster's oldest pair if
     /// it is spent. `false` when nothing could be evicted (this shard is
     /// empty and the shard holding the oldest pair was busy).
-    fn reserve(&mut self) -> bool {
+    fn reserve(&mut self, sizes: &[AtomicI64]) -> bool {
         let index = self.index;
         loop {
             let used = index.total.load(Ordering::Relaxed);
@@ -413,13 +432,14 @@ impl Locked<'_> {
                 }
                 continue;
             }
-            if !self.evict_one() {
-                return false;
+            match self.evict_one() {
+                Some(node) => count(sizes, node, -1),
+                None => return false,
             }
         }
     }
 
-    fn evict_one(&mut self) -> bool {
+    fn evict_one(&mut self) -> Option<u32> {
         let index = self.index;
         let own = self.shard.oldest_tick();
         let victim = index
@@ -432,23 +452,29 @@ impl Locked<'_> {
         if let Some((tick, at)) = victim {
             if tick < own {
                 if let Ok(mut other) = index.cells[at].shard.try_lock() {
-                    if other.evict_oldest() {
+                    if let Some(node) = other.evict_oldest() {
                         index.cells[at]
                             .oldest
                             .store(other.oldest_tick(), Ordering::Relaxed);
                         index.total.fetch_sub(1, Ordering::Relaxed);
                         index.evictions.fetch_add(1, Ordering::Relaxed);
-                        return true;
+                        return Some(node);
                     }
                 }
             }
         }
-        if self.shard.evict_oldest() {
-            index.total.fetch_sub(1, Ordering::Relaxed);
-            index.evictions.fetch_add(1, Ordering::Relaxed);
-            self.publish();
-            return true;
-        }
-        false
+        let node = self.shard.evict_oldest()?;
+        index.total.fetch_sub(1, Ordering::Relaxed);
+        index.evictions.fetch_add(1, Ordering::Relaxed);
+        self.publish();
+        Some(node)
+    }
+}
+
+/// Adds `by` to the size of node `slot`, if the table has it (a slot of a
+/// node added since the table was built is counted from the next build).
+fn count(sizes: &[AtomicI64], slot: u32, by: i64) {
+    if let Some(size) = sizes.get(slot as usize) {
+        size.fetch_add(by, Ordering::Relaxed);
     }
 }

@@ -8,7 +8,10 @@
 //! - among the nodes that are not overloaded (load at most
 //!   `max(balance_rel × mean, mean + balance_abs)`), the one holding the most
 //!   leading blocks (a match under `min_match` of the prompt counts as none);
-//! - among equals, the least loaded; among those, one at random.
+//! - among equals, the least loaded; among those, one at random;
+//! - a prompt none of them holds goes to the one with the fewest recorded
+//!   blocks (per unit of weight), then the least loaded: new prefixes are
+//!   spread evenly over the caches, and a node that joins is filled first.
 //!
 //! The node with the deepest match is passed over only when it is
 //! overloaded; the request then goes to the best of the rest, which records
@@ -23,7 +26,7 @@ mod index;
 mod tests;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use smallvec::SmallVec;
@@ -156,6 +159,9 @@ struct SlotAlloc {
 pub struct SlotTable {
     slot: Vec<u32>,
     pos_of: Vec<u32>,
+    /// Pairs recorded per slot: exact when the table is built, then kept up
+    /// by the picks that use this table.
+    sizes: Box<[AtomicI64]>,
 }
 
 /// The strategy half of [`PrefixAware`]: keeps node slots in step with the
@@ -202,7 +208,12 @@ impl Strategy for Slots {
         for (pos, &m) in live.iter().enumerate() {
             pos_of[slot[m as usize] as usize] = pos as u32;
         }
-        SlotTable { slot, pos_of }
+        let sizes = self.index.sizes(top);
+        SlotTable {
+            slot,
+            pos_of,
+            sizes,
+        }
     }
 
     fn choose<T>(
@@ -216,46 +227,75 @@ impl Strategy for Slots {
             .iter()
             .map(|&m| load_per_weight(snap, m))
             .collect();
-        let depth: Depths = snap.live.iter().map(|_| 0).collect();
-        Ok(snap.live[best(&loads, &depth, 0, f64::INFINITY, rng)])
+        Ok(snap.live[least(&loads, f64::INFINITY, |p| loads[p], rng)])
     }
 }
 
 type Loads = SmallVec<[f64; 16]>;
 type Depths = SmallVec<[u32; 16]>;
 
-/// Among positions whose load is at most `limit`: the most leading blocks
-/// (under `min_depth` counts as 0), then the least load, then at random.
-/// Falls back to the least loaded of all if none is under the limit.
+/// The position with the least `key` among those whose load is at most
+/// `limit` (all of them if none is), ties broken at random.
+fn least<K: PartialOrd>(
+    loads: &[f64],
+    limit: f64,
+    key: impl Fn(usize) -> K,
+    rng: &mut fastrand::Rng,
+) -> usize {
+    let eligible = |pos: usize| loads[pos] <= limit;
+    let any = (0..loads.len()).any(eligible);
+    let mut chosen: Option<(usize, K)> = None;
+    let mut ties = 0usize;
+    for pos in (0..loads.len()).filter(|&p| !any || eligible(p)) {
+        let k = key(pos);
+        match &chosen {
+            Some((_, best)) if k > *best => {}
+            Some((_, best)) if k == *best => {
+                ties += 1;
+                if rng.usize(..ties) == 0 {
+                    chosen = Some((pos, k));
+                }
+            }
+            _ => {
+                chosen = Some((pos, k));
+                ties = 1;
+            }
+        }
+    }
+    chosen.map_or(0, |(pos, _)| pos)
+}
+
+/// The choice for a prompt, given each live position's load, leading
+/// blocks held, and record size per unit of weight: among the nodes not
+/// overloaded, the deepest match (a match under `min_depth` counts as none),
+/// then the least loaded. A prompt no such node holds goes to the one with
+/// the smallest record, then the least loaded, so new prefixes are spread
+/// evenly over the caches (and a node that joins is filled first).
 fn best(
     loads: &[f64],
     depth: &[u32],
+    sizes: &[f64],
     min_depth: u32,
     limit: f64,
     rng: &mut fastrand::Rng,
 ) -> usize {
-    let mut chosen = usize::MAX;
-    let (mut top, mut low) = (0u32, f64::INFINITY);
-    let mut ties = 0usize;
-    for (pos, (&load, &d)) in loads.iter().zip(depth).enumerate() {
-        if load > limit {
-            continue;
+    let held = |pos: usize| {
+        if depth[pos] >= min_depth {
+            depth[pos]
+        } else {
+            0
         }
-        let d = if d >= min_depth { d } else { 0 };
-        let better = chosen == usize::MAX || d > top || (d == top && load < low);
-        if better {
-            (chosen, top, low, ties) = (pos, d, load, 1);
-        } else if d == top && load == low {
-            ties += 1;
-            if rng.usize(..ties) == 0 {
-                chosen = pos;
-            }
-        }
+    };
+    let pos = least(
+        loads,
+        limit,
+        |p| (std::cmp::Reverse(held(p)), loads[p]),
+        rng,
+    );
+    if held(pos) > 0 {
+        return pos;
     }
-    if chosen == usize::MAX {
-        return best(loads, depth, min_depth, f64::INFINITY, rng);
-    }
-    chosen
+    least(loads, limit, |p| (sizes[p], loads[p]), rng)
 }
 
 /// What a [`PrefixAware`] balancer's record holds, and how it matched.
@@ -360,7 +400,19 @@ impl<T: Send + Sync> PrefixAware<T> {
         let mean = loads.iter().sum::<f64>() / loads.len() as f64;
         let limit = (mean * self.config.balance_rel).max(mean + self.config.balance_abs);
         let min_depth = ((self.config.min_match * hashes.len() as f64).ceil() as u32).max(1);
-        let pos = best(&loads, &depth, min_depth, limit, rng);
+        let table = &snap.table;
+        let sizes: Loads = live
+            .iter()
+            .map(|&m| {
+                let slot = table.slot[m as usize] as usize;
+                let size = table
+                    .sizes
+                    .get(slot)
+                    .map_or(0, |s| s.load(Ordering::Relaxed));
+                size.max(0) as f64 / snap.weight(m)
+            })
+            .collect();
+        let pos = best(&loads, &depth, &sizes, min_depth, limit, rng);
         let deepest = depth.iter().copied().max().unwrap_or(0);
         let c = &self.counters;
         if deepest >= min_depth && depth[pos] < deepest {
@@ -372,7 +424,7 @@ impl<T: Send + Sync> PrefixAware<T> {
         c.matched_blocks
             .fetch_add(u64::from(depth[pos]), Ordering::Relaxed);
         let member = live[pos];
-        locked.record(hashes, snap.table.slot[member as usize]);
+        locked.record(hashes, table.slot[member as usize], &table.sizes);
         member
     }
 

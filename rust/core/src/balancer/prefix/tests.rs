@@ -306,3 +306,22 @@ fn picks_from_many_threads_keep_the_record_consistent() {
     );
     assert_eq!(s.prompts, 12_000);
 }
+
+#[test]
+fn new_prefixes_go_to_the_smallest_record_and_fill_a_node_that_joins() {
+    let b = balancer(&["a", "b"], PrefixConfig::default());
+    for g in 0..10 {
+        pick(&b, &prompt(g, 8, 0, 8));
+    }
+    assert_eq!(blocks_of(&b, "a"), 40, "spread evenly by record size");
+    assert_eq!(blocks_of(&b, "b"), 40);
+    b.update(specs(&["a", "b", "c"])).unwrap();
+    for g in 10..14 {
+        assert_eq!(pick(&b, &prompt(g, 8, 0, 8)), "c");
+    }
+    // An overloaded newcomer is passed over even with the smallest record.
+    for _ in 0..20 {
+        b.balancer().begin("c").unwrap();
+    }
+    assert_ne!(pick(&b, &prompt(99, 8, 0, 8)), "c");
+}
