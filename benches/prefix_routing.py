@@ -210,6 +210,15 @@ def verdicts(table: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def spiky(result: Result, steady_p99: float, start: float, end: float) -> int:
+    """1-second windows in [start, end) whose p99 is over 2x the steady p99."""
+    return sum(
+        1
+        for at, rs in result.windows(1.0)
+        if start <= at < end and sorted(r.ttft_s for r in rs)[int(0.99 * len(rs))] > 2 * steady_p99
+    )
+
+
 def outage(small: bool, only: set[str] | None) -> list[str]:
     """Server 0 dies a third of the way in and comes back cold at two thirds."""
     case = cases(small)[0]
@@ -229,15 +238,6 @@ def outage(small: bool, only: set[str] | None) -> list[str]:
         steady = [r.ttft_s for r in result.measured() if r.arrival_s < down]
         steady_p99 = sorted(steady)[int(0.99 * len(steady))] if steady else math.nan
 
-        def spiky(start: float, end: float) -> int:
-            """1-second windows in [start, end) whose p99 is over 2x steady."""
-            return sum(
-                1
-                for at, rs in result.windows(1.0)
-                if start <= at < end
-                and sorted(r.ttft_s for r in rs)[int(0.99 * len(rs))] > 2 * steady_p99
-            )
-
         back = [r for r in result.measured() if r.server == 0 and r.arrival_s >= up]
         refill = (
             statistics.fmean(r.hit_blocks / len(r.blocks) for r in back[len(back) // 2 :])
@@ -245,7 +245,8 @@ def outage(small: bool, only: set[str] | None) -> list[str]:
             else math.nan
         )
         lines.append(
-            f"| {name} | {steady_p99:.3f} | {spiky(down, up)} | {spiky(up, math.inf)} "
+            f"| {name} | {steady_p99:.3f} | {spiky(result, steady_p99, down, up)} "
+            f"| {spiky(result, steady_p99, up, math.inf)} "
             f"| {len(back)} | {100 * refill:.1f} | {100 * result.hit_rate:.1f} |"
         )
     return lines
