@@ -63,11 +63,16 @@ fn cheaper(x: &NodeState, wx: f64, y: &NodeState, wy: f64) -> bool {
     let py = y.in_flight() as f64 + 1.0;
     match (x.latency().raw(), y.latency().raw()) {
         (Some((cx, tx)), Some((cy, ty))) => {
-            let lx = cx * px / wx;
-            let ly = cy * py / wy;
+            // cx·px/wx against cy·py/wy, cross-multiplied: a division is
+            // the slowest step of this chain of dependent arithmetic.
+            let lx = cx * px * wy;
+            let ly = cy * py * wx;
             // Branch-free: which node sampled last is a coin toss, and a
-            // mispredicted branch cost more than the arithmetic.
-            let d = ((ty as f64 - tx as f64) * x.latency().inverse_decay_ns()).clamp(-700.0, 700.0);
+            // mispredicted branch cost more than the arithmetic. The gap is
+            // taken in integers first: one signed conversion instead of two
+            // unsigned ones, which x86 has no single instruction for.
+            let gap = ty.wrapping_sub(tx) as i64 as f64;
+            let d = (gap * x.latency().inverse_decay_ns()).clamp(-700.0, 700.0);
             // Under steady traffic both nodes were sampled within a few ms
             // (|d| < 1e-4 at tau = 10 s), where 1 + d is e^d to 5e-9.
             let factor = if d.abs() < 1e-4 { 1.0 + d } else { fast_exp(d) };

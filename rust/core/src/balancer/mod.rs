@@ -83,7 +83,9 @@ pub struct Member<T> {
 /// An immutable node set with the strategy's precomputed table.
 #[derive(Debug)]
 pub struct Snapshot<T, Table> {
-    members: Arc<Vec<Member<T>>>,
+    /// A slice behind the `Arc`, not a `Vec`: one dependent load less to
+    /// reach the picked member on every pick.
+    members: Arc<[Member<T>]>,
     index: Arc<HashMap<Box<str>, usize>>,
     /// Indices into `members` of the available nodes, in input order.
     pub live: Vec<u32>,
@@ -173,7 +175,7 @@ impl<T: Send + Sync, S: Strategy> Balancer<T, S> {
         let total = Arc::new(AtomicI64::new(0));
         let decay_ns = decay_s * 1e9;
         let empty = Snapshot {
-            members: Arc::new(Vec::new()),
+            members: Arc::from(Vec::new()),
             index: Arc::new(HashMap::new()),
             live: Vec::new(),
             live_states: Vec::new(),
@@ -232,7 +234,7 @@ impl<T: Send + Sync, S: Strategy> Balancer<T, S> {
                 }
             })
             .collect();
-        self.publish(Arc::new(members), Arc::new(index));
+        self.publish(Arc::from(members), Arc::new(index));
         Ok(())
     }
 
@@ -252,7 +254,7 @@ impl<T: Send + Sync, S: Strategy> Balancer<T, S> {
     }
 
     /// Builds and stores a snapshot; the caller holds the writer lock.
-    fn publish(&self, members: Arc<Vec<Member<T>>>, index: Arc<HashMap<Box<str>, usize>>) {
+    fn publish(&self, members: Arc<[Member<T>]>, index: Arc<HashMap<Box<str>, usize>>) {
         let live: Vec<u32> = members
             .iter()
             .enumerate()
