@@ -114,6 +114,7 @@ bench: dev servers ## Benchmarks: pytest-benchmark vs floor and peers, then crit
 	$(PY) benches/python/metrics_report.py
 	$(PY) benches/hit_ratio.py
 	$(PY) benches/weighted_hit_ratio.py
+	$(PY) benches/prefix_routing.py
 	cargo bench -p langcluster-core --bench balancers --bench cache --bench breaker
 
 .PHONY: fmt
