@@ -3,9 +3,12 @@
 //! round robin / weighted / least connections / consistent hash / adaptive.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use langcluster_core::balancer::{
-    Adaptive, Balancer, ConsistentHash, LeastConnections, NodeSpec, PowerOfTwoChoices, Random,
-    RoundRobin, Strategy, WeightedRoundRobin,
+    Adaptive, Balancer, ConsistentHash, LeastConnections, NodeSpec, PowerOfTwoChoices, PrefixAware,
+    PrefixConfig, Prompt, Random, RoundRobin, Strategy, WeightedRoundRobin,
 };
 use langcluster_core::hash::hash_bytes;
 
@@ -98,11 +101,54 @@ fn picks(c: &mut Criterion) {
     });
 }
 
+/// 64 prompts of 8 KB: 16 system prompts of 6 KB, each with its own questions.
+fn prompts() -> Vec<Vec<u8>> {
+    (0..64)
+        .map(|i| {
+            let mut p = format!("[system prompt {}] ", i % 16)
+                .repeat(400)
+                .into_bytes();
+            p.truncate(6144);
+            p.extend(format!("<question {i}> ").repeat(200).bytes());
+            p.truncate(8192);
+            p
+        })
+        .collect()
+}
+
+/// Prefix-aware picks for 8 KB prompts (hashing included), on one thread
+/// and on `threads` threads at once, each with prompts of its own prefixes
+/// (so they share no shard unless the hashing puts them together): the time
+/// per pick of each thread. Equal times mean the threads do not serialise.
+fn prefix_aware(c: &mut Criterion) {
+    let all = prompts();
+    for threads in [1usize, 2] {
+        let b = Arc::new(PrefixAware::new(PrefixConfig::default(), nodes(8, false), 10.0).unwrap());
+        c.bench_function(&format!("prefix_aware_8kb/threads={threads}"), |bench| {
+            bench.iter_custom(|iters| {
+                let start = Instant::now();
+                std::thread::scope(|scope| {
+                    for t in 0..threads {
+                        let (b, all) = (Arc::clone(&b), &all);
+                        scope.spawn(move || {
+                            for i in 0..iters as usize {
+                                let p = &all[(i * threads + t) % all.len()];
+                                black_box(b.pick_with(Prompt::Bytes(p), |m| m.handle).unwrap());
+                            }
+                        });
+                    }
+                });
+                start.elapsed()
+            })
+        });
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
-        .warm_up_time(std::time::Duration::from_millis(500))
-        .measurement_time(std::time::Duration::from_secs(2));
-    targets = picks
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = picks, prefix_aware
 }
 criterion_main!(benches);
