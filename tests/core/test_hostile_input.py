@@ -204,3 +204,13 @@ def test_a_wrong_type_is_named_and_never_compared(call: object, name: str) -> No
     with pytest.raises(TypeError) as refused:
         call()  # type: ignore[operator]
     assert starts_with_name(refused.value, name), refused.value
+
+
+@pytest.mark.parametrize("cls", [lc.ConsistentHash, lc.PrefixAware])
+def test_an_int_python_will_not_print_is_refused_by_name(cls: type[lc.Balancer]) -> None:
+    balancer = cls([Raw("a"), Raw("b")])
+    huge = 10**5000  # over the default sys.get_int_max_str_digits() of 4300
+    name = "prompt" if cls is lc.PrefixAware else "key"
+    with pytest.raises(ValueError, match=rf"^{name}: an int routes as its decimal text"):
+        balancer.pick(huge)
+    assert balancer.pick(10**70) is balancer.pick(str(10**70))  # 71 digits: a whole block

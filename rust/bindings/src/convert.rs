@@ -281,7 +281,7 @@ pub fn routing_hash(key: &Bound<'_, PyAny>) -> Result<u64> {
         return Ok(match key.extract::<i64>() {
             Ok(v) => hash_i64(v),
             // Larger than 64 bits: the same rule, through Python's own decimal text.
-            Err(_) => hash_bytes(key.str()?.to_str()?.as_bytes()),
+            Err(_) => hash_bytes(int_text("key", key)?.to_str()?.as_bytes()),
         });
     }
     Err(key_type_error(key))
@@ -317,7 +317,7 @@ pub fn prompt_hashes(
     } else if let Ok(b) = prompt.cast::<PyBytes>() {
         config.hash(Prompt::Bytes(b.as_bytes()), out);
     } else if prompt.is_instance_of::<PyInt>() && !prompt.is_instance_of::<PyBool>() {
-        config.hash(Prompt::Bytes(prompt.str()?.to_str()?.as_bytes()), out);
+        config.hash(Prompt::Bytes(int_text("prompt", prompt)?.to_str()?.as_bytes()), out);
     } else if let Ok(list) = prompt.cast::<PyList>() {
         let tokens = token_ids(config, list.iter())?;
         config.hash(Prompt::Tokens(&tokens), out);
@@ -365,6 +365,21 @@ fn token_ids<'py>(
         }
     }
     Ok(tokens)
+}
+
+/// The decimal text of an int, refused by `name` when Python will not make
+/// it (an int over `sys.get_int_max_str_digits()` digits).
+fn int_text<'py>(name: &'static str, value: &Bound<'py, PyAny>) -> Result<Bound<'py, PyString>> {
+    value.str().map_err(|err| {
+        if err.is_instance_of::<pyo3::exceptions::PyValueError>(value.py()) {
+            Error::Core(langcluster_core::Error::invalid(
+                name,
+                format!("an int routes as its decimal text, which Python refused: {err}"),
+            ))
+        } else {
+            err.into()
+        }
+    })
 }
 
 pub fn key_type_error(key: &Bound<'_, PyAny>) -> Error {
