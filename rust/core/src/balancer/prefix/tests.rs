@@ -51,7 +51,7 @@ fn a_prompt_returns_to_the_node_that_holds_its_prefix() {
 }
 
 #[test]
-fn misses_go_to_the_least_loaded_node_and_ties_are_random() {
+fn misses_go_to_the_smallest_record_then_the_least_loaded() {
     let b = balancer(&["a", "b", "c"], PrefixConfig::default());
     b.balancer().begin("a").unwrap();
     b.balancer().begin("b").unwrap();
@@ -62,7 +62,7 @@ fn misses_go_to_the_least_loaded_node_and_ties_are_random() {
     for g in 100..160 {
         seen.insert(pick(&b, &prompt(g, 4, 0, 4)));
     }
-    assert_eq!(seen.len(), 3, "new prefixes at equal load spread at random");
+    assert_eq!(seen.len(), 3, "new prefixes at equal load spread over every node");
 }
 
 #[test]
