@@ -62,7 +62,7 @@ def policies(servers: int, model: ServerModel) -> dict[str, Callable[[], Any]]:
     """Fresh routers by name."""
 
     def ours() -> Any:
-        return BalancerRouter(lc.PrefixAware(**OPTIONS), servers, as_text)
+        return BalancerRouter(lc.PrefixAware(**{"seed": 1, **OPTIONS}), servers, as_text)
 
     return {
         "RoundRobin": lambda: BalancerRouter(lc.RoundRobin(), servers),

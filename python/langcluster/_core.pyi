@@ -134,6 +134,7 @@ class PrefixAware(Balancer):
         load: PrefixLoad = "in_flight",
         shards: int = 16,
         decay_s: float = 10.0,
+        seed: int | None = None,
     ) -> PrefixAware: ...
     def pick(self, prompt: Prompt | None = None) -> Any:
         """The node for ``prompt``; records that it now holds its blocks."""
@@ -143,7 +144,7 @@ class PrefixAware(Balancer):
 
     def prefix_stats(self) -> dict[str, int | float]: ...
     @property
-    def settings(self) -> dict[str, int | float | str]: ...
+    def settings(self) -> dict[str, int | float | str | None]: ...
 
 @final
 class Lease:

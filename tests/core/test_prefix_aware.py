@@ -162,6 +162,20 @@ def test_settings_report_what_is_in_force() -> None:
     assert b.settings["token_block_size"] == 16
 
 
+def test_a_seed_replays_the_same_choices() -> None:
+    def run(seed: int | None) -> list[str]:
+        b = lc.PrefixAware(make_nodes(4), seed=seed)
+        # Ties everywhere: no load, and prompts of one block that match nothing.
+        return [b.pick(f"{i:064d}").id for i in range(200)] + [b.pick().id for _ in range(50)]
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+    assert lc.PrefixAware(seed=7).settings["seed"] == 7
+    assert lc.PrefixAware().settings["seed"] is None
+    with pytest.raises(ValueError, match=r"^seed: must be an int from 0 to 2\*\*64-1"):
+        lc.PrefixAware(seed=-1)
+
+
 def test_use_latency_steers_away_from_a_slow_node() -> None:
     b = lc.PrefixAware(make_nodes(2), load="latency", balance_abs=0.5)
     home = b.pick(prompt(1, 0)).id

@@ -153,3 +153,15 @@ def test_the_comparison_runs_small_and_states_its_verdicts() -> None:
     verdicts = [line for line in done.stdout.splitlines() if "ours p99" in line]
     assert len(verdicts) == 6
     assert "Server 0 down" in done.stdout
+
+
+def test_a_seeded_run_replays_exactly() -> None:
+    def run() -> list[tuple[int, int, float]]:
+        router = BalancerRouter(lc.PrefixAware(seed=3), 4, lambda r: prompt_bytes(r.blocks))
+        workload = MultiTurn(4, conversations=24, turns=3, seed=5)
+        result = simulate(workload, router, servers=4, model=ServerModel(cache_blocks=200))
+        return [(r.server, r.hit_blocks, r.ttft_s) for r in result.requests]
+
+    first = run()
+    assert len(first) == 72
+    assert run() == first

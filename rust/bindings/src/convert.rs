@@ -317,7 +317,10 @@ pub fn prompt_hashes(
     } else if let Ok(b) = prompt.cast::<PyBytes>() {
         config.hash(Prompt::Bytes(b.as_bytes()), out);
     } else if prompt.is_instance_of::<PyInt>() && !prompt.is_instance_of::<PyBool>() {
-        config.hash(Prompt::Bytes(int_text("prompt", prompt)?.to_str()?.as_bytes()), out);
+        config.hash(
+            Prompt::Bytes(int_text("prompt", prompt)?.to_str()?.as_bytes()),
+            out,
+        );
     } else if let Ok(list) = prompt.cast::<PyList>() {
         let tokens = token_ids(config, list.iter())?;
         config.hash(Prompt::Tokens(&tokens), out);

@@ -11,7 +11,7 @@ use pyo3::types::PyDict;
 
 use super::lease::{PickState, Route};
 use super::{stats_dict, Balancer, CoreResult, DynBalancer, Handle, Lease};
-use crate::convert::{node_specs, optional_integer, optional_number, prompt_hashes, text};
+use crate::convert::{integer, node_specs, optional_integer, optional_number, prompt_hashes, text};
 use crate::errors::Result;
 
 type Core = core::PrefixAware<Handle>;
@@ -89,6 +89,14 @@ fn size(name: &'static str, value: Option<&Bound<'_, PyAny>>, default: usize) ->
     })
 }
 
+/// A seed: an int from 0 to 2**64-1.
+fn seed_value(value: &Bound<'_, PyAny>) -> Result<u64> {
+    integer("seed", value)?;
+    value.extract::<u64>().map_err(|_| {
+        langcluster_core::Error::invalid("seed", "must be an int from 0 to 2**64-1").into()
+    })
+}
+
 impl PrefixAware {
     fn hashes(&self, prompt: Option<&Bound<'_, PyAny>>) -> Result<Vec<u64>> {
         let mut out = Vec::new();
@@ -105,12 +113,12 @@ impl PrefixAware {
     #[pyo3(signature = (
         nodes=None, *, block_size=None, token_block_size=None, max_blocks=None,
         max_prompt_blocks=None, balance_rel=None, balance_abs=None, min_match=None,
-        load=None, shards=None, decay_s=None
+        load=None, shards=None, decay_s=None, seed=None
     ))]
     #[pyo3(
         text_signature = "(nodes=None, *, block_size=64, token_block_size=16, \
         max_blocks=262144, max_prompt_blocks=1024, balance_rel=1.5, balance_abs=8.0, \
-        min_match=0.5, load='in_flight', shards=16, decay_s=10.0)"
+        min_match=0.5, load='in_flight', shards=16, decay_s=10.0, seed=None)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -125,6 +133,7 @@ impl PrefixAware {
         load: Option<&Bound<'_, PyAny>>,
         shards: Option<&Bound<'_, PyAny>>,
         decay_s: Option<&Bound<'_, PyAny>>,
+        seed: Option<&Bound<'_, PyAny>>,
     ) -> Result<PyClassInitializer<Self>> {
         let d = PrefixConfig::default();
         let config = PrefixConfig {
@@ -149,6 +158,10 @@ impl PrefixAware {
                     }
                 },
                 _ => d.use_latency,
+            },
+            seed: match seed {
+                Some(v) if !v.is_none() => Some(seed_value(v)?),
+                _ => None,
             },
         };
         let decay_s = optional_number("decay_s", decay_s)?.unwrap_or(DEFAULT_DECAY_S);
@@ -238,6 +251,7 @@ impl PrefixAware {
             },
         )?;
         d.set_item("shards", c.shards)?;
+        d.set_item("seed", c.seed)?;
         Ok(d)
     }
 }

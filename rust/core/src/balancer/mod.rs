@@ -35,7 +35,7 @@ pub use round_robin::RoundRobin;
 pub use weighted_round_robin::{smooth_schedule, Schedule, WeightedRoundRobin};
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
 
 use std::cell::RefCell;
@@ -156,6 +156,10 @@ pub struct Balancer<T: Send + Sync, S: Strategy> {
     writer: Mutex<()>,
     total_in_flight: Arc<AtomicI64>,
     decay_ns: f64,
+    /// Seeds each thread's generator when set (thread `n` gets the `n`-th
+    /// seed of a sequence from it), so a simulation replays exactly.
+    seed: Option<u64>,
+    threads_seen: AtomicU64,
 }
 
 impl<T: Send + Sync, S: Strategy> Balancer<T, S> {
@@ -189,9 +193,30 @@ impl<T: Send + Sync, S: Strategy> Balancer<T, S> {
             writer: Mutex::new(()),
             total_in_flight: total,
             decay_ns,
+            seed: None,
+            threads_seen: AtomicU64::new(0),
         };
         balancer.update(nodes)?;
         Ok(balancer)
+    }
+
+    /// The same balancer with its random choices (ties, samples) drawn from
+    /// `seed`: one thread picking sees the same choices on every run.
+    pub fn seeded(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    fn new_rng(&self) -> fastrand::Rng {
+        match self.seed {
+            None => fastrand::Rng::new(),
+            Some(seed) => {
+                let n = self
+                    .threads_seen
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                fastrand::Rng::with_seed(seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            }
+        }
     }
 
     pub fn strategy(&self) -> &S {
@@ -303,7 +328,7 @@ impl<T: Send + Sync, S: Strategy> Balancer<T, S> {
         let cell = self.local.get_or(|| {
             RefCell::new(Local {
                 snapshot: Cache::new(Arc::clone(&self.current)),
-                rng: fastrand::Rng::new(),
+                rng: self.new_rng(),
             })
         });
         match cell.try_borrow_mut() {
@@ -313,7 +338,7 @@ impl<T: Send + Sync, S: Strategy> Balancer<T, S> {
             }
             // Re-entered on this thread (a destructor run while swapping the
             // cached snapshot picked again): read the shared one directly.
-            Err(_) => Self::pick_from(&self.current.load(), &mut fastrand::Rng::new(), choose, f),
+            Err(_) => Self::pick_from(&self.current.load(), &mut self.new_rng(), choose, f),
         }
     }
 

@@ -71,6 +71,8 @@ pub struct PrefixConfig {
     pub min_match: f64,
     /// Scale each node's load by its latency EWMA relative to the mean.
     pub use_latency: bool,
+    /// Draw random choices from this seed (see [`Balancer::seeded`]).
+    pub seed: Option<u64>,
 }
 
 impl Default for PrefixConfig {
@@ -85,6 +87,7 @@ impl Default for PrefixConfig {
             balance_abs: 8.0,
             min_match: 0.5,
             use_latency: false,
+            seed: None,
         }
     }
 }
@@ -341,8 +344,13 @@ impl<T: Send + Sync> PrefixAware<T> {
             index: Arc::clone(&index),
             alloc: Mutex::new(SlotAlloc::default()),
         };
+        let balancer = Balancer::with_decay(slots, nodes, decay_s)?;
+        let balancer = match config.seed {
+            Some(seed) => balancer.seeded(seed),
+            None => balancer,
+        };
         Ok(Self {
-            balancer: Balancer::with_decay(slots, nodes, decay_s)?,
+            balancer,
             index,
             config,
             counters: Counters::default(),

@@ -62,7 +62,11 @@ fn misses_go_to_the_smallest_record_then_the_least_loaded() {
     for g in 100..160 {
         seen.insert(pick(&b, &prompt(g, 4, 0, 4)));
     }
-    assert_eq!(seen.len(), 3, "new prefixes at equal load spread over every node");
+    assert_eq!(
+        seen.len(),
+        3,
+        "new prefixes at equal load spread over every node"
+    );
 }
 
 #[test]
