@@ -110,10 +110,35 @@ def test_every_metric_is_in_the_catalog_with_its_kind_and_labels() -> None:
     for name, metric in lc.metrics.METRICS.items():
         if name in redis_only or name == "langcluster_breaker_failure_rate":
             continue  # a layered cache's, a standalone breaker's: tested below
+        if name.startswith("langcluster_prefix_"):
+            continue  # a PrefixAware balancer's: tested below
         family = families[name]
         assert family.type == metric.kind, name
         for sample in family.samples:
             assert set(sample.labels) - {"le"} == set(metric.labels), sample
+
+
+def test_a_prefix_aware_balancer_exports_its_record_and_match() -> None:
+    balancer = lc.PrefixAware([lc.Node("a", "h", 1), lc.Node("b", "h", 2)])
+    prompt = "a shared system prompt. " * 10
+    home = balancer.pick(prompt + "first")
+    balancer.pick(prompt + "second")
+    samples = scrape(lc.metrics.PrometheusCollector(balancer, name="llm"))
+    stats, prefix = balancer.stats(), balancer.prefix_stats()
+    assert (
+        value(samples, "langcluster_prefix_record_blocks", service="llm", node=home.id)
+        == (stats[home.id]["blocks"])
+    )
+    assert value(samples, "langcluster_prefix_record_bytes", service="llm") == prefix["bytes"]
+    matched = value(
+        samples, "langcluster_prefix_prompt_blocks_total", service="llm", result="matched"
+    )
+    unmatched = value(
+        samples, "langcluster_prefix_prompt_blocks_total", service="llm", result="unmatched"
+    )
+    assert matched == prefix["matched_blocks"] == 3  # the second prompt's three whole blocks
+    assert matched + unmatched == prefix["prompt_blocks"] == 6
+    assert value(samples, "langcluster_prefix_spills_total", service="llm") == 0
 
 
 def test_a_component_alone_is_collected_under_its_name() -> None:

@@ -9,7 +9,7 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any, get_args
 
-from langcluster._core import Balancer, CircuitBreaker, MemoryCache
+from langcluster._core import Balancer, CircuitBreaker, MemoryCache, PrefixAware
 from langcluster.cache import LayeredCache, RedisCache
 from langcluster.failover import FailoverManager
 from langcluster.types import BreakerState
@@ -74,6 +74,18 @@ METRICS: dict[str, Metric] = {
         _m("node_available", "gauge", "service node",
            "1 when the balancer may pick the node (in rotation), else 0.",
            "langcluster.node.available"),
+        _m("prefix_record_blocks", "gauge", "service node",
+           "Prompt blocks a PrefixAware balancer records as held by each node.",
+           "langcluster.prefix.record.blocks", "{block}"),
+        _m("prefix_record_bytes", "gauge", "service",
+           "Memory of a PrefixAware balancer's record.", "langcluster.prefix.record.bytes", "By"),
+        _m("prefix_prompt_blocks", "counter", "service result",
+           "Blocks of the prompts a PrefixAware balancer picked for, by result: matched "
+           "(the chosen node held it) or unmatched.",
+           "langcluster.prefix.prompt.blocks", "{block}"),
+        _m("prefix_spills", "counter", "service",
+           "Picks that passed over the node holding the deepest match because it was overloaded.",
+           "langcluster.prefix.spills", "{pick}"),
         _m("node_up", "gauge", "service node",
            "1 when the node's health is healthy or not checked yet, 0 when unhealthy or draining.",
            "langcluster.node.up"),
@@ -123,7 +135,7 @@ def read(target: Any, name: str) -> list[Reading]:
     if isinstance(target, FailoverManager):
         return list(_failover(target, name, None))
     if isinstance(target, Balancer):
-        return list(_balancer(target.stats(), name))
+        return list(_balancer(target, name))
     if isinstance(target, CircuitBreaker):
         return list(_breaker(target, name, target.name or name))
     if isinstance(target, MemoryCache | RedisCache | LayeredCache):
@@ -141,7 +153,7 @@ def _r(name: str, value: float, *labels: str) -> Reading:
 def _cluster(cluster: Any, service: str) -> Iterator[Reading]:
     nodes = cluster.registry.nodes()
     yield from _failover(cluster.failover, service, [n.id for n in nodes])
-    yield from _balancer(cluster.balancer.stats(), service)
+    yield from _balancer(cluster.balancer, service)
     for node in nodes:
         yield _r("node_up", node.status.value in ("healthy", "unknown"), service, node.id)
     if cluster.cache is not None:
@@ -164,7 +176,8 @@ def _failover(manager: FailoverManager, service: str, nodes: list[str] | None) -
             yield _r("breaker_state", one == state, service, node_id, one)
 
 
-def _balancer(stats: dict[str, dict[str, Any]], service: str) -> Iterator[Reading]:
+def _balancer(balancer: Balancer, service: str) -> Iterator[Reading]:
+    stats = balancer.stats()
     for node_id, node in stats.items():
         yield _r("node_requests", node["successes"], service, node_id, "success")
         yield _r("node_requests", node["failures"], service, node_id, "failure")
@@ -172,6 +185,15 @@ def _balancer(stats: dict[str, dict[str, Any]], service: str) -> Iterator[Readin
         if node["ewma_latency_s"] is not None:
             yield _r("node_latency_ewma_seconds", node["ewma_latency_s"], service, node_id)
         yield _r("node_available", node["available"], service, node_id)
+    if isinstance(balancer, PrefixAware):
+        prefix = balancer.prefix_stats()
+        for node_id, node in stats.items():
+            yield _r("prefix_record_blocks", node["blocks"], service, node_id)
+        yield _r("prefix_record_bytes", prefix["bytes"], service)
+        matched = prefix["matched_blocks"]
+        yield _r("prefix_prompt_blocks", matched, service, "matched")
+        yield _r("prefix_prompt_blocks", prefix["prompt_blocks"] - matched, service, "unmatched")
+        yield _r("prefix_spills", prefix["spills"], service)
 
 
 def _breaker(breaker: CircuitBreaker, service: str, node: str) -> Iterator[Reading]:
