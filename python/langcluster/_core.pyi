@@ -136,7 +136,7 @@ class PrefixAware(Balancer):
         decay_s: float = 10.0,
         seed: int | None = None,
     ) -> PrefixAware: ...
-    def pick(self, prompt: Prompt | None = None) -> Any:
+    def pick(self, prompt: Prompt | None = None, *, exclude: Iterable[str] | None = None) -> Any:
         """The node for ``prompt``; records that it now holds its blocks."""
 
     def acquire(self, prompt: Prompt | None = None) -> Lease:

@@ -58,6 +58,41 @@ async def test_a_failing_node_is_retried_around_then_taken_out() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_prefix_aware_retry_goes_to_an_untried_node_and_is_recorded_there() -> None:
+    balancer = lc.PrefixAware(nodes(3))
+    fm = FailoverManager(balancer, breaker=QUICK_BREAKER, backoff=FAST)
+    prompt = "a long shared system prompt. " * 20
+    home = balancer.pick(prompt).id
+    tried: list[str] = []
+
+    async def work(node: lc.Node) -> str:
+        tried.append(node.id)
+        if node.id == home:
+            raise ConnectionError("the prefix's home is down")
+        return node.id
+
+    served = await fm.call(work, key=prompt)
+    assert tried == [home, served]
+    # The retry's node now holds the prompt: the next request goes there
+    # at once while the home still fails.
+    assert balancer.stats()[served]["blocks"] == balancer.stats()[home]["blocks"] > 0
+    tried.clear()
+    assert await fm.call(work, key=prompt) == served
+    assert tried in ([served], [home, served])
+
+
+def test_prefix_aware_picks_refuse_a_bad_exclude_by_name() -> None:
+    balancer = lc.PrefixAware(nodes(2))
+    with pytest.raises(TypeError, match=r"^exclude: must be an iterable of node ids, not one str"):
+        balancer.pick("p", exclude="n0")
+    with pytest.raises(TypeError, match=r"^exclude: must be a str"):
+        balancer.pick("p", exclude=[0])
+    with pytest.raises(lc.NoAvailableNode):
+        balancer.pick("p", exclude=["n0", "n1"])
+    assert balancer.pick("p", exclude=["n0"]).id == "n1"
+
+
+@pytest.mark.asyncio
 async def test_a_recovered_node_comes_back_after_a_trial() -> None:
     fm, events = manager()
     down = {"n1"}

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from langcluster._checks import count, fraction, seconds
-from langcluster._core import Balancer
+from langcluster._core import Balancer, PrefixAware
 from langcluster._counters import Counters
 from langcluster._events import Broadcast
 from langcluster._flow import Call, Flow, Sleep, adrive, drive
@@ -288,7 +288,14 @@ class FailoverManager:
     def _choose(self, key: Key | None, tried: set[str]) -> Any:
         """A node not tried yet in this call: the balancer's pick, or, when
         it keeps returning tried nodes (a consistent hash of one key), the
-        first untried node in rotation."""
+        first untried node in rotation. A ``PrefixAware`` balancer is told
+        which nodes were tried, so a retry goes to the next best holder of
+        the prompt (or the least loaded) and is recorded there."""
+        if isinstance(self.balancer, PrefixAware):
+            try:
+                return self.balancer.pick(key, exclude=tried) if tried else self.balancer.pick(key)
+            except NoAvailableNode:
+                return None
         for _ in range(len(self.balancer) + 1):
             try:
                 node = self.balancer.pick(key)

@@ -11,7 +11,9 @@ use pyo3::types::PyDict;
 
 use super::lease::{PickState, Route};
 use super::{stats_dict, Balancer, CoreResult, DynBalancer, Handle, Lease};
-use crate::convert::{integer, node_specs, optional_integer, optional_number, prompt_hashes, text};
+use crate::convert::{
+    integer, iterate, node_specs, optional_integer, optional_number, prompt_hashes, text,
+};
 use crate::errors::Result;
 
 type Core = core::PrefixAware<Handle>;
@@ -178,11 +180,40 @@ impl PrefixAware {
 
     /// Picks the node for `prompt` (a str, bytes, or a list or tuple of
     /// token ids) and records that it now holds the prompt's blocks. With no
-    /// prompt, the least loaded node.
-    #[pyo3(signature = (prompt=None))]
-    fn pick(&self, py: Python<'_>, prompt: Option<&Bound<'_, PyAny>>) -> Result<Handle> {
+    /// prompt, the least loaded node. `exclude` (node ids) is never chosen:
+    /// a retry passes the nodes it tried, and raises NoAvailableNode when
+    /// it has tried every available node.
+    #[pyo3(signature = (prompt=None, *, exclude=None))]
+    fn pick(
+        &self,
+        py: Python<'_>,
+        prompt: Option<&Bound<'_, PyAny>>,
+        exclude: Option<&Bound<'_, PyAny>>,
+    ) -> Result<Handle> {
         let hashes = self.hashes(prompt)?;
-        Ok(self.core.pick_hashed(&hashes, |m| m.handle.clone_ref(py))?)
+        let Some(exclude) = exclude.filter(|e| !e.is_none()) else {
+            return Ok(self.core.pick_hashed(&hashes, |m| m.handle.clone_ref(py))?);
+        };
+        if exclude.is_instance_of::<pyo3::types::PyString>() {
+            return Err(crate::errors::Error::expected(
+                "exclude",
+                "an iterable of node ids, not one str",
+                exclude,
+            ));
+        }
+        let mut ids: Vec<Bound<'_, PyAny>> = Vec::new();
+        for item in iterate("exclude", "an iterable of node ids", exclude)? {
+            let item = item?;
+            text("exclude", &item)?;
+            ids.push(item);
+        }
+        let ids: Vec<&str> = ids
+            .iter()
+            .map(|i| text("exclude", i))
+            .collect::<Result<_>>()?;
+        Ok(self
+            .core
+            .pick_excluding(&hashes, &ids, |m| m.handle.clone_ref(py))?)
     }
 
     /// A context manager (sync and async) that picks for `prompt` on entry

@@ -187,6 +187,10 @@ impl Strategy for Slots {
             .filter(|id| !present.contains(&***id))
             .cloned()
             .collect();
+        // A slot freed here can go to a node added in the same update. A
+        // pick still holding the old snapshot may then record blocks under
+        // it for the removed node: a false hint for the new one, which its
+        // first misses correct. Nothing else can go wrong with it.
         for id in gone {
             if let Some(slot) = alloc.by_id.remove(&id) {
                 self.index.purge(slot);
@@ -230,26 +234,29 @@ impl Strategy for Slots {
             .iter()
             .map(|&m| load_per_weight(snap, m))
             .collect();
-        Ok(snap.live[least(&loads, f64::INFINITY, |p| loads[p], rng)])
+        let pos = least(&loads, f64::INFINITY, &|_| true, |p| loads[p], rng);
+        Ok(snap.live[pos.unwrap_or(0)])
     }
 }
 
 type Loads = SmallVec<[f64; 16]>;
 type Depths = SmallVec<[u32; 16]>;
 
-/// The position with the least `key` among those whose load is at most
-/// `limit` (all of them if none is), ties broken at random.
+/// The position with the least `key` among the `allowed` ones whose load
+/// is at most `limit` (all allowed ones if none is), ties broken at random;
+/// `None` if none is allowed.
 fn least<K: PartialOrd>(
     loads: &[f64],
     limit: f64,
+    allowed: &impl Fn(usize) -> bool,
     key: impl Fn(usize) -> K,
     rng: &mut fastrand::Rng,
-) -> usize {
-    let eligible = |pos: usize| loads[pos] <= limit;
+) -> Option<usize> {
+    let eligible = |pos: usize| allowed(pos) && loads[pos] <= limit;
     let any = (0..loads.len()).any(eligible);
     let mut chosen: Option<(usize, K)> = None;
     let mut ties = 0usize;
-    for pos in (0..loads.len()).filter(|&p| !any || eligible(p)) {
+    for pos in (0..loads.len()).filter(|&p| if any { eligible(p) } else { allowed(p) }) {
         let k = key(pos);
         match &chosen {
             Some((_, best)) if k > *best => {}
@@ -265,7 +272,7 @@ fn least<K: PartialOrd>(
             }
         }
     }
-    chosen.map_or(0, |(pos, _)| pos)
+    chosen.map(|(pos, _)| pos)
 }
 
 /// The choice for a prompt, given each live position's load, leading
@@ -280,8 +287,9 @@ fn best(
     sizes: &[f64],
     min_depth: u32,
     limit: f64,
+    allowed: &impl Fn(usize) -> bool,
     rng: &mut fastrand::Rng,
-) -> usize {
+) -> Option<usize> {
     let held = |pos: usize| {
         if depth[pos] >= min_depth {
             depth[pos]
@@ -292,13 +300,14 @@ fn best(
     let pos = least(
         loads,
         limit,
+        allowed,
         |p| (std::cmp::Reverse(held(p)), loads[p]),
         rng,
-    );
+    )?;
     if held(pos) > 0 {
-        return pos;
+        return Some(pos);
     }
-    least(loads, limit, |p| (sizes[p], loads[p]), rng)
+    least(loads, limit, allowed, |p| (sizes[p], loads[p]), rng)
 }
 
 /// What a [`PrefixAware`] balancer's record holds, and how it matched.
@@ -374,11 +383,23 @@ impl<T: Send + Sync> PrefixAware<T> {
         hashes: &[u64],
         f: impl FnOnce(&Member<T>) -> R,
     ) -> Result<R, Error> {
-        if hashes.is_empty() {
+        self.pick_excluding(hashes, &[], f)
+    }
+
+    /// As [`PrefixAware::pick_hashed`], never choosing a node whose id is
+    /// in `exclude` (the nodes a retry has tried); `NoAvailableNode` when
+    /// every available node is excluded.
+    pub fn pick_excluding<R>(
+        &self,
+        hashes: &[u64],
+        exclude: &[&str],
+        f: impl FnOnce(&Member<T>) -> R,
+    ) -> Result<R, Error> {
+        if hashes.is_empty() && exclude.is_empty() {
             return self.balancer.pick_with(None, f);
         }
         self.balancer
-            .pick_by(|snap, rng| Ok(self.choose(snap, hashes, rng)), f)
+            .pick_by(|snap, rng| self.choose(snap, hashes, exclude, rng), f)
     }
 
     /// Hashes `prompt` and picks for it.
@@ -396,16 +417,26 @@ impl<T: Send + Sync> PrefixAware<T> {
         &self,
         snap: &Snapshot<T, SlotTable>,
         hashes: &[u64],
+        exclude: &[&str],
         rng: &mut fastrand::Rng,
-    ) -> u32 {
+    ) -> Result<u32, Error> {
         let live = &snap.live;
+        let excluded: SmallVec<[u32; 4]> = exclude
+            .iter()
+            .filter_map(|id| snap.index.get(*id).map(|&i| i as u32))
+            .collect();
+        let allowed = |pos: usize| !excluded.contains(&live[pos]);
         let loads = self.loads(snap);
+        let mean = loads.iter().sum::<f64>() / loads.len() as f64;
+        if hashes.is_empty() {
+            let pos = least(&loads, f64::INFINITY, &allowed, |p| loads[p], rng);
+            return pos.map(|p| live[p]).ok_or(Error::NoAvailableNode);
+        }
         let mut depth: Depths = live.iter().map(|_| 0).collect();
         let mut locked = self.index.lock(hashes[0]);
         locked
             .shard
             .match_depths(hashes, &snap.table.pos_of, &mut depth);
-        let mean = loads.iter().sum::<f64>() / loads.len() as f64;
         let limit = (mean * self.config.balance_rel).max(mean + self.config.balance_abs);
         let min_depth = ((self.config.min_match * hashes.len() as f64).ceil() as u32).max(1);
         let table = &snap.table;
@@ -420,8 +451,13 @@ impl<T: Send + Sync> PrefixAware<T> {
                 size.max(0) as f64 / snap.weight(m)
             })
             .collect();
-        let pos = best(&loads, &depth, &sizes, min_depth, limit, rng);
-        let deepest = depth.iter().copied().max().unwrap_or(0);
+        let pos = best(&loads, &depth, &sizes, min_depth, limit, &allowed, rng)
+            .ok_or(Error::NoAvailableNode)?;
+        let deepest = (0..live.len())
+            .filter(|&p| allowed(p))
+            .map(|p| depth[p])
+            .max()
+            .unwrap_or(0);
         let c = &self.counters;
         if deepest >= min_depth && depth[pos] < deepest {
             c.spills.fetch_add(1, Ordering::Relaxed);
@@ -433,7 +469,7 @@ impl<T: Send + Sync> PrefixAware<T> {
             .fetch_add(u64::from(depth[pos]), Ordering::Relaxed);
         let member = live[pos];
         locked.record(hashes, table.slot[member as usize], &table.sizes);
-        member
+        Ok(member)
     }
 
     fn loads(&self, snap: &Snapshot<T, SlotTable>) -> Loads {

@@ -329,3 +329,41 @@ fn new_prefixes_go_to_the_smallest_record_and_fill_a_node_that_joins() {
     }
     assert_ne!(pick(&b, &prompt(99, 8, 0, 8)), "c");
 }
+
+#[test]
+fn a_retry_excludes_the_nodes_it_tried_and_records_its_choice() {
+    let b = balancer(&["a", "b", "c"], PrefixConfig::default());
+    let p = prompt(1, 8, 0, 8);
+    let mut hashes = Vec::new();
+    b.config().hash(Prompt::Bytes(&p), &mut hashes);
+    let home = pick(&b, &p);
+    let retry = b
+        .pick_excluding(&hashes, &[home.as_str()], |m| m.handle.clone())
+        .unwrap();
+    assert_ne!(retry, home);
+    assert_eq!(
+        blocks_of(&b, &retry),
+        8,
+        "the node a retry chose now holds the prompt"
+    );
+    let third = b
+        .pick_excluding(&hashes, &[home.as_str(), retry.as_str()], |m| {
+            m.handle.clone()
+        })
+        .unwrap();
+    assert!(third != home && third != retry);
+    assert_eq!(
+        b.pick_excluding(&hashes, &["a", "b", "c"], |_| ()),
+        Err(Error::NoAvailableNode)
+    );
+    assert_eq!(
+        b.pick_excluding(&[], &["a", "b", "c"], |_| ()),
+        Err(Error::NoAvailableNode)
+    );
+    assert_eq!(
+        b.pick_excluding(&[], &["a", "b"], |m| m.handle.clone()),
+        Ok("c".into())
+    );
+    // Ids it does not know exclude nothing.
+    assert!(b.pick_excluding(&hashes, &["zz"], |_| ()).is_ok());
+}
