@@ -214,3 +214,11 @@ def test_an_int_python_will_not_print_is_refused_by_name(cls: type[lc.Balancer])
     with pytest.raises(ValueError, match=rf"^{name}: an int routes as its decimal text"):
         balancer.pick(huge)
     assert balancer.pick(10**70) is balancer.pick(str(10**70))  # 71 digits: a whole block
+
+
+@pytest.mark.parametrize("cls", [lc.ConsistentHash, lc.PrefixAware])
+def test_a_str_utf8_cannot_encode_is_refused_by_name(cls: type[lc.Balancer]) -> None:
+    balancer = cls([Raw("a"), Raw("b")])
+    name = "prompt" if cls is lc.PrefixAware else "key"
+    with pytest.raises(ValueError, match=rf"^{name}: must be text that UTF-8 can encode"):
+        balancer.pick("\ud800" * 100)

@@ -271,8 +271,8 @@ fn availability_of(status: &Bound<'_, PyAny>) -> Result<Option<bool>> {
 /// text, so `42` and `"42"` route to the same node.
 #[inline]
 pub fn routing_hash(key: &Bound<'_, PyAny>) -> Result<u64> {
-    if let Ok(s) = key.cast::<PyString>() {
-        return Ok(hash_bytes(s.to_str()?.as_bytes()));
+    if key.is_instance_of::<PyString>() {
+        return Ok(hash_bytes(text("key", key)?.as_bytes()));
     }
     if let Ok(b) = key.cast::<PyBytes>() {
         return Ok(hash_bytes(b.as_bytes()));
@@ -312,8 +312,8 @@ pub fn prompt_hashes(
     prompt: &Bound<'_, PyAny>,
     out: &mut Vec<u64>,
 ) -> Result<()> {
-    if let Ok(s) = prompt.cast::<PyString>() {
-        config.hash(Prompt::Bytes(s.to_str()?.as_bytes()), out);
+    if prompt.is_instance_of::<PyString>() {
+        config.hash(Prompt::Bytes(text("prompt", prompt)?.as_bytes()), out);
     } else if let Ok(b) = prompt.cast::<PyBytes>() {
         config.hash(Prompt::Bytes(b.as_bytes()), out);
     } else if prompt.is_instance_of::<PyInt>() && !prompt.is_instance_of::<PyBool>() {
