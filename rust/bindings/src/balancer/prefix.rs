@@ -3,67 +3,18 @@
 
 use std::sync::Arc;
 
-use langcluster_core::balancer::{
-    self as core, NodeSpec, NodeState, NodeStats, PrefixConfig, DEFAULT_DECAY_S,
-};
+use langcluster_core::balancer::{self as core, NodeState, PrefixConfig, DEFAULT_DECAY_S};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::lease::{PickState, Route};
-use super::{stats_dict, Balancer, CoreResult, DynBalancer, Handle, Lease};
+use super::{stats_dict, Balancer, CoreResult, Handle, Lease};
 use crate::convert::{
     integer, iterate, node_specs, optional_integer, optional_number, prompt_hashes, text,
 };
 use crate::errors::Result;
 
 type Core = core::PrefixAware<Handle>;
-
-impl DynBalancer for Core {
-    fn pick(&self, py: Python<'_>, _key: Option<u64>) -> CoreResult<Handle> {
-        self.balancer().pick_with(None, |m| m.handle.clone_ref(py))
-    }
-
-    fn update(&self, nodes: Vec<NodeSpec<Handle>>) -> CoreResult<()> {
-        core::PrefixAware::update(self, nodes)
-    }
-
-    fn set_available(&self, id: &str, available: bool) -> CoreResult<bool> {
-        self.balancer().set_available(id, available)
-    }
-
-    fn begin(&self, id: &str) -> CoreResult<()> {
-        self.balancer().begin(id)
-    }
-
-    fn end(&self, id: &str, latency_s: f64, ok: bool) -> CoreResult<bool> {
-        self.balancer().end(id, latency_s, ok)
-    }
-
-    fn release(&self, id: &str) -> bool {
-        self.balancer().release(id)
-    }
-
-    fn stats(&self) -> Vec<NodeStats> {
-        core::PrefixAware::stats(self)
-    }
-
-    fn handles(&self, py: Python<'_>) -> Vec<Handle> {
-        self.balancer()
-            .with_members(|ms| ms.iter().map(|m| m.handle.clone_ref(py)).collect())
-    }
-
-    fn contains(&self, id: &str) -> bool {
-        self.balancer().state_of(id).is_some()
-    }
-
-    fn len(&self) -> usize {
-        self.balancer().len()
-    }
-
-    fn available_len(&self) -> usize {
-        self.balancer().available_len()
-    }
-}
 
 impl PickState for Core {
     fn pick_state(&self, py: Python<'_>, route: &Route) -> CoreResult<(Handle, Arc<NodeState>)> {
@@ -170,8 +121,10 @@ impl PrefixAware {
         config.check()?;
         let specs = node_specs(nodes)?;
         let core = Arc::new(Core::new(config, specs, decay_s)?);
+        // The base class's methods (begin, end, update, stats...) work on
+        // the node-set half as on any balancer; leases pick by prompt.
         let base = Balancer {
-            inner: core.clone(),
+            inner: core.balancer().clone(),
             leases: core.clone(),
             routes_by_key: false,
         };
@@ -201,13 +154,9 @@ impl PrefixAware {
                 exclude,
             ));
         }
-        let mut ids: Vec<Bound<'_, PyAny>> = Vec::new();
-        for item in iterate("exclude", "an iterable of node ids", exclude)? {
-            let item = item?;
-            text("exclude", &item)?;
-            ids.push(item);
-        }
-        let ids: Vec<&str> = ids
+        let items = iterate("exclude", "an iterable of node ids", exclude)?
+            .collect::<PyResult<Vec<_>>>()?;
+        let ids: Vec<&str> = items
             .iter()
             .map(|i| text("exclude", i))
             .collect::<Result<_>>()?;
@@ -227,7 +176,7 @@ impl PrefixAware {
     /// Per-node counters as every balancer has them, plus `"blocks"`: how
     /// many prompt blocks the record holds for the node.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let out = stats_dict(py, self.core.stats())?;
+        let out = stats_dict(py, self.core.balancer().stats())?;
         for (id, blocks) in self.core.prefix_stats().blocks_per_node {
             if let Some(d) = out.get_item(&id)? {
                 d.set_item("blocks", blocks)?;

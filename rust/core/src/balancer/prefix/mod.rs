@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 
 use smallvec::SmallVec;
 
-use super::{load_per_weight, Balancer, Member, NodeSpec, NodeStats, Snapshot, Strategy};
+use super::{load_per_weight, Balancer, Member, NodeSpec, Snapshot, Strategy};
 use crate::clock;
 use crate::error::Error;
 use index::{Index, IndexStats};
@@ -284,7 +284,7 @@ fn least<K: PartialOrd>(
 fn best(
     loads: &[f64],
     depth: &[u32],
-    sizes: &[f64],
+    size: impl Fn(usize) -> f64,
     min_depth: u32,
     limit: f64,
     allowed: &impl Fn(usize) -> bool,
@@ -307,7 +307,7 @@ fn best(
     if held(pos) > 0 {
         return Some(pos);
     }
-    least(loads, limit, allowed, |p| (sizes[p], loads[p]), rng)
+    least(loads, limit, allowed, |p| (size(p), loads[p]), rng)
 }
 
 /// What a [`PrefixAware`] balancer's record holds, and how it matched.
@@ -339,7 +339,9 @@ struct Counters {
 
 /// A prefix-aware balancer over handles of type `T`.
 pub struct PrefixAware<T: Send + Sync> {
-    balancer: Balancer<T, Slots>,
+    /// Shared, so a caller can hold the node-set half on its own (the
+    /// bindings' base class does).
+    balancer: Arc<Balancer<T, Slots>>,
     index: Arc<Index>,
     config: PrefixConfig,
     counters: Counters,
@@ -359,15 +361,16 @@ impl<T: Send + Sync> PrefixAware<T> {
             None => balancer,
         };
         Ok(Self {
-            balancer,
+            balancer: Arc::new(balancer),
             index,
             config,
             counters: Counters::default(),
         })
     }
 
-    /// The node set, counters, begin/end: everything but the prompt pick.
-    pub fn balancer(&self) -> &Balancer<T, Slots> {
+    /// The node set, counters, begin/end, update: everything but the
+    /// prompt pick (a pick through it takes the least loaded node).
+    pub fn balancer(&self) -> &Arc<Balancer<T, Slots>> {
         &self.balancer
     }
 
@@ -440,18 +443,17 @@ impl<T: Send + Sync> PrefixAware<T> {
         let limit = (mean * self.config.balance_rel).max(mean + self.config.balance_abs);
         let min_depth = ((self.config.min_match * hashes.len() as f64).ceil() as u32).max(1);
         let table = &snap.table;
-        let sizes: Loads = live
-            .iter()
-            .map(|&m| {
-                let slot = table.slot[m as usize] as usize;
-                let size = table
-                    .sizes
-                    .get(slot)
-                    .map_or(0, |s| s.load(Ordering::Relaxed));
-                size.max(0) as f64 / snap.weight(m)
-            })
-            .collect();
-        let pos = best(&loads, &depth, &sizes, min_depth, limit, &allowed, rng)
+        // Read only for a prompt no eligible node holds (the miss path).
+        let size = |pos: usize| {
+            let m = live[pos];
+            let slot = table.slot[m as usize] as usize;
+            let size = table
+                .sizes
+                .get(slot)
+                .map_or(0, |s| s.load(Ordering::Relaxed));
+            size.max(0) as f64 / snap.weight(m)
+        };
+        let pos = best(&loads, &depth, size, min_depth, limit, &allowed, rng)
             .ok_or(Error::NoAvailableNode)?;
         let deepest = (0..live.len())
             .filter(|&p| allowed(p))
@@ -496,14 +498,6 @@ impl<T: Send + Sync> PrefixAware<T> {
             }
         }
         loads
-    }
-
-    pub fn update(&self, nodes: Vec<NodeSpec<T>>) -> Result<(), Error> {
-        self.balancer.update(nodes)
-    }
-
-    pub fn stats(&self) -> Vec<NodeStats> {
-        self.balancer.stats()
     }
 
     /// The record's counts, with blocks per node in node-set order.

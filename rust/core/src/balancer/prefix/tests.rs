@@ -187,13 +187,13 @@ fn removed_nodes_lose_their_record_and_unavailable_ones_keep_it() {
     assert_ne!(other, home);
     b.balancer().set_available(&home, true).unwrap();
     assert_eq!(blocks_of(&b, &home), 6, "kept while unavailable");
-    b.update(specs(&["a", "b", "c"])).unwrap();
-    b.update(specs(&[other.as_str(), "c"])).unwrap();
+    b.balancer().update(specs(&["a", "b", "c"])).unwrap();
+    b.balancer().update(specs(&[other.as_str(), "c"])).unwrap();
     let s = b.prefix_stats();
     assert_eq!(s.blocks, 6, "{s:?}");
     assert_eq!(blocks_of(&b, &other), 6);
     // A node that joins again starts cold.
-    b.update(specs(&["a", "b", "c"])).unwrap();
+    b.balancer().update(specs(&["a", "b", "c"])).unwrap();
     assert_eq!(blocks_of(&b, &home), 0);
 }
 
@@ -319,7 +319,7 @@ fn new_prefixes_go_to_the_smallest_record_and_fill_a_node_that_joins() {
     }
     assert_eq!(blocks_of(&b, "a"), 40, "spread evenly by record size");
     assert_eq!(blocks_of(&b, "b"), 40);
-    b.update(specs(&["a", "b", "c"])).unwrap();
+    b.balancer().update(specs(&["a", "b", "c"])).unwrap();
     for g in 10..14 {
         assert_eq!(pick(&b, &prompt(g, 8, 0, 8)), "c");
     }
