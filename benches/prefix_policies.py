@@ -13,7 +13,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from langcluster.testing.fleet import Fleet, Request, Server
+from langcluster.testing.fleet import Fleet, Request, Server, held_prefix
 
 
 class Local:
@@ -53,12 +53,7 @@ class BlockLru:
         self.capacity = capacity
 
     def match(self, blocks: Sequence[int]) -> int:
-        n = 0
-        for b in blocks:
-            if b not in self.blocks:
-                break
-            n += 1
-        return n
+        return held_prefix(blocks, self.blocks)
 
     def insert(self, blocks: Sequence[int]) -> None:
         held = self.blocks

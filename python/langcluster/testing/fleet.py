@@ -27,7 +27,7 @@ import itertools
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -41,6 +41,7 @@ __all__ = [
     "Server",
     "ServerModel",
     "Workload",
+    "held_prefix",
     "prompt_bytes",
     "simulate",
 ]
@@ -88,6 +89,16 @@ class Router(Protocol):
     def pick(self, request: Request, fleet: Fleet) -> int: ...
 
 
+def held_prefix(blocks: Sequence[int], held: Container[int]) -> int:
+    """How many of ``blocks``, from the first, are in ``held``."""
+    n = 0
+    for b in blocks:
+        if b not in held:
+            break
+        n += 1
+    return n
+
+
 def prompt_bytes(blocks: Sequence[int], block_bytes: int = 64) -> bytes:
     """The prompt as bytes for a router that reads text: one ``block_bytes``
     block per block id, so equal ids give equal blocks."""
@@ -114,12 +125,7 @@ class Server:
 
     def cached_prefix(self, blocks: Sequence[int]) -> int:
         """How many leading blocks are in the cache (without touching them)."""
-        n = 0
-        for b in blocks:
-            if b not in self.cache:
-                break
-            n += 1
-        return n
+        return held_prefix(blocks, self.cache)
 
     def prefill_s(self, blocks: Sequence[int], hit: int) -> float:
         m = self.model
