@@ -125,14 +125,16 @@ fn lfu_evicts_the_least_used_and_ages() {
     assert!(c.len() == 3 && get(&c, 4) == Some(4));
 }
 
+const POLICIES: [PolicyKind; 4] = [
+    PolicyKind::Lru,
+    PolicyKind::Fifo,
+    PolicyKind::Lfu,
+    PolicyKind::TinyLfu,
+];
+
 #[test]
 fn every_policy_stays_within_capacity() {
-    for policy in [
-        PolicyKind::Lru,
-        PolicyKind::Fifo,
-        PolicyKind::Lfu,
-        PolicyKind::TinyLfu,
-    ] {
+    for policy in POLICIES {
         let c = Cache::new(Config {
             capacity: 100,
             policy,
@@ -379,12 +381,7 @@ fn set_weighed(c: &TestCache, k: u64, weight: u32) -> (Option<u64>, Removed<u64,
 
 #[test]
 fn a_weighted_cache_evicts_by_weight_and_rejects_the_too_heavy() {
-    for policy in [
-        PolicyKind::Lru,
-        PolicyKind::Fifo,
-        PolicyKind::Lfu,
-        PolicyKind::TinyLfu,
-    ] {
+    for policy in POLICIES {
         let c = weighted(100, policy);
         for k in 0..10 {
             set_weighed(&c, k, 10);
@@ -410,12 +407,7 @@ fn a_weighted_cache_evicts_by_weight_and_rejects_the_too_heavy() {
 
 #[test]
 fn a_rewrite_reweighs_and_others_make_room_for_it() {
-    for policy in [
-        PolicyKind::Lru,
-        PolicyKind::Fifo,
-        PolicyKind::Lfu,
-        PolicyKind::TinyLfu,
-    ] {
+    for policy in POLICIES {
         let c = weighted(100, policy);
         for k in 0..5 {
             set_weighed(&c, k, 20);
