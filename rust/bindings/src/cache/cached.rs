@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use langcluster_core::cache::Write;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
@@ -221,12 +222,12 @@ impl CallKey {
 
     /// Stores the computed value under this key.
     fn store(&self, py: Python<'_>, value: Py<PyAny>) -> Result<()> {
-        let lifetimes = super::Lifetimes {
+        let write = Write {
             ttl: self.ttl,
-            tti: None,
+            ..Write::DEFAULT
         };
         self.cache
             .get()
-            .store(py, None, self.hash, &self.key.probe(py), value, lifetimes)
+            .store(py, None, self.hash, &self.key.probe(py), value, write)
     }
 }

@@ -74,23 +74,14 @@ pub fn ttl_arg(name: &'static str, ttl: Option<&Bound<'_, PyAny>>) -> Result<Opt
         .transpose()?)
 }
 
-/// The lifetimes one write asks for: `None` leaves the cache's default.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Lifetimes {
-    pub ttl: Option<Duration>,
-    pub tti: Option<Duration>,
-}
-
-impl Lifetimes {
-    pub fn from_args(
-        ttl: Option<&Bound<'_, PyAny>>,
-        tti: Option<&Bound<'_, PyAny>>,
-    ) -> Result<Lifetimes> {
-        Ok(Lifetimes {
-            ttl: ttl_arg("ttl", ttl)?,
-            tti: ttl_arg("tti", tti)?,
-        })
-    }
+/// The core's write settings from a call's `ttl` and `tti` (`None` leaves
+/// the cache's default), at weight 1 until the entry is weighed.
+pub fn write_arg(ttl: Option<&Bound<'_, PyAny>>, tti: Option<&Bound<'_, PyAny>>) -> Result<Write> {
+    Ok(Write {
+        ttl: ttl_arg("ttl", ttl)?,
+        tti: ttl_arg("tti", tti)?,
+        ..Write::DEFAULT
+    })
 }
 
 /// What a weigher returned, as a weight: an int from 0 to `u32::MAX`.
@@ -183,14 +174,10 @@ impl MemoryCache {
         hash: u64,
         probe: &Probe<'_, '_>,
         value: Value,
-        lifetimes: Lifetimes,
+        write: Write,
         weight: u32,
     ) -> Result<()> {
-        let write = Write {
-            ttl: lifetimes.ttl,
-            tti: lifetimes.tti,
-            weight,
-        };
+        let write = Write { weight, ..write };
         let replaced = self.with_shard(py, |now, out| {
             let key = || probe.to_key();
             self.inner
@@ -211,10 +198,10 @@ impl MemoryCache {
         hash: u64,
         probe: &Probe<'_, '_>,
         value: Value,
-        lifetimes: Lifetimes,
+        write: Write,
     ) -> Result<()> {
         let weight = self.weigh(py, key, probe, &value)?;
-        self.store_weighed(py, hash, probe, value, lifetimes, weight)
+        self.store_weighed(py, hash, probe, value, write, weight)
     }
 
     pub fn forget(
@@ -346,14 +333,14 @@ impl MemoryCache {
         ttl: Option<&Bound<'_, PyAny>>,
         tti: Option<&Bound<'_, PyAny>>,
     ) -> Result<()> {
-        let lifetimes = Lifetimes::from_args(ttl, tti)?;
+        let write = write_arg(ttl, tti)?;
         let (hash, probe) = Probe::new(key, self.seed)?;
-        self.store(py, Some(key), hash, &probe, value, lifetimes)
+        self.store(py, Some(key), hash, &probe, value, write)
     }
 
     fn __setitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>, value: Py<PyAny>) -> Result<()> {
         let (hash, probe) = Probe::new(key, self.seed)?;
-        self.store(py, Some(key), hash, &probe, value, Lifetimes::default())
+        self.store(py, Some(key), hash, &probe, value, Write::DEFAULT)
     }
 
     /// Removes `key`; returns whether it was present.
@@ -418,7 +405,7 @@ impl MemoryCache {
         ttl: Option<&Bound<'_, PyAny>>,
         tti: Option<&Bound<'_, PyAny>>,
     ) -> Result<()> {
-        let lifetimes = Lifetimes::from_args(ttl, tti)?;
+        let write = write_arg(ttl, tti)?;
         let items = if mapping.hasattr("items")? {
             mapping.call_method0("items")?
         } else {
@@ -440,7 +427,7 @@ impl MemoryCache {
             probes.push((hash, probe, weight));
         }
         for ((hash, probe, weight), (_, value)) in probes.iter().zip(pairs.iter()) {
-            self.store_weighed(py, *hash, probe, value.clone_ref(py), lifetimes, *weight)?;
+            self.store_weighed(py, *hash, probe, value.clone_ref(py), write, *weight)?;
         }
         Ok(())
     }
