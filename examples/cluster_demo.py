@@ -31,7 +31,7 @@ async def main() -> None:
         url = f"http://{node.address}:{node.port}/v1/completions"
         response = await client.post(url, json={"prompt": prompt})
         response.raise_for_status()
-        return str(response.json()["node"])
+        return response.headers["x-served-by"]
 
     async def watch() -> None:
         async for event in cluster.events():

@@ -35,6 +35,7 @@ from langcluster.errors import (
     DiscoveryError,
     LangClusterError,
     NoAvailableNode,
+    NodeBusy,
 )
 from langcluster.failover import (
     Backoff,
@@ -55,10 +56,12 @@ from langcluster.health import (
 )
 from langcluster.node import Node, NodeStatus
 from langcluster.registry import NodeEvent, NodeEventKind, NodeRegistry
+from langcluster.transport import AsyncClusterTransport, ClusterTransport
 from langcluster.types import Key, NodeLike, Prompt
 
 __all__ = [
     "Adaptive",
+    "AsyncClusterTransport",
     "Backoff",
     "Balancer",
     "BreakerConfig",
@@ -71,6 +74,7 @@ __all__ = [
     "ClusterEvent",
     "ClusterEventSource",
     "ClusterNotRunning",
+    "ClusterTransport",
     "CompositeCheck",
     "ConsistentHash",
     "ConsulDiscovery",
@@ -93,6 +97,7 @@ __all__ = [
     "MemoryCache",
     "NoAvailableNode",
     "Node",
+    "NodeBusy",
     "NodeEvent",
     "NodeEventKind",
     "NodeHealth",

@@ -14,6 +14,7 @@ __all__ = [
     "DiscoveryError",
     "LangClusterError",
     "NoAvailableNode",
+    "NodeBusy",
 ]
 
 
@@ -23,6 +24,18 @@ class LangClusterError(Exception):
 
 class NoAvailableNode(LangClusterError):
     """A balancer has no available node to pick (none registered, or all unavailable)."""
+
+
+class NodeBusy(LangClusterError):
+    """A node asked to be left alone for ``retry_after_s`` seconds (an HTTP
+    429 or 503 with ``Retry-After``). Raised by a call's function, it tells
+    the ``FailoverManager`` to take the node out of rotation for that long
+    and to retry on another node, without counting a failure against the
+    node's breaker."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class CircuitOpenError(LangClusterError):

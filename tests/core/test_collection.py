@@ -5,6 +5,8 @@ breakers all hold Python objects that may refer back to their owner."""
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 import weakref
 from typing import Any
 
@@ -66,3 +68,39 @@ def test_a_failover_manager_with_breakers_is_collected() -> None:
         return manager
 
     assert collected(make)
+
+
+MADE_UNDER_COLLECTION = """
+import gc
+import langcluster as lc
+
+gc.set_threshold(1)  # a collection at nearly every allocation
+cache = lc.MemoryCache(10, on_evict=lambda key, value, cause: None)
+breaker = lc.CircuitBreaker()
+for i in range(300):
+    @lc.cached(cache)
+    def f(x):
+        return x
+
+    @breaker
+    def g():
+        return 1
+
+    assert f(i) == i and g() == 1
+    lc.MemoryCache(4, on_evict=print)
+    lc.RoundRobin([lc.Node(f"n{i}", "h")])
+print("made")
+"""
+
+
+def test_objects_made_while_the_collector_runs_at_every_allocation() -> None:
+    # The wrappers of ``cached`` and ``@breaker`` have an instance dict,
+    # whose making may run a collection before the Rust contents exist; the
+    # collector must then see nothing rather than a null reference (this
+    # crashed CPython 3.11 before).
+    done = subprocess.run(
+        [sys.executable, "-c", MADE_UNDER_COLLECTION],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "made"

@@ -201,7 +201,7 @@ async def main(
         )
         response.raise_for_status()
         run.backend.append(time.perf_counter() - started)
-        return str(response.json()["text"])
+        return str(response.json()["choices"][0]["text"])
 
     async def worker(stop_at: float) -> None:
         while time.monotonic() < stop_at:

@@ -15,6 +15,8 @@ class FailoverEventKind(str, enum.Enum):
     """The kinds of ``FailoverEvent``; a ``str`` enum, equal to its value."""
 
     NODE_FAILED = "node_failed"  # an attempt failed with a retryable error
+    NODE_BUSY = "node_busy"  # a node asked for a pause (Retry-After): out until then
+    LATE_FAILURE = "late_failure"  # an answer already handed over broke (a stream)
     BREAKER_OPENED = "breaker_opened"  # the node leaves the rotation
     BREAKER_HALF_OPEN = "breaker_half_open"  # trial calls may go to the node
     BREAKER_CLOSED = "breaker_closed"  # the node is back for good

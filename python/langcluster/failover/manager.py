@@ -24,7 +24,7 @@ from langcluster._flow import Call, Flow, Sleep, adrive, drive
 from langcluster._observe import FAILED, Observer, Observers, failed
 from langcluster._settings import Settings, complete, keyword_parameters, typed_like
 from langcluster.breaker import BreakerConfig, CircuitBreaker
-from langcluster.errors import CircuitOpenError, NoAvailableNode
+from langcluster.errors import CircuitOpenError, NoAvailableNode, NodeBusy
 from langcluster.failover.events import FailoverEvent
 from langcluster.failover.events import FailoverEventKind as Kind
 from langcluster.failover.hedge import Hedged
@@ -117,7 +117,7 @@ class FailoverManager:
         self._events: Broadcast[FailoverEvent] = Broadcast(_log)
         self._stats = Counters(
             "calls", "successes", "failures", "attempts", "retries", "retry_attempts", "hedges",
-            "budget_exhausted", "all_nodes_down", "breaker_openings",
+            "budget_exhausted", "all_nodes_down", "breaker_openings", "busy", "late_failures",
         )  # fmt: skip
         self._observers = Observers()
         self._count = self._stats.add
@@ -227,6 +227,28 @@ class FailoverManager:
         if breaker is not None:
             breaker.half_open()
 
+    def hold_out(self, node_id: str, seconds: float) -> None:
+        """Takes a node out of rotation for ``seconds`` without touching its
+        breaker: what a server's ``Retry-After`` asks for. A call's function
+        does this by raising ``NodeBusy``. A node held out longer already
+        (an open breaker) keeps the longer time."""
+        seconds = max(0.0, float(seconds))
+        with self._lock:
+            until = self._now() + seconds
+            if self._cooling.get(node_id, -math.inf) < until:
+                self._cooling[node_id] = until
+        self._count("busy")
+        self._emit(Kind.NODE_BUSY, self._node(node_id), detail=f"out for {seconds:g} s")
+        self._sync_availability()
+
+    def late_failure(self, node: Any, error: BaseException) -> None:
+        """An answer already handed to the caller failed later (a stream
+        that broke midway): it counts as a failure against the node's
+        breaker and is told as a ``late_failure`` event; nothing is retried."""
+        self.breaker(node.id).record_failure()
+        self._count("late_failures")
+        self._emit(Kind.LATE_FAILURE, node, error)
+
     def _level(self, node: Any) -> int:
         if self._priority is None:
             return 0
@@ -325,6 +347,11 @@ class FailoverManager:
         """An attempt ended: its latency and outcome to the balancer and the
         breaker (a cancellation is no outcome)."""
         latency = time.perf_counter() - started
+        if isinstance(error, NodeBusy):  # no outcome: the node asked for a pause
+            self.balancer.release(node.id)
+            breaker.release()
+            self.hold_out(node.id, error.retry_after_s)
+            return
         if error is None:
             self.balancer.end(node.id, latency, True)
         elif isinstance(error, Exception):

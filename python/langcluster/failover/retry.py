@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from langcluster._checks import fraction, seconds
-from langcluster.errors import CircuitOpenError, NoAvailableNode
+from langcluster.errors import CircuitOpenError, NoAvailableNode, NodeBusy
 from langcluster.failover.events import FailoverEventKind as Kind
 from langcluster.types import Key
 
@@ -161,7 +161,8 @@ class Plan:
             m._count("failures")
             raise error
         self.last_error = error
-        m._emit(Kind.NODE_FAILED, node, error)
+        if not isinstance(error, NodeBusy):  # told as node_busy already
+            m._emit(Kind.NODE_FAILED, node, error)
 
     def succeeded(self, result: T) -> T:
         self.manager._count("successes")

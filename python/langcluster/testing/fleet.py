@@ -27,7 +27,7 @@ import itertools
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -89,7 +89,7 @@ class Router(Protocol):
     def pick(self, request: Request, fleet: Fleet) -> int: ...
 
 
-def held_prefix(blocks: Sequence[int], held: Container[int]) -> int:
+def held_prefix(blocks: Sequence[Hashable], held: Container[Any]) -> int:
     """How many of ``blocks``, from the first, are in ``held``."""
     n = 0
     for b in blocks:

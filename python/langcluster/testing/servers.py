@@ -1,4 +1,5 @@
-"""``SimulatedServer``: a model server on loopback for demos and tests."""
+"""``SimulatedServer``: a model server on loopback that speaks OpenAI's wire
+format, for demos and tests."""
 
 from __future__ import annotations
 
@@ -6,27 +7,64 @@ import asyncio
 import contextlib
 import json
 import random
+from collections.abc import AsyncIterator
 from typing import Any
 
 from langcluster._checks import count, fraction, seconds, text
 from langcluster.node import Node
+from langcluster.testing.openai_api import (
+    PrefixCache,
+    answer_body,
+    embeddings_body,
+    prompt_of,
+    reply_pieces,
+    stream_events,
+    tokens,
+    usage,
+)
 
 __all__ = ["SimulatedServer"]
 
-_REASONS = {200: "OK", 404: "Not Found", 400: "Bad Request", 500: "Internal Server Error"}
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests"}
+_REASONS[500] = "Internal Server Error"
+_GENERATE = ("/v1/chat/completions", "/v1/completions")
+Answer = tuple[int, dict[str, str], Any]  # status, extra headers, JSON body or an event stream
+
+
+def _head(status_line: str, headers: dict[str, str]) -> bytes:
+    return (status_line + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
+
+
+def _error(message: str, kind: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 
 class SimulatedServer:
     """One simulated model server: a real HTTP/1.1 server on loopback
-    (asyncio streams, keep-alive) with its own latency and error rate.
+    (asyncio streams, keep-alive) that answers as vLLM's OpenAI server does.
 
-    - ``GET /health`` answers 200 ``ok`` (after ``health_latency_s``).
-    - ``POST /v1/completions`` (and ``/v1/chat/completions``) with a JSON
-      body answers after ``latency_s`` (times a random factor in [0.5, 1.5])
-      with ``{"id", "node", "text", "usage"}``, or with a 500 at
-      ``error_rate``.
+    - ``GET /health`` answers 200 ``ok`` (after ``health_latency_s``);
+      ``GET /v1/models`` lists ``model``.
+    - ``POST /v1/chat/completions`` and ``/v1/completions`` answer a
+      completion (``stream: true``: server-sent events, one per token,
+      ending in ``data: [DONE]``, with ``usage`` last when
+      ``stream_options.include_usage`` asks) whose text names the server; the
+      ``system_fingerprint`` field and the ``x-served-by`` header name it
+      too. ``usage.prompt_tokens_details.cached_tokens`` is the prompt's
+      prefix found in the server's cache (``cache_blocks`` blocks of
+      ``block_tokens`` four-byte tokens, least recently used out).
+    - Time to the first token is ``latency_s`` times a random factor in
+      [0.5, 1.5], plus ``prefill_per_token_s`` per uncached prompt token;
+      each further token takes ``decode_per_token_s``. At most
+      ``max_running`` requests run at once and ``max_queue`` wait; beyond
+      that a 429 answers, with ``Retry-After: retry_after_s`` (None: no
+      header). At ``error_rate`` a request fails with a 500.
+    - ``POST /v1/embeddings``: a repeatable vector per input, as floats or
+      base64 (``encoding_format``).
     - ``kill()`` closes the listening socket and every open connection, as a
-      crashed process would; ``start()`` listens again on the same port.
+      crashed process would, mid-stream too; ``start()`` listens again on
+      the same port. ``gate``, when set to an ``asyncio.Event``, holds every
+      streamed answer after its first event until the event is set.
     """
 
     def __init__(
@@ -37,24 +75,57 @@ class SimulatedServer:
         latency_s: float = 0.02,
         error_rate: float = 0.0,
         seed: int | None = None,
+        model: str = "simulated",
+        cache_blocks: int = 4096,
+        block_tokens: int = 16,
+        prefill_per_token_s: float = 0.0,
+        decode_per_token_s: float = 0.0,
+        max_running: int = 64,
+        max_queue: int = 256,
+        retry_after_s: float | None = 1.0,
     ) -> None:
         text("node_id", node_id)
+        text("model", model)
         seconds("latency_s", latency_s, zero=True)
+        seconds("prefill_per_token_s", prefill_per_token_s, zero=True)
+        seconds("decode_per_token_s", decode_per_token_s, zero=True)
+        seconds("retry_after_s", retry_after_s, optional=True, zero=True)
         fraction("error_rate", error_rate)
         count("port", port, minimum=0)
+        count("cache_blocks", cache_blocks, minimum=0)
+        count("block_tokens", block_tokens)
+        count("max_running", max_running)
+        count("max_queue", max_queue, minimum=0)
         self.node_id = node_id
         self.port = port
         self.latency_s = latency_s
         self.error_rate = error_rate
+        self.model = model
+        self.prefill_per_token_s = prefill_per_token_s
+        self.decode_per_token_s = decode_per_token_s
+        self.max_queue = max_queue
+        self.retry_after_s = retry_after_s
         self.health_latency_s = 0.0  # raise it to make health checks slow too
+        self.gate: asyncio.Event | None = None
+        self.cache = PrefixCache(cache_blocks, block_tokens)
         self.requests = 0
+        self.rejected = 0  # 429s
+        self.prompt_tokens = 0
+        self.cached_tokens = 0
         self._rng = random.Random(seed)
+        self._slots = asyncio.Semaphore(max_running)
+        self._waiting = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def running(self) -> bool:
         return self._server is not None
+
+    @property
+    def hit_rate(self) -> float:
+        """Cached prompt tokens over prompt tokens, over every request."""
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
     def node(self, **kwargs: Any) -> Node:
         return Node(self.node_id, "127.0.0.1", self.port, **kwargs)
@@ -79,6 +150,8 @@ class SimulatedServer:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
 
+    # ------------------------------------------------------------- HTTP/1.1
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
         try:
@@ -95,15 +168,12 @@ class SimulatedServer:
                     elif name.strip().lower() == "connection" and "close" in value.lower():
                         keep_alive = False
                 body = await reader.readexactly(length) if length else b""
-                status, payload = await self._answer(method, path, body)
-                data = json.dumps(payload).encode()
-                writer.write(
-                    f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"
-                    f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-                    f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n".encode()
-                    + data
-                )
-                await writer.drain()
+                status, headers, payload = await self._answer(method, path.partition("?")[0], body)
+                try:
+                    await self._write(writer, status, headers, payload, keep_alive)
+                finally:
+                    if isinstance(payload, AsyncIterator):  # its running slot was held until now
+                        self._slots.release()
                 if not keep_alive:
                     return
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
@@ -117,29 +187,105 @@ class SimulatedServer:
             self._writers.discard(writer)
             writer.close()
 
-    async def _answer(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
+    async def _write(
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        headers: dict[str, str],
+        payload: Any,
+        keep_alive: bool,
+    ) -> None:
+        head = f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"
+        headers = {"x-served-by": self.node_id, **headers}
+        headers["Connection"] = "keep-alive" if keep_alive else "close"
+        if not isinstance(payload, AsyncIterator):
+            data = json.dumps(payload).encode()
+            headers.update({"Content-Type": "application/json", "Content-Length": str(len(data))})
+            writer.write(_head(head, headers) + data)
+            await writer.drain()
+            return
+        headers.update({"Content-Type": "text/event-stream", "Transfer-Encoding": "chunked"})
+        writer.write(_head(head, headers))
+        async for event in payload:  # each event leaves at once, as a chunk of its own
+            writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    # ---------------------------------------------------------------- OpenAI
+
+    async def _answer(self, method: str, path: str, body: bytes) -> Answer:
         if method == "GET" and path == "/health":
             if self.health_latency_s:
                 await asyncio.sleep(self.health_latency_s)
-            return 200, "ok"
-        if method != "POST" or path not in ("/v1/completions", "/v1/chat/completions"):
-            return 404, {"error": f"no route {method} {path}"}
+            return 200, {}, "ok"
+        if method == "GET" and path == "/v1/models":
+            listed = {"id": self.model, "object": "model", "created": 0, "owned_by": "langcluster"}
+            return 200, {}, {"object": "list", "data": [listed]}
+        if method != "POST" or path not in (*_GENERATE, "/v1/embeddings"):
+            return 404, {}, _error(f"no route {method} {path}", "not_found_error")
         self.requests += 1
         try:
             request = json.loads(body or b"{}")
-        except ValueError:
-            return 400, {"error": "body: not JSON"}
-        await asyncio.sleep(self.latency_s * self._rng.uniform(0.5, 1.5))
+        except (ValueError, RecursionError):
+            return 400, {}, _error("the body is not JSON", "invalid_request_error")
+        if not isinstance(request, dict):
+            return 400, {}, _error("the body is not a JSON object", "invalid_request_error")
+        model = request.get("model")
+        model = model if isinstance(model, str) else self.model
+        if path == "/v1/embeddings":
+            await asyncio.sleep(self.latency_s * self._rng.uniform(0.5, 1.5))
+            return 200, {}, embeddings_body(request, model)
+        if self._slots.locked() and self._waiting >= self.max_queue:
+            self.rejected += 1
+            after = {} if self.retry_after_s is None else {"Retry-After": f"{self.retry_after_s:g}"}
+            return 429, after, _error("the queue is full", "rate_limit_error")
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        answer: Answer | None = None
+        try:
+            answer = await self._generate(path, request, model)
+            return answer
+        finally:  # a streamed answer holds its slot until it is written
+            if answer is None or not isinstance(answer[2], AsyncIterator):
+                self._slots.release()
+
+    async def _generate(self, path: str, request: dict[str, Any], model: str) -> Answer:
+        prompt = prompt_of(path, request)
+        prompt_tokens = tokens(prompt)
+        cached = min(self.cache.admit(prompt), prompt_tokens)
+        self.prompt_tokens += prompt_tokens
+        self.cached_tokens += cached
+        prefill = self.prefill_per_token_s * (prompt_tokens - cached)
+        await asyncio.sleep(self.latency_s * self._rng.uniform(0.5, 1.5) + prefill)
         if self._rng.random() < self.error_rate:
-            return 500, {"error": f"{self.node_id}: simulated failure"}
-        prompt = request.get("prompt")
-        if prompt is None:
-            messages = request.get("messages") or [{}]
-            prompt = messages[-1].get("content", "")
-        text = f"[{self.node_id}] answer to: {str(prompt)[:60]}"
-        return 200, {
-            "id": f"{self.node_id}-{self.requests}",
-            "node": self.node_id,
-            "text": text,
-            "usage": {"prompt_tokens": len(str(prompt).split()), "completion_tokens": 8},
-        }
+            return 500, {}, _error(f"{self.node_id}: simulated failure", "server_error")
+        chat = path == "/v1/chat/completions"
+        pieces = reply_pieces(self.node_id, path, request)
+        limit = request.get("max_completion_tokens") or request.get("max_tokens")
+        finish = "length" if isinstance(limit, int) and len(pieces) >= limit else "stop"
+        use = usage(prompt_tokens, len(pieces), cached)
+        answer_id = f"{'chatcmpl' if chat else 'cmpl'}-{self.node_id}-{self.requests}"
+        if not request.get("stream"):
+            await asyncio.sleep(self.decode_per_token_s * max(0, len(pieces) - 1))
+            body = answer_body(chat, answer_id, model, self.node_id, pieces, finish, use)
+            return 200, {}, body
+        options = request.get("stream_options")
+        wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        events = stream_events(
+            chat, answer_id, model, self.node_id, self._decode(pieces), finish,
+            use if wants_usage else None,
+        )  # fmt: skip
+        return 200, {}, events
+
+    async def _decode(self, pieces: list[str]) -> AsyncIterator[str]:
+        """The tokens of a streamed answer, at decode speed."""
+        for i, piece in enumerate(pieces):
+            if i:
+                await asyncio.sleep(self.decode_per_token_s)
+            yield piece
+            if i == 0 and self.gate is not None:
+                await self.gate.wait()

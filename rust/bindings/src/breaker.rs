@@ -19,6 +19,7 @@ use crate::convert::{
     clock, exception_types, integer, number, optional_number, read_clock, string,
 };
 use crate::errors::{log_callback_error, Error, Result};
+use crate::gcref::GcRef;
 use langcluster_core::error::latency_seconds;
 
 /// Every setting of a breaker, as `CircuitBreaker` takes them.
@@ -378,7 +379,10 @@ impl CircuitBreaker {
     /// Wraps a plain function so that every call goes through `call`
     /// (the `@breaker` decorator for sync functions).
     fn _guard(slf: Py<Self>, func: Py<PyAny>) -> Guarded {
-        Guarded { breaker: slf, func }
+        Guarded {
+            breaker: GcRef::new(slf),
+            func: GcRef::new(func),
+        }
     }
 
     /// Whether slow calls are judged (so callers should time their calls).
@@ -481,15 +485,16 @@ impl CircuitBreaker {
 /// the breaker.
 #[pyclass(frozen, dict, module = "langcluster._core")]
 pub struct Guarded {
-    breaker: Py<CircuitBreaker>,
-    func: Py<PyAny>,
+    // `GcRef`s: the collector may visit the object before they are written.
+    breaker: GcRef<CircuitBreaker>,
+    func: GcRef<PyAny>,
 }
 
 #[pymethods]
 impl Guarded {
     fn __traverse__(&self, visit: PyVisit<'_>) -> std::result::Result<(), PyTraverseError> {
-        visit.call(&self.breaker)?;
-        visit.call(&self.func)
+        self.breaker.visit(&visit)?;
+        self.func.visit(&visit)
     }
 
     #[pyo3(signature = (*args, **kwargs))]
@@ -500,16 +505,17 @@ impl Guarded {
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> Result<Py<PyAny>> {
         self.breaker
+            .get()?
             .get()
-            .guarded_call(py, self.func.bind(py), args, kwargs)
+            .guarded_call(py, self.func.get()?.bind(py), args, kwargs)
     }
 
     #[getter]
-    fn breaker(&self, py: Python<'_>) -> Py<CircuitBreaker> {
-        self.breaker.clone_ref(py)
+    fn breaker(&self, py: Python<'_>) -> Result<Py<CircuitBreaker>> {
+        Ok(self.breaker.get()?.clone_ref(py))
     }
 
-    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        Ok(format!("<guarded {}>", self.func.bind(py).repr()?))
+    fn __repr__(&self, py: Python<'_>) -> Result<String> {
+        Ok(format!("<guarded {}>", self.func.get()?.bind(py).repr()?))
     }
 }

@@ -7,6 +7,7 @@ mod breaker;
 mod cache;
 mod convert;
 mod errors;
+mod gcref;
 mod metrics;
 mod ready;
 

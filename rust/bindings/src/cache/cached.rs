@@ -18,6 +18,7 @@ use super::keys::{register_function, Key, Probe, KWARGS_BIT};
 use super::{ttl_arg, MemoryCache};
 use crate::convert::optional_callable;
 use crate::errors::{type_name, Error, Result};
+use crate::gcref::GcRef;
 use crate::ready::Ready;
 
 /// The wrapper `cached` returns. Calling it returns the cached value, or
@@ -25,9 +26,11 @@ use crate::ready::Ready;
 /// awaitable.
 #[pyclass(frozen, dict, module = "langcluster._core")]
 pub struct CachedFunction {
-    func: Py<PyAny>,
-    cache: Py<MemoryCache>,
-    flights: Py<PyAny>,
+    // The references are `GcRef`s: the collector may visit the object
+    // before they are written (see `gcref`).
+    func: GcRef<PyAny>,
+    cache: GcRef<MemoryCache>,
+    flights: GcRef<PyAny>,
     key_fn: Option<Py<PyAny>>,
     ttl: Option<Duration>,
     id: u32,
@@ -119,9 +122,9 @@ pub fn wrap_cached(
         .and_then(|n| Ok(n.cast_into::<PyString>()?))
         .or_else(|_| func.bind(py).repr())?;
     Ok(CachedFunction {
-        func,
-        cache,
-        flights,
+        func: GcRef::new(func),
+        cache: GcRef::new(cache),
+        flights: GcRef::new(flights),
         key_fn: optional_callable("key_fn", key_fn)?,
         ttl,
         id: register_function(name.unbind()),
@@ -135,9 +138,9 @@ impl CachedFunction {
     // collector must see the wrapper's references (its __dict__ is visited
     // and cleared by PyO3).
     fn __traverse__(&self, visit: PyVisit<'_>) -> std::result::Result<(), PyTraverseError> {
-        visit.call(&self.func)?;
-        visit.call(&self.cache)?;
-        visit.call(&self.flights)?;
+        self.func.visit(&visit)?;
+        self.cache.visit(&visit)?;
+        self.flights.visit(&visit)?;
         visit.call(&self.key_fn)
     }
 
@@ -149,7 +152,7 @@ impl CachedFunction {
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> Result<Py<PyAny>> {
         let (id, built) = self.key_args(py, args, kwargs)?;
-        let cache = self.cache.get();
+        let cache = self.cache.get()?.get();
         let (hash, probe) = self.probe(id, built.as_ref().unwrap_or(args), cache.seed())?;
         if let Some(value) = cache.lookup(py, hash, &probe)? {
             return if self.is_async {
@@ -159,7 +162,7 @@ impl CachedFunction {
             };
         }
         let token = CallKey {
-            cache: self.cache.clone_ref(py),
+            cache: self.cache.get()?.clone_ref(py),
             hash,
             key: probe.to_key(),
             ttl: self.ttl,
@@ -167,7 +170,8 @@ impl CachedFunction {
         let method = if self.is_async { "arun" } else { "run" };
         Ok(self
             .flights
-            .call_method1(py, method, (&self.func, token, args, kwargs))?)
+            .get()?
+            .call_method1(py, method, (self.func.get()?, token, args, kwargs))?)
     }
 
     /// Drops the cached result of this call, if any; returns whether there
@@ -180,18 +184,18 @@ impl CachedFunction {
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> Result<bool> {
         let (id, built) = self.key_args(py, args, kwargs)?;
-        let cache = self.cache.get();
+        let cache = self.cache.get()?.get();
         let (hash, probe) = self.probe(id, built.as_ref().unwrap_or(args), cache.seed())?;
         Ok(cache.forget(py, hash, &probe)?.is_some())
     }
 
     #[getter]
-    fn cache(&self, py: Python<'_>) -> Py<MemoryCache> {
-        self.cache.clone_ref(py)
+    fn cache(&self, py: Python<'_>) -> Result<Py<MemoryCache>> {
+        Ok(self.cache.get()?.clone_ref(py))
     }
 
-    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        Ok(format!("<cached {}>", self.func.bind(py).repr()?))
+    fn __repr__(&self, py: Python<'_>) -> Result<String> {
+        Ok(format!("<cached {}>", self.func.get()?.bind(py).repr()?))
     }
 }
 

@@ -1,0 +1,97 @@
+"""Routing keys read from OpenAI-style request bodies.
+
+A chat is rendered as one text, role and content of each message in order,
+so that equal conversations give equal text and a longer turn of a chat
+starts with the text of the turn before it: what a prefix-aware balancer
+needs to find the server that already holds the prefix. The simulated
+servers of ``langcluster.testing`` render prompts the same way, so their
+cache blocks and ``PrefixAware``'s blocks line up.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = ["PromptText", "chat_text", "read_prompt"]
+
+# The OpenAI paths whose bodies carry a prompt, and the field that holds it.
+_FIELDS = (("/chat/completions", "messages"), ("/completions", "prompt"), ("/embeddings", "input"))
+
+
+def _part_text(part: Any) -> str:
+    if isinstance(part, str):
+        return part
+    if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+        return str(part["text"])
+    # An image, audio or file part: its JSON, so equal parts give equal text.
+    return json.dumps(part, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _content(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, list):
+        return "".join(_part_text(part) for part in content)
+    return _part_text(content)
+
+
+def chat_text(messages: list[Any]) -> str:
+    """The conversation as one text: ``<|role|>\\ncontent\\n`` per message."""
+    out = []
+    for message in messages:
+        if isinstance(message, dict):
+            out.append(f"<|{message.get('role', '')}|>\n{_content(message.get('content'))}\n")
+        else:
+            out.append(f"<||>\n{_content(message)}\n")
+    return "".join(out)
+
+
+def _plain(value: Any) -> str:
+    """``prompt`` or ``input``: a text, a list of texts, token ids or lists of them."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "\n".join(_plain(v) if isinstance(v, str | list) else str(v) for v in value)
+    return json.dumps(value, default=str)
+
+
+class PromptText:
+    """What a request body says about routing: ``whole`` is the entire
+    prompt (for a prefix-aware balancer), ``head`` the conversation before
+    its newest message (for a hashing balancer: the same for every request
+    that continues the same history); ``head`` is ``whole`` when there is no
+    history."""
+
+    __slots__ = ("head", "whole")
+
+    def __init__(self, whole: str, head: str) -> None:
+        self.whole = whole
+        self.head = head
+
+
+def read_prompt(path: str, body: bytes) -> PromptText | None:
+    """The prompt of an OpenAI-style request to ``path``, or None when the
+    path is not one of chat completions, completions or embeddings, or the
+    body is not a JSON object holding the prompt field. Never raises."""
+    field = next((f for suffix, f in _FIELDS if path.endswith(suffix)), None)
+    if field is None:
+        return None
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
+        return None
+    if not isinstance(data, dict) or field not in data:
+        return None
+    try:
+        value = data[field]
+        if field == "messages":
+            if not isinstance(value, list) or not value:
+                return None
+            whole = chat_text(value)
+            head = chat_text(value[:-1]) if len(value) > 1 else whole
+            return PromptText(whole, head)
+        text = _plain(value)
+    except RecursionError:  # lists nested past Python's depth
+        return None
+    return PromptText(text, text)
