@@ -1,62 +1,73 @@
-"""A small OpenAI-compatible gateway: POST /v1/chat/completions is routed
-across several model servers by PrefixAware, which sends each prompt to the
-server that already holds its prefix in its KV cache (unless that server is
-overloaded), and fails over when one dies.
+"""An OpenAI-compatible gateway: every /v1 request is forwarded through
+langcluster's transport, which routes chats by PrefixAware (each prompt goes
+to the server that already holds its prefix, unless that one is
+overloaded), fails over when a server dies, and streams answers through as
+they come. Starlette on uvicorn (`pip install langcluster[gateway]`).
 
-Run with `python examples/llm_gateway.py`: it starts three simulated
-backends and the gateway on loopback, talks to it as an OpenAI client
-would, kills the backend one conversation sticks to, and shows the move.
+Run `python examples/llm_gateway.py`: it starts three simulated backends
+and the gateway on loopback, talks to it with the `openai` client, kills the
+backend one conversation sticks to, and shows the move. `gateway(cluster)`
+is the app, for `uvicorn` with backends of your own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
+from collections.abc import AsyncIterator
 
 import httpx
+import openai
+import uvicorn
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 
 import langcluster as lc
 from langcluster.testing import SimulatedServer
 
-
-def prompt(body: dict) -> str:
-    """The whole conversation as the server will read it: PrefixAware cuts
-    it into blocks and matches the leading ones a server already holds."""
-    return json.dumps(body.get("messages") or [])
+HOP_BY_HOP = {"host", "connection", "keep-alive", "transfer-encoding", "content-length"}
 
 
-async def start_gateway(cluster: lc.Cluster, client: httpx.AsyncClient) -> asyncio.Server:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        request_line = (await reader.readline()).decode().split()
-        length = 0
-        while (line := await reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.decode().partition(":")
-            length = int(value) if name.lower() == "content-length" else length
-        body = json.loads(await reader.readexactly(length) or b"{}")
-        if request_line[:2] != ["POST", "/v1/chat/completions"]:
-            status, answer = 404, {"error": {"message": "not found"}}
-        else:
+def gateway(cluster: lc.Cluster) -> Starlette:
+    transport = lc.AsyncClusterTransport(cluster)
+    upstream = httpx.AsyncClient(base_url="http://backends", transport=transport, timeout=60)
 
-            async def forward(node: lc.Node) -> dict:
-                url = f"http://{node.address}:{node.port}/v1/chat/completions"
-                response = await client.post(url, json=body)
-                response.raise_for_status()
-                return response.json()
+    async def forward(request: Request) -> Response:
+        outgoing = upstream.build_request(
+            request.method, request.url.path, params=request.query_params,
+            headers={k: v for k, v in request.headers.items() if k not in HOP_BY_HOP},
+            content=await request.body(),
+        )  # fmt: skip
+        try:
+            answer = await upstream.send(outgoing, stream=True)
+        except Exception as error:  # no backend answered: a 502, as a proxy says
+            message = f"no backend answered ({type(error).__name__})"
+            return JSONResponse({"error": {"message": message}}, status_code=502)
+        return StreamingResponse(  # each chunk leaves as it arrives
+            answer.aiter_raw(), status_code=answer.status_code,
+            headers={k: v for k, v in answer.headers.items() if k not in HOP_BY_HOP},
+            background=BackgroundTask(answer.aclose),
+        )  # fmt: skip
 
-            try:
-                status, answer = 200, await cluster.call(forward, key=prompt(body))
-            except Exception as error:  # every backend failed: a 502, as a proxy says
-                status, answer = 502, {"error": {"message": f"{type(error).__name__}"}}
-        data = json.dumps(answer).encode()
-        writer.write(
-            f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
-            + data
-        )
-        await writer.drain()
-        writer.close()
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await upstream.aclose()
 
-    return await asyncio.start_server(handle, "127.0.0.1", 0)
+    routes = [Route("/v1/{path:path}", forward, methods=["GET", "POST"])]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+async def serve(app: Starlette) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+    """The app on uvicorn on a free loopback port: the server, its task, the port."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    return server, task, server.servers[0].sockets[0].getsockname()[1]
 
 
 async def main() -> None:
@@ -65,32 +76,30 @@ async def main() -> None:
         service="gateway", nodes=[b.node() for b in backends], balancer="prefix_aware",
         breaker=lc.BreakerConfig(window_size=4, minimum_calls=2, open_timeout_s=5.0),
     )  # fmt: skip
-    upstream = httpx.AsyncClient(timeout=2.0)
     async with cluster:
-        gateway = await start_gateway(cluster, upstream)
-        port = gateway.sockets[0].getsockname()[1]
-        api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/v1", timeout=5.0)
-        systems = [
-            f"You are a {job}. Answer as one would, briefly." for job in ("lawyer", "chef", "pilot")
-        ]
+        server, task, port = await serve(gateway(cluster))
+        api = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-")
+        systems = [f"You are a {job}. Answer as one would, briefly." for job in ("lawyer", "chef")]
 
         async def turn(system: str, n: int) -> str:
             messages = [{"role": "system", "content": system},
                         {"role": "user", "content": f"question {n}"}]  # fmt: skip
-            response = await api.post(
-                "/chat/completions", json={"model": "m", "messages": messages}
-            )
-            return str(response.json().get("node", response.status_code))
+            answer = await api.chat.completions.create(model="m", messages=messages)  # type: ignore[arg-type]
+            return str(answer.system_fingerprint)
 
         for system in systems:
-            print(f"{system:<18} served by", [await turn(system, n) for n in range(4)])
+            print(f"{system[:18]:<18} served by", [await turn(system, n) for n in range(4)])
+        stream = await api.chat.completions.create(
+            model="m", stream=True, messages=[{"role": "user", "content": "stream this"}]
+        )
+        print("streamed:", "|".join([c.choices[0].delta.content or "" async for c in stream]))
         sticky = await turn(systems[0], 0)
         print(f"{sticky} goes down")
         await next(b for b in backends if b.node_id == sticky).kill()
-        print(f"{systems[0]:<18} served by", [await turn(systems[0], n) for n in range(4)])
-        await api.aclose()
-        gateway.close()
-    await upstream.aclose()
+        print(f"{systems[0][:18]:<18} served by", [await turn(systems[0], n) for n in range(4)])
+        await api.close()
+        server.should_exit = True
+        await task
     for backend in backends:
         await backend.kill()
 
