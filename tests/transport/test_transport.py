@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -374,3 +377,28 @@ def test_the_blocking_transport_routes_fails_over_and_streams() -> None:
             assert served == {"s1", "s2"}
             assert lines[-1] == "data: [DONE]"
             assert all(s["in_flight"] == 0 for s in cluster.balancer.stats().values())
+
+
+@pytest.mark.asyncio
+async def test_the_urls_made_for_nodes_are_bounded() -> None:
+    recorder = Recorder()
+    async with cluster_of() as cluster:
+        transport = lc.AsyncClusterTransport(cluster, transport=recorder.transport())
+        async with httpx.AsyncClient(transport=transport) as client:
+            for i in range(1100):
+                await client.get(f"http://chat/v1/item/{i}")
+        assert len(transport._router._urls) <= 1024
+    assert recorder.seen[-1].url.path == "/v1/item/1099"
+
+
+def test_the_overhead_benchmark_runs() -> None:
+    script = Path(__file__).resolve().parents[2] / "benches" / "transport_overhead.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--rounds", "1", "--requests", "10", "--json"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(done.stdout)
+    assert set(rows) == {f"{face} {client}" for face in ("async", "sync")
+                         for client in ("httpx", "round_robin", "prefix_aware")}  # fmt: skip
+    assert all(row["us_per_request"] > 0 for row in rows.values())

@@ -109,6 +109,7 @@ class _Router:
         self.session_header = session_header
         self.max_retry_after_s = float(max_retry_after_s)
         self._spread = itertools.count()  # keys for a hashing balancer when a request has none
+        self._urls: dict[tuple[httpx.URL, str, str, int | None], tuple[httpx.URL, str]] = {}
 
     # ------------------------------------------------------------ routing
 
@@ -143,11 +144,17 @@ class _Router:
         ["scheme"]`` if set), address and port replace the URL's."""
         url = request.url
         scheme = node.metadata.get("scheme", url.scheme) if node.metadata else url.scheme
-        url = url.copy_with(scheme=scheme, host=node.address, port=node.port)
+        key = (url, scheme, node.address, node.port)
+        found = self._urls.get(key)
+        if found is None:  # parsing a URL is the dearest step: each is made once
+            if len(self._urls) >= 1024:
+                self._urls.clear()
+            target = url.copy_with(scheme=scheme, host=node.address, port=node.port)
+            found = self._urls[key] = (target, target.netloc.decode("ascii"))
         headers = request.headers.copy()
-        headers["host"] = url.netloc.decode("ascii")
+        headers["host"] = found[1]
         return httpx.Request(
-            request.method, url, headers=headers, content=body, extensions=request.extensions
+            request.method, found[0], headers=headers, content=body, extensions=request.extensions
         )
 
     def refusal(self, response: httpx.Response, node: Any) -> Exception:
