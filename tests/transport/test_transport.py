@@ -402,3 +402,9 @@ def test_the_overhead_benchmark_runs() -> None:
     assert set(rows) == {f"{face} {client}" for face in ("async", "sync")
                          for client in ("httpx", "round_robin", "prefix_aware")}  # fmt: skip
     assert all(row["us_per_request"] > 0 for row in rows.values())
+
+
+@pytest.mark.asyncio
+async def test_a_session_header_must_be_a_header_name() -> None:
+    with pytest.raises(ValueError, match=r"^session_header: 'x session'"):
+        lc.AsyncClusterTransport(cluster_of(), session_header="x session")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import itertools
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncClusterTransport", "ClusterTransport"]
 
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP header name (RFC 9110 token)
 KeyFunction = Callable[[httpx.Request], Key | None]
 
 
@@ -97,10 +99,12 @@ class _Router:
 
         if not isinstance(cluster, Cluster):
             raise TypeError(f"cluster: must be a langcluster Cluster, got {type(cluster).__name__}")
-        if not (key is None or key == "auto" or callable(key)):
+        if not (key is None or (isinstance(key, str) and key == "auto") or callable(key)):
             raise ValueError(f"key: must be 'auto', a function of the request or None, got {key!r}")
-        if session_header is not None:
+        if session_header is not None and not _TOKEN.fullmatch(
             text("session_header", session_header)
+        ):
+            raise ValueError(f"session_header: {session_header!r} is not an HTTP header name")
         if seconds("max_retry_after_s", max_retry_after_s, zero=True) > 3600:
             raise ValueError(f"max_retry_after_s: must be at most 3600, got {max_retry_after_s!r}")
         self.cluster = cluster
@@ -120,7 +124,7 @@ class _Router:
         key: Key | None = None
         if callable(self.key):
             key = self.key(request)
-        elif self.key == "auto" and (prefix or hashing):
+        elif isinstance(self.key, str) and (prefix or hashing):
             header = self.session_header
             session = request.headers.get(header) if header is not None else None
             prompt = read_prompt(request.url.path, body)
