@@ -14,7 +14,7 @@ import itertools
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import httpx
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["AsyncClusterTransport", "ClusterTransport"]
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP header name (RFC 9110 token)
+T = TypeVar("T")
 KeyFunction = Callable[[httpx.Request], Key | None]
 
 
@@ -203,6 +204,15 @@ class _Router:
         return None
 
 
+def _inner(given: Any, kind: type[T], default: Callable[[], T]) -> T:
+    """The transport that sends: ``given``, checked, or httpx's own."""
+    if given is None:
+        return default()
+    if not isinstance(given, kind):
+        raise TypeError(f"transport: must be an httpx.{kind.__name__}, got {type(given).__name__}")
+    return given
+
+
 class _AsyncBody(httpx.AsyncByteStream):
     def __init__(self, inner: httpx.AsyncByteStream, end: Callable[[BaseException | None], None]):
         self._inner = inner
@@ -285,11 +295,7 @@ class AsyncClusterTransport(httpx.AsyncBaseTransport):
         max_retry_after_s: float = 60.0,
     ) -> None:
         self._router = _Router(cluster, key, retry_statuses, session_header, max_retry_after_s)
-        if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
-            raise TypeError(
-                f"transport: must be an httpx.AsyncBaseTransport, got {type(transport).__name__}"
-            )
-        self._transport = transport if transport is not None else httpx.AsyncHTTPTransport()
+        self._transport = _inner(transport, httpx.AsyncBaseTransport, httpx.AsyncHTTPTransport)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         router = self._router
@@ -336,11 +342,7 @@ class ClusterTransport(httpx.BaseTransport):
         max_retry_after_s: float = 60.0,
     ) -> None:
         self._router = _Router(cluster, key, retry_statuses, session_header, max_retry_after_s)
-        if transport is not None and not isinstance(transport, httpx.BaseTransport):
-            raise TypeError(
-                f"transport: must be an httpx.BaseTransport, got {type(transport).__name__}"
-            )
-        self._transport = transport if transport is not None else httpx.HTTPTransport()
+        self._transport = _inner(transport, httpx.BaseTransport, httpx.HTTPTransport)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         router = self._router
