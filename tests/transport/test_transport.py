@@ -18,6 +18,7 @@ import pytest
 import langcluster as lc
 from langcluster.failover import FailoverEventKind as Kind
 from langcluster.transport import read_prompt, retry_after_s
+from tests.metrics.test_prometheus import scrape, value
 from tests.support.helpers import ManualClock
 from tests.support.simulated import ServersInThread, servers
 
@@ -160,6 +161,8 @@ async def test_retry_after_holds_the_node_out_without_a_failure_until_its_time()
         stats = cluster.failover.stats()
     assert stats["busy"] == 1
     assert any(e.kind is Kind.NODE_BUSY for e in events)
+    assert value(scrape(lc.metrics.PrometheusCollector(cluster)), "langcluster_node_pauses_total",
+                 service="chat") == 1  # fmt: skip
 
 
 @pytest.mark.asyncio
@@ -224,6 +227,8 @@ async def test_a_stream_passes_through_unbuffered_and_a_break_counts_against_its
             assert cluster.balancer.stats()["s0"]["in_flight"] == 0
     assert stats["late_failures"] == 1
     assert any(e.kind is Kind.LATE_FAILURE for e in events)
+    assert value(scrape(lc.metrics.PrometheusCollector(cluster)), "langcluster_late_failures_total",
+                 service="chat") == 1  # fmt: skip
 
 
 @pytest.mark.asyncio

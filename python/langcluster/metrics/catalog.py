@@ -57,6 +57,12 @@ METRICS: dict[str, Metric] = {
            "langcluster.attempts.refused", "{attempt}"),
         _m("breaker_openings", "counter", "service",
            "Times a node's circuit breaker opened.", "langcluster.breaker.openings", "{opening}"),
+        _m("node_pauses", "counter", "service",
+           "Times a node asked for a pause (a 429 or 503 with Retry-After) and was held out.",
+           "langcluster.node.pauses", "{pause}"),
+        _m("late_failures", "counter", "service",
+           "Answers already handed to the caller that failed later (a stream cut midway).",
+           "langcluster.late_failures", "{failure}"),
         _m("breaker_state", "gauge", "service node state",
            "Circuit breaker state of each node, one-hot (1 for the current state).",
            "langcluster.breaker.state"),
@@ -169,6 +175,8 @@ def _failover(manager: FailoverManager, service: str, nodes: list[str] | None) -
     yield _r("attempts_refused", stats["budget_exhausted"], service, "budget")
     yield _r("attempts_refused", stats["all_nodes_down"], service, "no_node")
     yield _r("breaker_openings", stats["breaker_openings"], service)
+    yield _r("node_pauses", stats["busy"], service)
+    yield _r("late_failures", stats["late_failures"], service)
     breakers = stats["nodes"]
     for node_id in nodes if nodes is not None else sorted(breakers):
         state = breakers.get(node_id, {}).get("breaker", "closed")
