@@ -73,6 +73,10 @@ async def test_a_request_goes_to_a_picked_node_with_path_query_headers_and_body_
                     "/v1/x?a=1", content=b"payload", headers={"x-trace": "t"}
                 )
                 assert response.json() == {"ok": True}
+                assert (
+                    str(response.request.url) == "http://chat/v1/x?a=1"
+                )  # the caller's, as it was
+                assert response.request.headers["host"] == "chat"
     assert sorted(recorder.hosts) == ["10.0.0.1:8000", "10.0.0.1:8001", "10.0.0.1:8002"]
     for request in recorder.seen:
         assert (request.url.path, request.url.query) == ("/v1/x", b"a=1")

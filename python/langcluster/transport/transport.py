@@ -158,9 +158,18 @@ class _Router:
             found = self._urls[key] = (target, target.netloc.decode("ascii"))
         headers = request.headers.copy()
         headers["host"] = found[1]
-        return httpx.Request(
-            request.method, found[0], headers=headers, content=body, extensions=request.extensions
-        )
+        if not hasattr(request, "__dict__"):  # an httpx whose requests have slots
+            return httpx.Request(
+                request.method, found[0], headers=headers, content=body,
+                extensions=request.extensions,
+            )  # fmt: skip
+        # A copy that shares the body (read already, so it can be sent again)
+        # costs a fifth of a new Request, which parses and checks it all anew.
+        out = httpx.Request.__new__(httpx.Request)
+        out.__dict__.update(request.__dict__)
+        out.url = found[0]
+        out.headers = headers
+        return out
 
     def refusal(self, response: httpx.Response, node: Any) -> Exception:
         """The error that makes failover move on from ``node``, whose answer
