@@ -3,13 +3,13 @@ transport to the same server, on loopback.
 
 The server is a ``SimulatedServer`` (no latency) in a process of its own,
 so that the client's work is what is timed. Each round sends ``--requests``
-chat completions (a 2 KB system prompt and a question) one after another
-on one keep-alive client, in turn: httpx's transport straight to the
-server, then ``AsyncClusterTransport`` over a three-node cluster whose
-nodes all point at that server (round robin: no body is read for a key;
-PrefixAware: every body is read and routed by its prompt), then the same
-for the blocking clients. The figure is the median over rounds of the time
-per request, and its ratio to httpx's own.
+chat completions (a 2 KB system prompt and a question) through each of
+three keep-alive clients, taking turns request by request: httpx's
+transport straight to the server, and ``AsyncClusterTransport`` over two
+three-node clusters whose nodes all point at that server (round robin: no
+body is read for a key; PrefixAware: every body is read and routed by its
+prompt); then the same for the blocking clients. Each request is timed
+alone; the figure is the median request, and its ratio to httpx's own.
 
     python benches/transport_overhead.py [--rounds 7] [--requests 400] [--json]
 """
@@ -50,52 +50,59 @@ def body(i: int) -> dict[str, Any]:
     return {"model": "m", "messages": messages}
 
 
+URL = "http://chat"
+PATH = "/v1/chat/completions"
+
+
 def cluster(port: int, balancer: str) -> lc.Cluster:
     nodes = [lc.Node(f"n{i}", "127.0.0.1", port) for i in range(3)]
     return lc.Cluster(service="bench", nodes=nodes, balancer=balancer)
 
 
-async def time_async(client: httpx.AsyncClient, url: str, n: int) -> float:
-    for i in range(20):  # warm the connection
-        (await client.post(url, json=body(i))).raise_for_status()
-    started = time.perf_counter()
-    for i in range(n):
-        (await client.post(url, json=body(i))).raise_for_status()
-    return (time.perf_counter() - started) / n
+NAMES = ("httpx", "round_robin", "prefix_aware")
 
 
-def time_sync(client: httpx.Client, url: str, n: int) -> float:
-    for i in range(20):
-        client.post(url, json=body(i)).raise_for_status()
-    started = time.perf_counter()
-    for i in range(n):
-        client.post(url, json=body(i)).raise_for_status()
-    return (time.perf_counter() - started) / n
+async def async_round(port: int, n: int) -> dict[str, list[float]]:
+    """Each request timed alone; the three clients take turns, request by
+    request, so that a slow moment of the machine falls on all of them."""
+    times: dict[str, list[float]] = {f"async {name}": [] for name in NAMES}
+    async with cluster(port, "round_robin") as rr, cluster(port, "prefix_aware") as prefix:
+        clients = {
+            "async httpx": (httpx.AsyncClient(), f"http://127.0.0.1:{port}"),
+            "async round_robin": (httpx.AsyncClient(transport=lc.AsyncClusterTransport(rr)), URL),
+            "async prefix_aware": (
+                httpx.AsyncClient(transport=lc.AsyncClusterTransport(prefix)),
+                URL,
+            ),
+        }
+        for i in range(20 + n):
+            for name, (client, base) in clients.items():
+                started = time.perf_counter()
+                (await client.post(f"{base}{PATH}", json=body(i))).raise_for_status()
+                if i >= 20:  # the first ones warm the connections
+                    times[name].append(time.perf_counter() - started)
+        for client, _ in clients.values():
+            await client.aclose()
+    return times
 
 
-async def async_round(port: int, n: int) -> dict[str, float]:
-    out = {}
-    direct = f"http://127.0.0.1:{port}/v1/chat/completions"
-    async with httpx.AsyncClient() as client:
-        out["async httpx"] = await time_async(client, direct, n)
-    for balancer in ("round_robin", "prefix_aware"):
-        async with cluster(port, balancer) as c:
-            transport = lc.AsyncClusterTransport(c)
-            async with httpx.AsyncClient(transport=transport) as client:
-                out[f"async {balancer}"] = await time_async(
-                    client, "http://chat/v1/chat/completions", n
-                )
-    return out
-
-
-def sync_round(port: int, n: int) -> dict[str, float]:
-    out = {}
-    with httpx.Client() as client:
-        out["sync httpx"] = time_sync(client, f"http://127.0.0.1:{port}/v1/chat/completions", n)
-    for balancer in ("round_robin", "prefix_aware"):
-        with cluster(port, balancer) as c, httpx.Client(transport=lc.ClusterTransport(c)) as client:
-            out[f"sync {balancer}"] = time_sync(client, "http://chat/v1/chat/completions", n)
-    return out
+def sync_round(port: int, n: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {f"sync {name}": [] for name in NAMES}
+    with cluster(port, "round_robin") as rr, cluster(port, "prefix_aware") as prefix:
+        clients = {
+            "sync httpx": (httpx.Client(), f"http://127.0.0.1:{port}"),
+            "sync round_robin": (httpx.Client(transport=lc.ClusterTransport(rr)), URL),
+            "sync prefix_aware": (httpx.Client(transport=lc.ClusterTransport(prefix)), URL),
+        }
+        for i in range(20 + n):
+            for name, (client, base) in clients.items():
+                started = time.perf_counter()
+                client.post(f"{base}{PATH}", json=body(i)).raise_for_status()
+                if i >= 20:
+                    times[name].append(time.perf_counter() - started)
+        for client, _ in clients.values():
+            client.close()
+    return times
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -111,14 +118,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         assert server.stdout is not None
         port = int(server.stdout.readline())
         samples: dict[str, list[float]] = {}
-        rounds: list[Callable[[], dict[str, float]]] = [
+        rounds: list[Callable[[], dict[str, list[float]]]] = [
             lambda: asyncio.run(async_round(port, args.requests)),
             lambda: sync_round(port, args.requests),
         ]
         for _ in range(args.rounds):
             for run in rounds:
                 for name, seconds in run().items():
-                    samples.setdefault(name, []).append(seconds)
+                    samples.setdefault(name, []).extend(seconds)
     finally:
         server.terminate()
         server.wait()
