@@ -4,8 +4,9 @@ transport to the same server, on loopback.
 The server is a ``SimulatedServer`` (no latency) in a process of its own,
 so that the client's work is what is timed. Each round sends ``--requests``
 chat completions (a 2 KB system prompt and a question) through each of
-three keep-alive clients, taking turns request by request: httpx's
-transport straight to the server, and ``AsyncClusterTransport`` over two
+four keep-alive clients, taking turns request by request: httpx's
+transport straight to the server, a hand-rolled round-robin transport (what
+one writes without a library), and ``AsyncClusterTransport`` over two
 three-node clusters whose nodes all point at that server (round robin: no
 body is read for a key; PrefixAware: every body is read and routed by its
 prompt); then the same for the blocking clients. Each request is timed
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import statistics
 import subprocess
@@ -59,7 +61,34 @@ def cluster(port: int, balancer: str) -> lc.Cluster:
     return lc.Cluster(service="bench", nodes=nodes, balancer=balancer)
 
 
-NAMES = ("httpx", "round_robin", "prefix_aware")
+NAMES = ("httpx", "hand-rolled", "round_robin", "prefix_aware")
+
+
+class HandRolled(httpx.AsyncBaseTransport, httpx.BaseTransport):
+    """What one writes by hand in pure Python: the next address in turn put
+    in the URL, no failover, no key, no accounting."""
+
+    def __init__(self, port: int) -> None:
+        self.ports = itertools.cycle([port] * 3)
+        self.inner = httpx.HTTPTransport()
+        self.ainner = httpx.AsyncHTTPTransport()
+
+    def aim(self, request: httpx.Request) -> httpx.Request:
+        request.url = request.url.copy_with(host="127.0.0.1", port=next(self.ports))
+        request.headers["host"] = request.url.netloc.decode()
+        return request
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self.inner.handle_request(self.aim(request))
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.ainner.handle_async_request(self.aim(request))
+
+    def close(self) -> None:
+        self.inner.close()
+
+    async def aclose(self) -> None:
+        await self.ainner.aclose()
 
 
 async def async_round(port: int, n: int) -> dict[str, list[float]]:
@@ -69,6 +98,7 @@ async def async_round(port: int, n: int) -> dict[str, list[float]]:
     async with cluster(port, "round_robin") as rr, cluster(port, "prefix_aware") as prefix:
         clients = {
             "async httpx": (httpx.AsyncClient(), f"http://127.0.0.1:{port}"),
+            "async hand-rolled": (httpx.AsyncClient(transport=HandRolled(port)), URL),
             "async round_robin": (httpx.AsyncClient(transport=lc.AsyncClusterTransport(rr)), URL),
             "async prefix_aware": (
                 httpx.AsyncClient(transport=lc.AsyncClusterTransport(prefix)),
@@ -91,6 +121,7 @@ def sync_round(port: int, n: int) -> dict[str, list[float]]:
     with cluster(port, "round_robin") as rr, cluster(port, "prefix_aware") as prefix:
         clients = {
             "sync httpx": (httpx.Client(), f"http://127.0.0.1:{port}"),
+            "sync hand-rolled": (httpx.Client(transport=HandRolled(port)), URL),
             "sync round_robin": (httpx.Client(transport=lc.ClusterTransport(rr)), URL),
             "sync prefix_aware": (httpx.Client(transport=lc.ClusterTransport(prefix)), URL),
         }

@@ -408,8 +408,8 @@ def test_the_overhead_benchmark_runs() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(done.stdout)
-    assert set(rows) == {f"{face} {client}" for face in ("async", "sync")
-                         for client in ("httpx", "round_robin", "prefix_aware")}  # fmt: skip
+    clients = ("httpx", "hand-rolled", "round_robin", "prefix_aware")
+    assert set(rows) == {f"{face} {client}" for face in ("async", "sync") for client in clients}
     assert all(row["us_per_request"] > 0 for row in rows.values())
 
 
