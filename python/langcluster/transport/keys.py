@@ -61,13 +61,34 @@ class PromptText:
     prompt (for a prefix-aware balancer), ``head`` the conversation before
     its newest message (for a hashing balancer: the same for every request
     that continues the same history); ``head`` is ``whole`` when there is no
-    history."""
+    history. Each is rendered when first asked for."""
 
-    __slots__ = ("head", "whole")
+    __slots__ = ("_head", "_messages", "_whole")
 
-    def __init__(self, whole: str, head: str) -> None:
-        self.whole = whole
-        self.head = head
+    def __init__(self, whole: str | None, messages: list[Any] | None = None) -> None:
+        self._whole = whole
+        self._head: str | None = whole
+        self._messages = messages
+
+    @property
+    def whole(self) -> str:
+        if self._whole is None:
+            self._whole = _render(self._messages or [])
+        return self._whole
+
+    @property
+    def head(self) -> str:
+        if self._head is None:
+            messages = self._messages or []
+            self._head = _render(messages[:-1]) if len(messages) > 1 else self.whole
+        return self._head
+
+
+def _render(messages: list[Any]) -> str:
+    try:
+        return chat_text(messages)
+    except RecursionError:  # a part nested past Python's depth: no text to route by
+        return ""
 
 
 def read_prompt(path: str, body: bytes) -> PromptText | None:
@@ -83,15 +104,10 @@ def read_prompt(path: str, body: bytes) -> PromptText | None:
         return None
     if not isinstance(data, dict) or field not in data:
         return None
+    value = data[field]
+    if field == "messages":
+        return PromptText(None, value) if isinstance(value, list) and value else None
     try:
-        value = data[field]
-        if field == "messages":
-            if not isinstance(value, list) or not value:
-                return None
-            whole = chat_text(value)
-            head = chat_text(value[:-1]) if len(value) > 1 else whole
-            return PromptText(whole, head)
-        text = _plain(value)
+        return PromptText(_plain(value))
     except RecursionError:  # lists nested past Python's depth
         return None
-    return PromptText(text, text)
