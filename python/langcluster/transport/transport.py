@@ -114,7 +114,7 @@ class _Router:
         self.session_header = session_header
         self.max_retry_after_s = float(max_retry_after_s)
         self._spread = itertools.count()  # keys for a hashing balancer when a request has none
-        self._urls: dict[tuple[httpx.URL, str, str, int | None], tuple[httpx.URL, str]] = {}
+        self._urls: dict[tuple[str, str, str, int | None], tuple[httpx.URL, str]] = {}
 
     # ------------------------------------------------------------ routing
 
@@ -149,7 +149,7 @@ class _Router:
         ["scheme"]`` if set), address and port replace the URL's."""
         url = request.url
         scheme = node.metadata.get("scheme", url.scheme) if node.metadata else url.scheme
-        key = (url, scheme, node.address, node.port)
+        key = (str(url), scheme, node.address, node.port)  # a URL compares by parsing again
         found = self._urls.get(key)
         if found is None:  # parsing a URL is the dearest step: each is made once
             if len(self._urls) >= 1024:
