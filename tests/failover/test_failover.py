@@ -257,6 +257,39 @@ async def test_hedging_answers_from_the_faster_node_and_cancels_the_other() -> N
     assert fm.stats()["hedges"] == 1
 
 
+class Answer:
+    """An answer that can be closed, as an httpx response can."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.closed = False
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.asyncio
+async def test_an_answer_the_hedge_does_not_use_is_closed() -> None:
+    balancer = lc.RoundRobin(nodes(2))
+    fm = FailoverManager(balancer, hedge_after_s=0.001, backoff=FAST)
+    second_started = asyncio.Event()
+    answers: list[Answer] = []
+
+    async def work(node: lc.Node) -> Answer:
+        if node.id == "n0":  # slow until the hedge starts; then both answer at once
+            await second_started.wait()
+        else:
+            second_started.set()
+        answers.append(Answer(node.id))
+        return answers[-1]
+
+    used = await fm.call(work)
+    assert len(answers) == 2
+    assert not used.closed
+    assert [a.closed for a in answers if a is not used] == [True]
+    assert all(s["in_flight"] == 0 for s in balancer.stats().values())
+
+
 def test_the_sync_twin_fails_over_too() -> None:
     fm, _ = manager()
 

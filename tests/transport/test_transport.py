@@ -417,3 +417,23 @@ def test_the_overhead_benchmark_runs() -> None:
 async def test_a_session_header_must_be_a_header_name() -> None:
     with pytest.raises(ValueError, match=r"^session_header: 'x session'"):
         lc.AsyncClusterTransport(cluster_of(), session_header="x session")
+
+
+@pytest.mark.asyncio
+async def test_a_hedged_request_answers_from_the_faster_node_and_frees_both() -> None:
+    slow, fast = await servers(2, latency_s=0.0)
+    slow.latency_s = 30.0  # answers only if waited for: the hedge must not wait
+    cluster = lc.Cluster(
+        service="chat", nodes=[slow.node(), fast.node()], balancer="round_robin",
+        failover=lc.FailoverConfig(hedge_after_s=0.01),
+    )  # fmt: skip
+    async with cluster, httpx.AsyncClient(transport=lc.AsyncClusterTransport(cluster)) as client:
+        served = [
+            (await client.post(f"http://chat{CHAT}", json=chat("hi"))).headers["x-served-by"]
+            for _ in range(4)
+        ]
+        assert served == ["s1"] * 4
+        assert cluster.failover.stats()["hedges"] >= 2  # at least each time the slow one came first
+        assert all(s["in_flight"] == 0 for s in cluster.balancer.stats().values())
+    for server in (slow, fast):
+        await server.kill()

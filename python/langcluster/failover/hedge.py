@@ -4,6 +4,7 @@ first success wins and the other attempt is cancelled."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
     from langcluster.failover.retry import Plan
 
 __all__ = ["Hedged"]
+
+_log = logging.getLogger(__name__)
 
 
 class Hedged(Effect):
@@ -62,17 +65,39 @@ async def hedged(
     second = asyncio.ensure_future(adrive(manager._attempt(other, fn, "hedge")))
     pending = {first, second}
     error: BaseException | None = None
+    winner: asyncio.Future[Any] | None = None
     try:
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task.exception() is None:
-                    return task.result()
-                error = task.exception()
+                    if winner is None:
+                        winner = task
+                    else:  # both answered at once: the other answer is not used
+                        await _discard(task.result())
+                else:
+                    error = task.exception()
+            if winner is not None:
+                return winner.result()
     finally:
         for task in pending:
             task.cancel()
         if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+            for late in await asyncio.gather(*pending, return_exceptions=True):
+                if not isinstance(late, BaseException):
+                    await _discard(late)  # answered before the cancellation reached it
     assert error is not None
     raise error
+
+
+async def _discard(answer: Any) -> None:
+    """Closes the answer of the attempt that lost, when it can be closed (an
+    httpx response, say), so that its connection is not held until it is
+    collected."""
+    try:
+        if hasattr(answer, "aclose"):
+            await answer.aclose()
+        elif hasattr(answer, "close"):
+            answer.close()
+    except Exception:
+        _log.debug("closing a hedged attempt's unused answer failed", exc_info=True)

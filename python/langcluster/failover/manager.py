@@ -66,7 +66,8 @@ class FailoverManager:
     - **Hedging** (``call`` only, for idempotent calls): with
       ``hedge_after_s``, a call that has not answered by then is started
       again on another node; the first success wins and the other attempt
-      is cancelled.
+      is cancelled (an answer it gave anyway is closed, when it has
+      ``aclose`` or ``close``: an httpx response, say).
     - **Events**: ``subscribe(callback)`` and ``async for event in
       manager.events()`` receive a ``FailoverEvent`` for each
       ``FailoverEventKind``.
