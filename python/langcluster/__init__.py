@@ -54,9 +54,9 @@ from langcluster.health import (
     NodeHealth,
     TcpCheck,
 )
+from langcluster.integrations.transport import AsyncClusterTransport, ClusterTransport
 from langcluster.node import Node, NodeStatus
 from langcluster.registry import NodeEvent, NodeEventKind, NodeRegistry
-from langcluster.transport import AsyncClusterTransport, ClusterTransport
 from langcluster.types import Key, NodeLike, Prompt
 
 __all__ = [

@@ -1,7 +1,7 @@
 """What a simulated server says: the OpenAI wire format as vLLM speaks it,
 over a prefix cache and a bounded set of running requests.
 
-The prompt of a request is rendered as ``langcluster.transport`` renders it
+The prompt of a request is rendered as ``langcluster.integrations.transport`` renders it
 for routing, then cut into blocks of ``block_tokens`` tokens (a token is
 four bytes of UTF-8 here), each block's id chained to the ids before it, so
 equal ids mean an equal prefix. Full blocks are cached, least recently used
@@ -21,8 +21,8 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
+from langcluster.integrations.openai_body import chat_text
 from langcluster.testing.fleet import held_prefix
-from langcluster.transport.keys import chat_text
 
 __all__ = ["BYTES_PER_TOKEN", "PrefixCache", "answer_body", "embeddings_body", "stream_events"]
 

@@ -21,7 +21,7 @@ import httpx
 from langcluster._checks import seconds, text
 from langcluster._core import ConsistentHash, PrefixAware
 from langcluster.errors import NoAvailableNode, NodeBusy
-from langcluster.transport.keys import read_prompt
+from langcluster.integrations.openai_body import read_prompt
 from langcluster.types import Key
 
 if TYPE_CHECKING:

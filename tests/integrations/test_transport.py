@@ -17,7 +17,8 @@ import pytest
 
 import langcluster as lc
 from langcluster.failover import FailoverEventKind as Kind
-from langcluster.transport import read_prompt, retry_after_s
+from langcluster.integrations.openai_body import read_prompt
+from langcluster.integrations.transport import retry_after_s
 from tests.metrics.test_prometheus import scrape, value
 from tests.support.helpers import ManualClock
 from tests.support.simulated import ServersInThread, servers
