@@ -377,3 +377,32 @@ def test_backoff_never_overflows_and_refuses_absurd_growth() -> None:
         Backoff(multiplier=1e308)
     with pytest.raises(ValueError, match=r"^jitter"):
         Backoff(jitter=1.5)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("error", "refused"), [(ConnectionRefusedError, 0), (TimeoutError, 4)])
+async def test_a_retry_after_a_connection_never_made_is_not_charged_to_the_budget(
+    error: type[Exception], refused: int
+) -> None:
+    # 30 calls in progress, a third on a node that fails them at once: 10
+    # retries together, where the budget (20 %) allows 6.
+    balancer = lc.RoundRobin(nodes(3))
+    breaker = BreakerConfig(window_size=100, minimum_calls=100)  # the budget alone is tested
+    fm = FailoverManager(balancer, breaker=breaker, backoff=FAST, retry_budget=0.2, min_retries=3)
+    release = asyncio.Event()
+    failed = 0
+
+    async def work(node: lc.Node) -> str:
+        nonlocal failed
+        await asyncio.sleep(0)  # every call starts before any fails
+        if node.id == "n0":
+            failed += 1
+            if failed == 10:
+                release.set()
+            raise error("n0 is gone")
+        await release.wait()  # the others' retries stay in progress until then
+        return node.id
+
+    outcomes = await asyncio.gather(*(fm.call(work) for _ in range(30)), return_exceptions=True)
+    assert sum(isinstance(o, Exception) for o in outcomes) == refused
+    assert fm.stats()["budget_exhausted"] == refused

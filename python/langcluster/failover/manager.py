@@ -55,7 +55,9 @@ class FailoverManager:
       in all, and only within the **retry budget** (Envoy's): the retries in
       progress may be ``retry_budget`` of the calls in progress, and
       ``min_retries`` at once are always allowed. A call made alone may
-      always retry; a failing cluster under load is not hammered.
+      always retry; a failing cluster under load is not hammered. A retry
+      after an attempt no server took (a refused connection, a connect
+      timeout) is not charged: it adds no load.
     - **Priority groups.** With ``priority`` (a function of the node, or a
       mapping of node ids, to a level; 0 is the primary level), nodes of a
       level are in rotation only while the levels before it are not healthy

@@ -10,6 +10,8 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import httpx
+
 from langcluster._checks import fraction, seconds
 from langcluster.errors import CircuitOpenError, NoAvailableNode, NodeBusy
 from langcluster.failover.events import FailoverEventKind as Kind
@@ -52,13 +54,26 @@ class Backoff:
         return min(self.max_s, grown) * (1 - self.jitter * rng.random())
 
 
+# Errors of attempts that never reached a server: the connection was
+# refused, or could not be made in time. A retry after one is not charged to
+# the retry budget.
+UNSENT: tuple[type[BaseException], ...] = (
+    ConnectionRefusedError,
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+)
+
+
 class RetryBudget:
     """Envoy's retry budget: the retries in progress at once may be
     ``ratio`` of the calls in progress (``None``: no limit), and
     ``min_retries`` are always allowed. A retry holds its place until its
     attempt ends. So low traffic never starves a retry (a lone call may
     always retry), while a failing cluster under load sees at most a fifth
-    more attempts than calls, not a multiple."""
+    more attempts than calls, not a multiple. A retry after an attempt that
+    never reached a server (``UNSENT``: a refused connection, a connect
+    timeout) is not charged: the failed attempt loaded no server, so the
+    retry is no amplification; a dead node's callers move on at once."""
 
     def __init__(self, ratio: float | None, min_retries: int) -> None:
         self.ratio = ratio
@@ -126,11 +141,12 @@ class Plan:
         self._retry_over()  # the retry before this one, if any, has ended
         if attempts >= m.max_attempts:
             return None
-        if not m._budget.try_retry():
-            m._count("budget_exhausted")
-            m._emit(Kind.BUDGET_EXHAUSTED, error=self.last_error)
-            return None
-        self.retrying = True
+        if not isinstance(self.last_error, UNSENT):  # else no server took it: free
+            if not m._budget.try_retry():
+                m._count("budget_exhausted")
+                m._emit(Kind.BUDGET_EXHAUSTED, error=self.last_error)
+                return None
+            self.retrying = True
         m._count("retries")
         detail = f"retry {attempts} of {m.max_attempts - 1}"
         m._emit(Kind.RETRY, error=self.last_error, detail=detail)
