@@ -438,3 +438,19 @@ async def test_a_hedged_request_answers_from_the_faster_node_and_frees_both() ->
         assert all(s["in_flight"] == 0 for s in cluster.balancer.stats().values())
     for server in (slow, fast):
         await server.kill()
+
+
+@pytest.mark.asyncio
+async def test_an_answer_from_a_node_that_left_meanwhile_is_handed_over() -> None:
+    async with cluster_of() as cluster:
+
+        def answer(request: httpx.Request) -> httpx.Response:
+            cluster.balancer.update(NODES[1:])  # discovery dropped n0 while it answered
+            return httpx.Response(200, json={"ok": True})
+
+        transport = lc.AsyncClusterTransport(cluster, transport=Recorder(answer).transport())
+        async with httpx.AsyncClient(transport=transport) as client:
+            response = await client.get("http://chat/")
+        assert response.json() == {"ok": True}
+        assert all(s["in_flight"] == 0 for s in cluster.balancer.stats().values())
+        assert cluster.failover.stats()["retries"] == 0

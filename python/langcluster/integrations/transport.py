@@ -185,19 +185,23 @@ class _Router:
         one more request in flight until the body ends; a body that breaks
         counts against the node. Returns the function that ends it, once."""
         manager = self.cluster.failover
-        manager.balancer.begin(node.id)
-        done = False
+        try:
+            manager.balancer.begin(node.id)
+            done = False
+        except KeyError:  # the node left the balancer meanwhile: nothing to hold
+            done = True
 
         def end(error: BaseException | None) -> None:
             nonlocal done
+            if isinstance(error, Exception):
+                manager.late_failure(node, error)
             if done:
                 return
             done = True
-            if error is None or not isinstance(error, Exception):
-                manager.balancer.release(node.id)
-            else:
+            if isinstance(error, Exception):
                 manager.balancer.end(node.id, time.perf_counter() - started, False)
-                manager.late_failure(node, error)
+            else:
+                manager.balancer.release(node.id)
 
         return end
 
@@ -314,13 +318,14 @@ class AsyncClusterTransport(httpx.AsyncBaseTransport):
         async def attempt(node: Any) -> httpx.Response:
             started = time.perf_counter()
             response = await send(router.outgoing(request, node, body))
-            if response.status_code in router.retry_statuses:
-                try:
+            try:
+                if response.status_code in router.retry_statuses:
                     await response.aread()
-                finally:
-                    await response.aclose()
-                raise router.refusal(response, node)
-            response.stream = _AsyncBody(response.stream, router.settle(node, started))  # type: ignore[arg-type]
+                    raise router.refusal(response, node)
+                response.stream = _AsyncBody(response.stream, router.settle(node, started))  # type: ignore[arg-type]
+            except BaseException:
+                await response.aclose()
+                raise
             return response
 
         try:
@@ -361,13 +366,14 @@ class ClusterTransport(httpx.BaseTransport):
         def attempt(node: Any) -> httpx.Response:
             started = time.perf_counter()
             response = send(router.outgoing(request, node, body))
-            if response.status_code in router.retry_statuses:
-                try:
+            try:
+                if response.status_code in router.retry_statuses:
                     response.read()
-                finally:
-                    response.close()
-                raise router.refusal(response, node)
-            response.stream = _SyncBody(response.stream, router.settle(node, started))  # type: ignore[arg-type]
+                    raise router.refusal(response, node)
+                response.stream = _SyncBody(response.stream, router.settle(node, started))  # type: ignore[arg-type]
+            except BaseException:
+                response.close()
+                raise
             return response
 
         try:
