@@ -116,9 +116,19 @@ async def test_refusals_are_openai_errors(server: SimulatedServer) -> None:
         not_json = await client.post("/v1/completions", content=b"{oops")
         not_object = await client.post("/v1/completions", content=b"[1]")
         deep = await client.post("/v1/completions", content=b"[" * 100_000)
+        wrong = [
+            await client.post(path, json=body)
+            for path, body in [
+                ("/v1/chat/completions", {"messages": {"role": "user"}}),
+                ("/v1/chat/completions", {"messages": []}),
+                ("/v1/chat/completions", {"messages": ["hi"]}),
+                ("/v1/completions", {"prompt": 3}),
+                ("/v1/embeddings", {}),
+            ]
+        ]
     assert missing.status_code == 404
     assert missing.json()["error"]["type"] == "not_found_error"
-    for answer in (not_json, not_object, deep):
+    for answer in (not_json, not_object, deep, *wrong):
         assert answer.status_code == 400
         assert answer.json()["error"]["type"] == "invalid_request_error"
 

@@ -35,6 +35,21 @@ def _head(status_line: str, headers: dict[str, str]) -> bytes:
     return (status_line + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
 
 
+def _malformed(path: str, request: dict[str, Any]) -> str:
+    """What is wrong with the request's prompt, or "" when nothing is."""
+    if path == "/v1/chat/completions":
+        messages = request.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return "messages: must be a non-empty list"
+        if not all(isinstance(m, dict) for m in messages):
+            return "messages: each must be an object"
+        return ""
+    field = "prompt" if path == "/v1/completions" else "input"
+    if not isinstance(request.get(field), str | list):
+        return f"{field}: must be a string or a list"
+    return ""
+
+
 def _error(message: str, kind: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
@@ -233,6 +248,9 @@ class SimulatedServer:
             return 400, {}, _error("the body is not a JSON object", "invalid_request_error")
         model = request.get("model")
         model = model if isinstance(model, str) else self.model
+        wrong = _malformed(path, request)
+        if wrong:
+            return 400, {}, _error(wrong, "invalid_request_error")
         if path == "/v1/embeddings":
             await asyncio.sleep(self.latency_s * self._rng.uniform(0.5, 1.5))
             return 200, {}, embeddings_body(request, model)
