@@ -56,6 +56,16 @@ class Recorder:
         return [f"{r.url.host}:{r.url.port}" for r in self.seen]
 
 
+def told_once(
+    cluster: lc.Cluster, events: list[lc.ClusterEvent], counter: str, kind: Kind, metric: str
+) -> None:
+    """What happened once is in the failover stats, the events and the metrics."""
+    assert cluster.failover.stats()[counter] == 1
+    assert [e.kind for e in events].count(kind) == 1
+    samples = scrape(lc.metrics.PrometheusCollector(cluster))
+    assert value(samples, f"langcluster_{metric}_total", service="chat") == 1
+
+
 def cluster_of(balancer: str = "round_robin", clock: Any = None, **options: Any) -> lc.Cluster:
     return lc.Cluster(
         service="chat", nodes=NODES, balancer=balancer, balancer_options=options or None,
@@ -163,11 +173,7 @@ async def test_retry_after_holds_the_node_out_without_a_failure_until_its_time()
                 await client.get("http://chat/")
             assert cluster.failover.taken_out() == []
             assert recorder.hosts.count("10.0.0.1:8000") == 2
-        stats = cluster.failover.stats()
-    assert stats["busy"] == 1
-    assert any(e.kind is Kind.NODE_BUSY for e in events)
-    assert value(scrape(lc.metrics.PrometheusCollector(cluster)), "langcluster_node_pauses_total",
-                 service="chat") == 1  # fmt: skip
+    told_once(cluster, events, "busy", Kind.NODE_BUSY, "node_pauses")
 
 
 @pytest.mark.asyncio
@@ -228,12 +234,8 @@ async def test_a_stream_passes_through_unbuffered_and_a_break_counts_against_its
                     async for _ in lines:
                         pass
             server.gate.set()
-            stats = cluster.failover.stats()
             assert cluster.balancer.stats()["s0"]["in_flight"] == 0
-    assert stats["late_failures"] == 1
-    assert any(e.kind is Kind.LATE_FAILURE for e in events)
-    assert value(scrape(lc.metrics.PrometheusCollector(cluster)), "langcluster_late_failures_total",
-                 service="chat") == 1  # fmt: skip
+    told_once(cluster, events, "late_failures", Kind.LATE_FAILURE, "late_failures")
 
 
 @pytest.mark.asyncio
