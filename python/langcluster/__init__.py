@@ -57,6 +57,7 @@ from langcluster.health import (
 from langcluster.integrations.transport import AsyncClusterTransport, ClusterTransport
 from langcluster.node import Node, NodeStatus
 from langcluster.registry import NodeEvent, NodeEventKind, NodeRegistry
+from langcluster.shared import SharedState
 from langcluster.types import Key, NodeLike, Prompt
 
 __all__ = [
@@ -110,6 +111,7 @@ __all__ = [
     "Random",
     "RedisCache",
     "RoundRobin",
+    "SharedState",
     "StaticDiscovery",
     "TcpCheck",
     "WeightedRoundRobin",

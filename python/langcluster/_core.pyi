@@ -313,6 +313,10 @@ class CircuitBreaker:
         """The window's counts and rates, the state and ``retry_after_s``."""
     def force_open(self) -> None: ...
     def disable(self) -> None: ...
+    def open_for(self, seconds: float) -> None:
+        """Opens the breaker for ``seconds`` (0 to 86,400) from now, in any
+        state but disabled: the service was found down elsewhere (another
+        process). Trials decide when the time is over."""
     def half_open(self) -> None:
         """Ends an open period now (or starts a half-open one afresh): the
         next calls are trials."""

@@ -44,6 +44,7 @@ from langcluster.failover import FailoverConfig, FailoverEvent, FailoverManager
 from langcluster.health import HealthCheck, HealthConfig, HealthMonitor
 from langcluster.node import Node, NodeStatus
 from langcluster.registry import NodeEvent, NodeEventKind, NodeRegistry
+from langcluster.shared import SharedState
 from langcluster.types import BalancerName, Key
 
 __all__ = ["BALANCERS", "Cluster"]
@@ -76,7 +77,9 @@ class Cluster:
       set the failover manager (``breaker`` overrides ``failover.breaker``);
       ``cache`` (any langcluster cache) answers ``call(..., cache_key=...)``
       without a call; ``register`` is this process's own node, announced
-      through the discovery while the cluster runs.
+      through the discovery while the cluster runs; ``shared_state`` (a
+      ``SharedState``) shares node ejections with the service's other
+      processes through Redis.
     - ``start`` (or ``async with``) reads the discovery's nodes once,
       follows its changes in a background task, registers ``register``, and
       starts the health monitor. ``close`` stops every task it started,
@@ -107,6 +110,7 @@ class Cluster:
         cache: Cache | None = None,
         close_cache: bool = False,
         register: Node | None = None,
+        shared_state: SharedState | None = None,
     ) -> None:
         text("service", service)
         if discovery is not None and nodes is not None:
@@ -142,6 +146,10 @@ class Cluster:
             raise TypeError(f"cache: must be a langcluster cache, got {type(cache).__name__}")
         if register is not None and not isinstance(register, Node):
             raise TypeError(f"register: must be a Node, got {type(register).__name__}")
+        if shared_state is not None and not isinstance(shared_state, SharedState):
+            raise TypeError(
+                f"shared_state: must be a SharedState, got {type(shared_state).__name__}"
+            )
         self.service = service
         self.discovery = discovery
         self.registry = NodeRegistry()
@@ -156,6 +164,7 @@ class Cluster:
         self.cache = cache
         self.close_cache = close_cache
         self.register_node = register
+        self.shared_state = shared_state
         self._unbind: Callable[[], None] | None = None
         self._registered = False
         self._state = _State.NEW
@@ -197,6 +206,8 @@ class Cluster:
             self._unsubscribe.append(self.registry.subscribe(weak_callback(self._on_node)))
             self._unsubscribe.append(self.failover.subscribe(self._on_failover))
             self.registry.sync(await self.discovery.nodes())
+            if self.shared_state is not None:
+                await self.shared_state._attach(self)
             if self.register_node is not None:
                 await self.discovery.register(self.register_node)
                 self._registered = True
@@ -262,6 +273,8 @@ class Cluster:
                 await close()
         await cancel_and_wait(self._parts.follow)
         self._parts.follow = None
+        if self.shared_state is not None:
+            await self.shared_state._detach()
         if self._registered and self.register_node is not None:
             self._registered = False
             with contextlib.suppress(Exception):
@@ -460,6 +473,8 @@ class Cluster:
         }
         if self.cache is not None:
             out["cache"] = self.cache.stats()
+        if self.shared_state is not None:
+            out["shared"] = self.shared_state.stats()
         return out
 
     # --------------------------------------------------------------- config

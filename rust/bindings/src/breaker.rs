@@ -421,6 +421,16 @@ impl CircuitBreaker {
         self.announce(py, t);
     }
 
+    /// Opens the breaker for `seconds` from now (not when disabled): the
+    /// service was found down elsewhere. Trials decide when it is over.
+    fn open_for(&self, py: Python<'_>, seconds: &Bound<'_, PyAny>) -> Result<()> {
+        let secs = number("seconds", seconds)?;
+        let open = langcluster_core::error::latency_seconds("seconds", secs)?;
+        let t = self.inner.open_for(open.as_nanos() as u64, || self.now(py));
+        self.announce(py, t);
+        Ok(())
+    }
+
     fn disable(&self, py: Python<'_>) {
         let t = self.inner.disable(|| self.now(py));
         self.announce(py, t);

@@ -415,6 +415,18 @@ impl CircuitBreaker {
     /// Moves from the state in `word` to `to`; `None` if another caller
     /// changed the state first.
     fn transition(&self, word: u64, to: State, now: impl Fn() -> u64) -> Option<Transition> {
+        self.transition_for(word, to, None, now)
+    }
+
+    /// `transition`, with the open time given (`open_ns`) instead of the
+    /// one the configuration and the reopenings say.
+    fn transition_for(
+        &self,
+        word: u64,
+        to: State,
+        open_ns: Option<u64>,
+        now: impl Fn() -> u64,
+    ) -> Option<Transition> {
         let from = State::from_bits(word);
         let deadline_ms = if to == State::Open {
             // A reopening after failed trials backs off further; a first
@@ -427,7 +439,7 @@ impl CircuitBreaker {
             let now_ns = now();
             let origin = self.origin_ms(now_ns / 1_000_000);
             now_ns
-                .saturating_add(self.open_time_ns(reopenings))
+                .saturating_add(open_ns.unwrap_or_else(|| self.open_time_ns(reopenings)))
                 .div_ceil(1_000_000)
                 .saturating_sub(origin)
                 .min(DEADLINE_MAX)
@@ -675,6 +687,22 @@ impl CircuitBreaker {
     /// Holds the breaker open until [`CircuitBreaker::reset`].
     pub fn force_open(&self, now: impl Fn() -> u64) -> Option<Transition> {
         self.force(State::ForcedOpen, now)
+    }
+
+    /// Opens the breaker for `open_ns` nanoseconds from now, whatever its
+    /// state but disabled: another process found the service down, and
+    /// this one holds off until the same deadline. When the time is over,
+    /// trials decide, as after any open period.
+    pub fn open_for(&self, open_ns: u64, now: impl Fn() -> u64) -> Option<Transition> {
+        loop {
+            let word = self.word.load(Ordering::Acquire);
+            if State::from_bits(word) == State::Disabled {
+                return None;
+            }
+            if let Some(t) = self.transition_for(word, State::Open, Some(open_ns), &now) {
+                return Some(t);
+            }
+        }
     }
 
     /// Lets every call through and records nothing until `reset`.

@@ -290,3 +290,27 @@ fn an_open_deadline_holds_whatever_the_clock_origin() {
         }
     }
 }
+
+#[test]
+fn open_for_holds_off_until_the_given_deadline_then_trials_decide() {
+    let b = breaker(|_| {});
+    assert_eq!(
+        b.open_for(3 * S, || 0),
+        Some(Transition {
+            from: State::Closed,
+            to: State::Open
+        })
+    );
+    assert!(!allowed(&b, 2 * S), "the configured second is not what counts");
+    assert!(allowed(&b, 3 * S + MS), "a trial once the given time is over");
+    assert_eq!(b.state(), State::HalfOpen);
+    b.on_success(|| 3 * S + MS, None);
+    assert!(allowed(&b, 3 * S + MS));
+    b.on_success(|| 3 * S + MS, None);
+    assert_eq!(b.state(), State::Closed);
+    b.force_open(|| 4 * S);
+    assert!(b.open_for(S, || 4 * S).is_some(), "a forced-open breaker too");
+    assert!(allowed(&b, 5 * S + MS));
+    b.disable(|| 6 * S);
+    assert_eq!(b.open_for(S, || 6 * S), None, "never when disabled");
+}

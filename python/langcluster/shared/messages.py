@@ -1,0 +1,75 @@
+"""The messages processes exchange through ``SharedState``: small, binary,
+versioned, and signed when a key is given.
+
+    b"LC" | version (1 byte) | kind (1 byte; bit 7: signed) | deadline (u64,
+    ms since the epoch) | origin (8 bytes) | node id length (u16) | node id
+    (UTF-8) | HMAC-SHA256 of all before it, its first 16 bytes (when signed)
+
+A message that is malformed, of another version, unsigned or badly signed
+where a key is set, is refused by ``decode`` (None): it is data from the
+network, never trusted.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import struct
+from dataclasses import dataclass
+
+__all__ = ["MAX_NODE_ID", "VERSION", "Kind", "Message", "decode", "encode"]
+
+VERSION = 1
+MAX_NODE_ID = 1024  # bytes
+_HEAD = struct.Struct(">2sBBQ8sH")
+_SIGNED = 0x80
+_MAC = 16
+
+
+class Kind(enum.IntEnum):
+    EJECT = 1  # the node is out until the deadline, then on trial
+    CLOSE = 2  # a trial succeeded: the node is back everywhere
+
+
+@dataclass(frozen=True)
+class Message:
+    kind: Kind
+    node_id: str
+    deadline_ms: int
+    origin: bytes  # 8 bytes naming the process that sent it
+
+
+def encode(message: Message, key: bytes | None) -> bytes:
+    node = message.node_id.encode("utf-8", "surrogatepass")
+    if len(node) > MAX_NODE_ID:
+        raise ValueError(f"node_id: longer than {MAX_NODE_ID} bytes")
+    kind = int(message.kind) | (_SIGNED if key is not None else 0)
+    deadline = max(0, min(message.deadline_ms, 2**64 - 1))
+    body = _HEAD.pack(b"LC", VERSION, kind, deadline, message.origin, len(node)) + node
+    if key is None:
+        return body
+    return body + hmac.new(key, body, hashlib.sha256).digest()[:_MAC]
+
+
+def decode(data: bytes, key: bytes | None) -> Message | None:
+    """The message, or None for anything that is not a valid one (to the
+    key, when one is set)."""
+    if not isinstance(data, bytes) or len(data) < _HEAD.size:
+        return None
+    magic, version, kind, deadline, origin, length = _HEAD.unpack_from(data)
+    if magic != b"LC" or version != VERSION or length > MAX_NODE_ID:
+        return None
+    end = _HEAD.size + length
+    signed = bool(kind & _SIGNED)
+    if len(data) != end + (_MAC if signed else 0):
+        return None
+    if key is not None:
+        expected = hmac.new(key, data[:end], hashlib.sha256).digest()[:_MAC]
+        if not signed or not hmac.compare_digest(expected, data[end:]):
+            return None
+    try:
+        node_id = data[_HEAD.size : end].decode("utf-8")
+        return Message(Kind(kind & ~_SIGNED), node_id, deadline, origin)
+    except ValueError:  # not UTF-8, or a kind this version does not know
+        return None

@@ -1,0 +1,205 @@
+"""SharedState: ejections shared between clusters through a real Redis, its
+messages (signed, versioned, refused when malformed), and its life without
+Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+import redis.asyncio
+from hypothesis import given
+from hypothesis import strategies as st
+
+import langcluster as lc
+from langcluster.shared.messages import Kind, Message, decode, encode
+from langcluster.testing import SimulatedServer
+from tests.support.helpers import eventually, redis_url
+from tests.support.simulated import servers
+
+BREAKER = lc.BreakerConfig(window_size=4, minimum_calls=2, open_timeout_s=0.4)
+KEY = b"a key every worker has"
+
+
+# --------------------------------------------------------------- messages
+
+
+def test_a_message_goes_and_comes_back_signed_or_not() -> None:
+    message = Message(Kind.EJECT, "gpu-ü", 1_700_000_000_123, b"12345678")
+    assert decode(encode(message, None), None) == message
+    assert decode(encode(message, KEY), KEY) == message
+    assert decode(encode(message, KEY), None) == message  # read, not checked
+    assert len(encode(message, KEY)) < 64
+
+
+def test_a_keyed_receiver_refuses_unsigned_forged_and_tampered_messages() -> None:
+    message = Message(Kind.EJECT, "gpu-0", 1, b"12345678")
+    assert decode(encode(message, None), KEY) is None
+    assert decode(encode(message, b"another key"), KEY) is None
+    signed = bytearray(encode(message, KEY))
+    signed[12] ^= 1  # the deadline
+    assert decode(bytes(signed), KEY) is None
+
+
+def test_other_versions_and_malformed_messages_are_refused() -> None:
+    good = encode(Message(Kind.CLOSE, "n", 0, b"12345678"), None)
+    assert decode(good[:2] + bytes([2]) + good[3:], None) is None  # version 2
+    assert decode(good[:-1], None) is None
+    assert decode(good + b"x", None) is None
+    assert decode(good[:3] + bytes([9]) + good[4:], None) is None  # an unknown kind
+    with pytest.raises(ValueError, match=r"^node_id:"):
+        encode(Message(Kind.EJECT, "n" * 2000, 0, b"12345678"), None)
+
+
+@given(data=st.binary(max_size=200), key=st.one_of(st.none(), st.just(KEY)))
+def test_any_bytes_decode_to_a_message_or_none(data: bytes, key: bytes | None) -> None:
+    found = decode(data, key)
+    assert found is None or isinstance(found, Message)
+
+
+# ------------------------------------------------------------- the clusters
+
+
+@pytest_asyncio.fixture
+async def fleet() -> AsyncIterator[list[SimulatedServer]]:
+    started = await servers(3, latency_s=0.0)
+    yield started
+    for server in started:
+        await server.kill()
+
+
+def worker(fleet: list[SimulatedServer], url: str, **options: Any) -> lc.Cluster:
+    shared = lc.SharedState(url, namespace="test", signing_key=KEY, **options)
+    return lc.Cluster(
+        service="chat", nodes=[s.node() for s in fleet], balancer="round_robin",
+        breaker=BREAKER, shared_state=shared,
+    )  # fmt: skip
+
+
+async def ask(client: httpx.AsyncClient, n: int) -> None:
+    for _ in range(n):
+        response = await client.post("http://chat/v1/completions", json={"prompt": "hi"})
+        assert response.status_code == 200
+
+
+@pytest.mark.asyncio
+@pytest.mark.services
+async def test_a_node_one_worker_finds_dead_is_out_for_the_other_until_a_trial_passes(
+    fleet: list[SimulatedServer], redis_server: Any
+) -> None:
+    url = redis_url(redis_server)
+    a, b = worker(fleet, url), worker(fleet, url)
+    async with a, b:
+        await eventually(lambda: a.shared_state.connected and b.shared_state.connected)  # type: ignore[union-attr]
+        client_a = httpx.AsyncClient(transport=lc.AsyncClusterTransport(a))
+        client_b = httpx.AsyncClient(transport=lc.AsyncClusterTransport(b))
+        dead = fleet[0]
+        await dead.kill()
+        while a.failover.breaker("s0").state != "open":
+            await ask(client_a, 1)
+        await eventually(lambda: b.failover.breaker("s0").state == "open")
+        await ask(client_b, 12)  # none of them goes to the dead node
+        assert b.balancer.stats()["s0"]["failures"] == 0
+        assert b.stats()["shared"]["applied"] >= 1
+        await dead.start()
+        give_up = time.monotonic() + 10
+        while a.failover.breaker("s0").state != "closed":  # after the open time, trials pass
+            assert time.monotonic() < give_up
+            await ask(client_a, 1)
+            await asyncio.sleep(0.01)
+        closed_at = time.monotonic()
+        await eventually(lambda: b.failover.breaker("s0").state == "closed")
+        assert time.monotonic() - closed_at < 0.2  # back everywhere within 200 ms
+        await client_a.aclose()
+        await client_b.aclose()
+
+
+@pytest.mark.asyncio
+@pytest.mark.services
+async def test_when_the_ejecting_worker_dies_another_takes_the_trial_permit(
+    fleet: list[SimulatedServer], redis_server: Any
+) -> None:
+    url = redis_url(redis_server)
+    a, b = worker(fleet, url, trial_s=0.3), worker(fleet, url, trial_s=0.3)
+    await a.astart()
+    async with b:
+        await eventually(lambda: a.shared_state.connected and b.shared_state.connected)  # type: ignore[union-attr]
+        client_a = httpx.AsyncClient(transport=lc.AsyncClusterTransport(a))
+        await fleet[0].kill()
+        while a.failover.breaker("s0").state != "open":
+            await ask(client_a, 1)
+        await eventually(lambda: b.failover.breaker("s0").state == "open")
+        await client_a.aclose()
+        await a.aclose()  # the worker that held the permit is gone
+        await fleet[0].start()
+        client_b = httpx.AsyncClient(transport=lc.AsyncClusterTransport(b))
+        give_up = time.monotonic() + 10
+        while b.failover.breaker("s0").state != "closed":
+            assert time.monotonic() < give_up
+            await ask(client_b, 1)
+            await asyncio.sleep(0.01)
+        assert b.stats()["shared"]["trials_won"] >= 1
+        await client_b.aclose()
+
+
+@pytest.mark.asyncio
+@pytest.mark.services
+async def test_a_message_without_the_key_ejects_nothing(
+    fleet: list[SimulatedServer], redis_server: Any
+) -> None:
+    url = redis_url(redis_server)
+    async with worker(fleet, url) as cluster:
+        await eventually(lambda: cluster.shared_state.connected)  # type: ignore[union-attr]
+        raw = redis.asyncio.from_url(url)
+        forged = encode(
+            Message(Kind.EJECT, "s0", int(time.time() * 1000) + 60_000, b"attacker"), None
+        )
+        for data in (forged, b"garbage", b""):
+            await raw.publish("test:shared:chat:ejections", data)
+        await eventually(lambda: cluster.stats()["shared"]["refused"] == 3)
+        assert cluster.failover.breaker("s0").state == "closed"
+        await raw.aclose()
+
+
+@pytest.mark.asyncio
+@pytest.mark.services
+async def test_without_redis_every_call_goes_on_and_the_ejection_is_told_on_return(
+    fleet: list[SimulatedServer], redis_restartable: Any
+) -> None:
+    url = redis_url(redis_restartable)
+    a, b = worker(fleet, url, timeout_s=0.2), worker(fleet, url, timeout_s=0.2)
+    async with a, b:
+        await eventually(lambda: a.shared_state.connected and b.shared_state.connected)  # type: ignore[union-attr]
+        redis_restartable.kill()
+        await eventually(lambda: not a.shared_state.connected)  # type: ignore[union-attr]
+        client_a = httpx.AsyncClient(transport=lc.AsyncClusterTransport(a))
+        await fleet[0].kill()
+        while a.failover.breaker("s0").state != "open":
+            await ask(client_a, 1)  # no call fails because Redis is gone
+        await ask(client_a, 6)
+        await eventually(lambda: a.stats()["shared"]["publish_failures"] >= 1)
+        assert b.failover.breaker("s0").state == "closed"  # B could not be told
+        redis_restartable.start()
+        await eventually(lambda: b.failover.breaker("s0").state == "open", timeout_s=10)
+        assert a.stats()["shared"]["redis_errors"] >= 1
+        await client_a.aclose()
+
+
+@pytest.mark.parametrize(
+    ("redis_arg", "options", "named"),
+    [(3, {}, "redis"), ("redis://x", {"namespace": ""}, "namespace"),
+     ("redis://x", {"signing_key": 5}, "signing_key"),
+     ("redis://x", {"timeout_s": 0}, "timeout_s"), ("redis://x", {"trial_s": -1}, "trial_s")],
+)  # fmt: skip
+def test_bad_settings_are_refused_by_name(
+    redis_arg: Any, options: dict[str, Any], named: str
+) -> None:
+    with pytest.raises((TypeError, ValueError), match=f"^{named}:"):
+        lc.SharedState(redis_arg, **options)
+    with pytest.raises(TypeError, match=r"^shared_state:"):
+        lc.Cluster(service="x", shared_state="redis://x")  # type: ignore[arg-type]
