@@ -24,8 +24,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from langcluster._checks import seconds, text
+from langcluster._checks import count, seconds, text
 from langcluster._counters import Counters
+from langcluster._observe import Observer
+from langcluster.errors import NodeBusy
 from langcluster.failover.events import FailoverEvent
 from langcluster.failover.events import FailoverEventKind as Event
 from langcluster.shared.messages import MAX_NODE_ID, Kind, Message, decode, encode
@@ -37,6 +39,7 @@ __all__ = ["SharedState"]
 
 _log = logging.getLogger(__name__)
 _MAX_KEYS = 10_000  # ejections read back at a (re)connection, at most
+_FAILURES_FOR_MS = 10_000  # a count of failures in a row lapses after this quiet time
 _HELD_S = 3600.0  # a node ejected elsewhere stays out here until a permit or a message
 
 
@@ -52,6 +55,11 @@ class SharedState:
       badly signed ones are refused, so that a process without the key
       cannot eject nodes. Give every process the same key.
     - ``timeout_s`` bounds each Redis command of the state.
+    - ``eject_after``: failures in a row on a node, counted over every
+      process (Envoy's consecutive failures, service-wide), that eject it
+      everywhere at once, before any one process's breaker would open;
+      a success anywhere starts the count again. ``None``: only breakers'
+      openings are shared.
     - ``trial_s``: how long a process holds a node's trial permit. When an
       ejection's time is over, only the holder's breaker admits trials (the
       ejecting process first); the others wait for its verdict, or for the
@@ -69,6 +77,7 @@ class SharedState:
         signing_key: bytes | str | None = None,
         timeout_s: float = 0.5,
         trial_s: float = 2.0,
+        eject_after: int | None = 5,
     ) -> None:
         if isinstance(redis, str):
             text("redis", redis)
@@ -83,17 +92,21 @@ class SharedState:
             raise TypeError("signing_key: must be non-empty bytes or str, or None")
         seconds("timeout_s", timeout_s)
         seconds("trial_s", trial_s)
+        if eject_after is not None:
+            count("eject_after", eject_after)
         self.redis = redis
         self.namespace = namespace
         self.timeout_s = timeout_s
         self.trial_s = trial_s
+        self.eject_after = eject_after
+        self._suspects: set[str] = set()  # nodes with a failure here since their last success
         self._key = signing_key
         self._origin = os.urandom(8)
         self._cluster: Cluster | None = None
         self._client: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._outbox: asyncio.Queue[Message] | None = None
+        self._outbox: asyncio.Queue[Message | tuple[str, bool]] | None = None
         self._applying = threading.local()
         self._mine: dict[str, Message] = {}  # this process's ejections
         self._waiting: dict[str, asyncio.TimerHandle] = {}  # held here, for a permit
@@ -102,7 +115,7 @@ class SharedState:
         self.connected = False
         self._stats = Counters(
             "published", "received", "applied", "refused", "publish_failures", "redis_errors",
-            "dropped", "trials_won",
+            "dropped", "trials_won", "ejections_counted",
         )  # fmt: skip
 
     # -------------------------------------------------------------- names
@@ -128,7 +141,17 @@ class SharedState:
             )
         else:
             self._client = self.redis
-        self._unsubscribe = cluster.failover.subscribe(self._on_event)
+        unsubscribe = cluster.failover.subscribe(self._on_event)
+        unobserve = (
+            cluster.failover.observe(_Outcomes(self)) if self.eject_after is not None else None
+        )
+
+        def stop() -> None:
+            unsubscribe()
+            if unobserve is not None:
+                unobserve()
+
+        self._unsubscribe = stop
         self._tasks = [
             asyncio.create_task(self._listen(), name="langcluster:shared:listen"),
             asyncio.create_task(self._publish(), name="langcluster:shared:publish"),
@@ -184,31 +207,71 @@ class SharedState:
         with contextlib.suppress(RuntimeError):  # the loop is closing
             self._loop.call_soon_threadsafe(self._enqueue, message)
 
-    def _enqueue(self, message: Message) -> None:
+    def _enqueue(self, item: Message | tuple[str, bool]) -> None:
         assert self._outbox is not None
-        if message.kind is Kind.EJECT:  # told again after a reconnection, while in force
-            self._mine[message.node_id] = message
-        else:
-            self._mine.pop(message.node_id, None)
+        if isinstance(item, Message):
+            if item.kind is Kind.EJECT:  # told again after a reconnection, while in force
+                self._mine[item.node_id] = item
+            else:
+                self._mine.pop(item.node_id, None)
         try:
-            self._outbox.put_nowait(message)
+            self._outbox.put_nowait(item)
         except asyncio.QueueFull:
             self._stats.add("dropped")
+
+    def _outcome(self, node_id: str, failed: bool) -> None:
+        """An attempt ended (from the attempt's thread): a failure is
+        counted in Redis; a success clears the count if this process had
+        failures on the node."""
+        if failed:
+            self._suspects.add(node_id)
+        elif node_id in self._suspects:
+            self._suspects.discard(node_id)
+        else:
+            return
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(self._enqueue, (node_id, failed))
 
     async def _publish(self) -> None:
         assert self._outbox is not None
         while True:
-            message = await self._outbox.get()
-            data = encode(message, self._key)
-            key = f"{self._prefix()}:ejected:{message.node_id}"
+            item = await self._outbox.get()
             try:
-                await asyncio.wait_for(self._send(message, data, key), self.timeout_s)
-                self._stats.add("published")
+                if isinstance(item, Message):
+                    key = f"{self._prefix()}:ejected:{item.node_id}"
+                    send = self._send(item, encode(item, self._key), key)
+                    await asyncio.wait_for(send, self.timeout_s)
+                    self._stats.add("published")
+                else:
+                    await asyncio.wait_for(self._count_outcome(*item), self.timeout_s)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # Redis is down: this process goes on alone
                 self._stats.add("publish_failures")
                 _log.debug("shared state: publishing failed: %r", error)
+
+    async def _count_outcome(self, node_id: str, failed: bool) -> None:
+        """Failures in a row on a node, counted over every process: the one
+        whose failure makes ``eject_after`` opens its breaker (and so tells
+        the others); a success anywhere starts the count again."""
+        key = f"{self._prefix()}:failures:{node_id}"
+        if not failed:
+            await self._client.delete(key)
+            return
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.pexpire(key, _FAILURES_FOR_MS)
+            count, _ = await pipe.execute()
+        if self.eject_after is not None and count >= self.eject_after:
+            await self._client.delete(key)
+            assert self._cluster is not None
+            manager = self._cluster.failover
+            if node_id in manager.balancer:
+                self._stats.add("ejections_counted")
+                open_s = float(manager.breaker_config.as_dict()["open_timeout_s"])
+                manager.breaker(node_id).open_for(open_s)  # and the event tells the others
 
     async def _send(self, message: Message, data: bytes, key: str) -> None:
         async with self._client.pipeline(transaction=False) as pipe:
@@ -376,3 +439,21 @@ class SharedState:
                 breaker.reset()
             finally:
                 self._applying.on = False
+
+
+class _Outcomes(Observer):
+    """Tells the shared state of each attempt's outcome."""
+
+    attempts = True
+
+    def __init__(self, state: SharedState) -> None:
+        self.state = state
+
+    def attempt_ended(self, token: Any, node: Any, error: BaseException | None) -> None:
+        node_id = getattr(node, "id", None)
+        if not isinstance(node_id, str):
+            return
+        if error is None:
+            self.state._outcome(node_id, False)
+        elif isinstance(error, Exception) and not isinstance(error, NodeBusy):
+            self.state._outcome(node_id, True)

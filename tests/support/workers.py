@@ -1,0 +1,51 @@
+"""A worker process of a multi-process service, for the shared-state tests:
+a blocking cluster over the given servers, calling them one request at a
+time until told to stop, and reporting what it saw of node ``s0``."""
+
+from __future__ import annotations
+
+import time
+from multiprocessing.synchronize import Event
+from typing import Any
+
+import httpx
+
+import langcluster as lc
+
+BREAKER = {"window_size": 5, "minimum_calls": 5, "open_timeout_s": 1.0}
+
+
+def work(ports: list[int], redis_url: str | None, ready: Any, go: Event, stop: Event) -> None:
+    """Runs in a spawned process; puts its report on ``ready`` at the end."""
+    shared = (
+        lc.SharedState(redis_url, namespace="workers", signing_key=b"k", trial_s=0.5)
+        if redis_url
+        else None
+    )
+    nodes = [lc.Node(f"s{i}", "127.0.0.1", port) for i, port in enumerate(ports)]
+    cluster = lc.Cluster(
+        service="chat", nodes=nodes, balancer="round_robin",
+        breaker=lc.BreakerConfig(**BREAKER), shared_state=shared,
+    )  # fmt: skip
+    closed_at: float | None = None
+    was_out = False
+    with cluster, httpx.Client(transport=lc.ClusterTransport(cluster), timeout=2.0) as client:
+        deadline = time.monotonic() + 10
+        while shared is not None and not shared.connected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ready.put(("ready", None))
+        go.wait()
+        failed = 0
+        while not stop.is_set():
+            try:
+                client.post("http://chat/v1/completions", json={"prompt": "hi"})
+            except Exception:
+                failed += 1
+            state = cluster.failover.breaker("s0").state
+            if state != "closed":
+                was_out = True
+            elif was_out and closed_at is None:
+                closed_at = time.time()
+        stats = cluster.balancer.stats()["s0"]
+        report = {"s0_failures": stats["failures"], "failed_calls": failed, "closed_at": closed_at}
+    ready.put(("report", report))
