@@ -83,6 +83,11 @@ GOOD_NODE = {"id": "a", "address": "h"}
         ({"service": "x", "cache": {"kind": "memory", "capacity": 0}}, "cache.capacity"),
         ({"service": "x", "cache": {"kind": "memory", "url": "redis://x"}}, "cache.url"),
         ({"service": "x", "cache": {"kind": "layered", "mode": "sideways"}}, "cache.mode"),
+        (
+            {"service": "x", "shared_state": {"redis": "redis://h", "trial_s": 0}},
+            "shared_state.trial_s",
+        ),
+        ({"service": "x", "shared_state": {"url": "redis://h"}}, "shared_state.url: unknown"),
         ({"service": "x", "extra": 1}, "extra: unknown field"),
         ({"service": "x", "breaker": 3}, "breaker: must be a table"),
     ],

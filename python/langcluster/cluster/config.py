@@ -4,9 +4,10 @@ Each table goes to the class it configures, and the fields are that class's
 own parameters: ``[breaker]`` is a ``BreakerConfig``, ``[failover]`` a
 ``FailoverConfig`` (``backoff`` a ``Backoff``), ``[health]`` a ``HealthConfig``
 and its check, ``[discovery]`` and ``[cache]`` the class their ``kind``
-names. An unknown field is refused by name; a bad value raises the class's
-own error, whose message starts with the field's name, prefixed with the
-table's (``breaker.window_size: ...``).
+names, ``[shared_state]`` a ``SharedState`` (``redis = "redis://..."``). An
+unknown field is refused by name; a bad value raises the class's own error,
+whose message starts with the field's name, prefixed with the table's
+(``breaker.window_size: ...``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from langcluster.errors import DiscoveryError
 from langcluster.failover import Backoff, FailoverConfig
 from langcluster.health import HealthCheck, HealthConfig, HealthMonitor, HttpCheck, TcpCheck
 from langcluster.node import Node
+from langcluster.shared import SharedState
 
 __all__ = ["load"]
 
@@ -71,12 +73,14 @@ def load(config: Mapping[str, Any] | str | Path) -> Cluster:
     failover = _failover(_table(fields, "failover"))
     cache = _cache(_table(fields, "cache"))
     register = _node("register", fields.pop("register")) if "register" in fields else None
+    shared_fields = _table(fields, "shared_state")
+    shared = _make("shared_state", SharedState, shared_fields) if shared_fields else None
     for name in fields:
         raise ValueError(f"{name}: unknown field")
     return Cluster(
         service=service, discovery=discovery, balancer=balancer, health=health,
         breaker=breaker, failover=failover, cache=cache, close_cache=cache is not None,
-        register=register,
+        register=register, shared_state=shared,
     )  # fmt: skip
 
 

@@ -87,7 +87,10 @@ class SharedState:
             )
         text("namespace", namespace)
         if isinstance(signing_key, str):
-            signing_key = signing_key.encode()
+            try:
+                signing_key = signing_key.encode()
+            except UnicodeEncodeError:
+                raise ValueError("signing_key: not encodable as UTF-8 (a lone surrogate)") from None
         if signing_key is not None and (not isinstance(signing_key, bytes) or not signing_key):
             raise TypeError("signing_key: must be non-empty bytes or str, or None")
         seconds("timeout_s", timeout_s)
