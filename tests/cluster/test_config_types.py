@@ -32,7 +32,7 @@ SECTIONS: list[tuple[str, list[str], dict[str, Any]]] = [
                   "hedge_after_s", "priority", "overprovisioning", "seed"], {}),
     ("cache", ["kind", "capacity", "policy", "shards", "ttl"], {"kind": "memory"}),
     ("shared_state", ["redis", "namespace", "signing_key", "timeout_s", "trial_s",
-                      "eject_after"], {"redis": "redis://127.0.0.1:1"}),
+                      "consecutive_failures"], {"redis": "redis://127.0.0.1:1"}),
     ("cache", ["url", "namespace", "serializer", "signing_key", "ttl", "ttl_jitter",
                "socket_timeout_s", "cluster"], {"kind": "redis"}),
     ("cache", ["mode", "l1_ttl", "invalidation", "flush_interval_s", "flush_batch",

@@ -55,7 +55,7 @@ class SharedState:
       badly signed ones are refused, so that a process without the key
       cannot eject nodes. Give every process the same key.
     - ``timeout_s`` bounds each Redis command of the state.
-    - ``eject_after``: failures in a row on a node, counted over every
+    - ``consecutive_failures``: failures in a row on a node, counted over every
       process (Envoy's consecutive failures, service-wide), that eject it
       everywhere at once, before any one process's breaker would open;
       a success anywhere starts the count again. ``None``: only breakers'
@@ -77,7 +77,7 @@ class SharedState:
         signing_key: bytes | str | None = None,
         timeout_s: float = 0.5,
         trial_s: float = 2.0,
-        eject_after: int | None = 5,
+        consecutive_failures: int | None = 5,
     ) -> None:
         if isinstance(redis, str):
             text("redis", redis)
@@ -95,13 +95,13 @@ class SharedState:
             raise TypeError("signing_key: must be non-empty bytes or str, or None")
         seconds("timeout_s", timeout_s)
         seconds("trial_s", trial_s)
-        if eject_after is not None:
-            count("eject_after", eject_after)
+        if consecutive_failures is not None:
+            count("consecutive_failures", consecutive_failures)
         self.redis = redis
         self.namespace = namespace
         self.timeout_s = timeout_s
         self.trial_s = trial_s
-        self.eject_after = eject_after
+        self.consecutive_failures = consecutive_failures
         self._suspects: set[str] = set()  # nodes with a failure here since their last success
         self._key = signing_key
         self._origin = os.urandom(8)
@@ -146,7 +146,9 @@ class SharedState:
             self._client = self.redis
         unsubscribe = cluster.failover.subscribe(self._on_event)
         unobserve = (
-            cluster.failover.observe(_Outcomes(self)) if self.eject_after is not None else None
+            cluster.failover.observe(_Outcomes(self))
+            if self.consecutive_failures is not None
+            else None
         )
 
         def stop() -> None:
@@ -257,7 +259,7 @@ class SharedState:
 
     async def _count_outcome(self, node_id: str, failed: bool) -> None:
         """Failures in a row on a node, counted over every process: the one
-        whose failure makes ``eject_after`` opens its breaker (and so tells
+        whose failure makes ``consecutive_failures`` opens its breaker (and so tells
         the others); a success anywhere starts the count again."""
         key = f"{self._prefix()}:failures:{node_id}"
         if not failed:
@@ -267,7 +269,7 @@ class SharedState:
             pipe.incr(key)
             pipe.pexpire(key, _FAILURES_FOR_MS)
             count, _ = await pipe.execute()
-        if self.eject_after is not None and count >= self.eject_after:
+        if self.consecutive_failures is not None and count >= self.consecutive_failures:
             await self._client.delete(key)
             assert self._cluster is not None
             manager = self._cluster.failover
