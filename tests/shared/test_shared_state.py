@@ -203,3 +203,44 @@ def test_bad_settings_are_refused_by_name(
         lc.SharedState(redis_arg, **options)
     with pytest.raises(TypeError, match=r"^shared_state:"):
         lc.Cluster(service="x", shared_state="redis://x")  # type: ignore[arg-type]
+
+
+def checked(fleet: list[SimulatedServer], url: str, **options: Any) -> lc.Cluster:
+    shared = lc.SharedState(url, namespace="test", signing_key=KEY, **options)
+    health = lc.HealthConfig(lc.HttpCheck("/health"), interval_s=0.2, timeout_s=0.1, rise=1, fall=1)
+    return lc.Cluster(
+        service="chat", nodes=[s.node() for s in fleet], balancer="round_robin",
+        health=health, shared_state=shared,
+    )  # fmt: skip
+
+
+def holds(cluster: lc.Cluster) -> bool:
+    lease = cluster.shared_state._lease  # type: ignore[union-attr]
+    return lease is not None and lease.holder
+
+
+@pytest.mark.asyncio
+@pytest.mark.services
+async def test_one_process_checks_the_others_follow_and_one_takes_over(
+    fleet: list[SimulatedServer], redis_server: Any
+) -> None:
+    url = redis_url(redis_server)
+    a, b = checked(fleet, url), checked(fleet, url)
+    await a.astart()
+    async with b:
+        await eventually(lambda: holds(a) != holds(b))
+        holder, follower = (a, b) if holds(a) else (b, a)
+        before = fleet[1].health_checks
+        await asyncio.sleep(1.0)  # five intervals
+        assert fleet[1].health_checks - before <= 7  # one checker, not two
+        await fleet[0].kill()
+        await eventually(lambda: follower.registry.get("s0").status is lc.NodeStatus.UNHEALTHY)  # type: ignore[union-attr]
+        assert follower.health.checks_run < holder.health.checks_run  # type: ignore[union-attr]
+        await fleet[0].start()
+        await eventually(lambda: follower.registry.get("s0").status is lc.NodeStatus.HEALTHY)  # type: ignore[union-attr]
+        await holder.aclose()
+        started = time.monotonic()
+        await eventually(lambda: holds(follower))
+        assert time.monotonic() - started < 2 * 0.2 + 0.3  # two intervals, and a margin for load
+    if a is not holder:
+        await a.aclose()

@@ -1,9 +1,10 @@
 """The messages processes exchange through ``SharedState``: small, binary,
 versioned, and signed when a key is given.
 
-    b"LC" | version (1 byte) | kind (1 byte; bit 7: signed) | deadline (u64,
-    ms since the epoch) | origin (8 bytes) | node id length (u16) | node id
-    (UTF-8) | HMAC-SHA256 of all before it, its first 16 bytes (when signed)
+    b"LC" | version (1 byte) | kind (1 byte; bit 7: signed) | value (u64: a
+    deadline in ms since the epoch, or a health status's code) | origin (8
+    bytes) | node id length (u16) | node id (UTF-8) | HMAC-SHA256 of all
+    before it, its first 16 bytes (when signed)
 
 A message that is malformed, of another version, unsigned or badly signed
 where a key is set, is refused by ``decode`` (None): it is data from the
@@ -30,6 +31,7 @@ _MAC = 16
 class Kind(enum.IntEnum):
     EJECT = 1  # the node is out until the deadline, then on trial
     CLOSE = 2  # a trial succeeded: the node is back everywhere
+    HEALTH = 3  # the health checker's verdict; the value is the status's code
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,13 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from langcluster._checks import count, seconds, text
+from langcluster._checks import count, flag, seconds, text
 from langcluster._counters import Counters
 from langcluster._observe import Observer
 from langcluster.errors import NodeBusy
 from langcluster.failover.events import FailoverEvent
 from langcluster.failover.events import FailoverEventKind as Event
+from langcluster.shared.health import HealthLease
 from langcluster.shared.messages import MAX_NODE_ID, Kind, Message, decode, encode
 
 if TYPE_CHECKING:
@@ -60,13 +61,16 @@ class SharedState:
       everywhere at once, before any one process's breaker would open;
       a success anywhere starts the count again. ``None``: only breakers'
       openings are shared.
+    - ``health``: one health checker per service (when the cluster has
+      health checks): the process holding a lease in Redis checks and
+      publishes what it finds; the others follow (``shared.health``).
     - ``trial_s``: how long a process holds a node's trial permit. When an
       ejection's time is over, only the holder's breaker admits trials (the
       ejecting process first); the others wait for its verdict, or for the
       permit when it expires (its holder died).
 
-    Shared today: ejections (see the module). Not built yet: one health
-    checker per service, and the prefix index of ``PrefixAware``.
+    Shared today: ejections (see the module) and health checks. Not built
+    yet: the prefix index of ``PrefixAware``.
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class SharedState:
         timeout_s: float = 0.5,
         trial_s: float = 2.0,
         consecutive_failures: int | None = 5,
+        health: bool = True,
     ) -> None:
         if isinstance(redis, str):
             text("redis", redis)
@@ -102,6 +107,7 @@ class SharedState:
         self.timeout_s = timeout_s
         self.trial_s = trial_s
         self.consecutive_failures = consecutive_failures
+        self.health = flag("health", health)
         self._suspects: set[str] = set()  # nodes with a failure here since their last success
         self._key = signing_key
         self._origin = os.urandom(8)
@@ -114,11 +120,12 @@ class SharedState:
         self._mine: dict[str, Message] = {}  # this process's ejections
         self._waiting: dict[str, asyncio.TimerHandle] = {}  # held here, for a permit
         self._pending: set[asyncio.Future[Any]] = set()
+        self._lease: HealthLease | None = None
         self._unsubscribe: Any = None
         self.connected = False
         self._stats = Counters(
             "published", "received", "applied", "refused", "publish_failures", "redis_errors",
-            "dropped", "trials_won", "ejections_counted",
+            "dropped", "trials_won", "ejections_counted", "health_leases",
         )  # fmt: skip
 
     # -------------------------------------------------------------- names
@@ -161,6 +168,9 @@ class SharedState:
             asyncio.create_task(self._listen(), name="langcluster:shared:listen"),
             asyncio.create_task(self._publish(), name="langcluster:shared:publish"),
         ]
+        if self.health and cluster.health is not None:
+            self._lease = HealthLease(self, cluster, cluster.health)
+            self._tasks.append(asyncio.create_task(self._lease.run(), name="langcluster:lease"))
 
     async def _detach(self) -> None:
         if self._unsubscribe is not None:
@@ -172,6 +182,9 @@ class SharedState:
             with contextlib.suppress(BaseException):
                 await task
         self._tasks = []
+        if self._lease is not None:
+            self._lease.close()
+            self._lease = None
         for timer in self._waiting.values():
             timer.cancel()
         self._waiting.clear()
@@ -214,7 +227,7 @@ class SharedState:
 
     def _enqueue(self, item: Message | tuple[str, bool]) -> None:
         assert self._outbox is not None
-        if isinstance(item, Message):
+        if isinstance(item, Message) and item.kind is not Kind.HEALTH:
             if item.kind is Kind.EJECT:  # told again after a reconnection, while in force
                 self._mine[item.node_id] = item
             else:
@@ -244,7 +257,11 @@ class SharedState:
         while True:
             item = await self._outbox.get()
             try:
-                if isinstance(item, Message):
+                if isinstance(item, Message) and item.kind is Kind.HEALTH:
+                    send_health = self._send_health(item, encode(item, self._key))
+                    await asyncio.wait_for(send_health, self.timeout_s)
+                    self._stats.add("published")
+                elif isinstance(item, Message):
                     key = f"{self._prefix()}:ejected:{item.node_id}"
                     send = self._send(item, encode(item, self._key), key)
                     await asyncio.wait_for(send, self.timeout_s)
@@ -256,6 +273,12 @@ class SharedState:
             except Exception as error:  # Redis is down: this process goes on alone
                 self._stats.add("publish_failures")
                 _log.debug("shared state: publishing failed: %r", error)
+
+    async def _send_health(self, message: Message, data: bytes) -> None:
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.hset(f"{self._prefix()}:health:status", message.node_id, message.deadline_ms)
+            pipe.publish(f"{self._prefix()}:health", data)
+            await pipe.execute()
 
     async def _count_outcome(self, node_id: str, failed: bool) -> None:
         """Failures in a row on a node, counted over every process: the one
@@ -301,7 +324,7 @@ class SharedState:
             pubsub = None
             try:
                 pubsub = self._client.pubsub()
-                await pubsub.subscribe(f"{self._prefix()}:ejections")
+                await pubsub.subscribe(f"{self._prefix()}:ejections", f"{self._prefix()}:health")
                 await self._resync()
                 now_ms = time.time() * 1000
                 for message in list(self._mine.values()):  # what Redis missed while away
@@ -355,9 +378,12 @@ class SharedState:
         if cluster is None or message.node_id not in cluster.balancer:
             return
         self._stats.add("applied")
-        if message.kind is Kind.EJECT:
+        if message.kind is Kind.HEALTH:
+            if self._lease is not None:
+                self._lease.apply(message.node_id, message.deadline_ms)
+        elif message.kind is Kind.EJECT:
             self._eject(message.node_id, message.deadline_ms / 1000 - time.time())
-        else:
+        elif message.kind is Kind.CLOSE:
             self._close(message.node_id)
 
     def _eject(self, node_id: str, wait_s: float) -> None:

@@ -123,7 +123,8 @@ class SimulatedServer:
         self.health_latency_s = 0.0  # raise it to make health checks slow too
         self.gate: asyncio.Event | None = None
         self.cache = PrefixCache(cache_blocks, block_tokens)
-        self.requests = 0
+        self.requests = 0  # completions and embeddings
+        self.health_checks = 0
         self.rejected = 0  # 429s
         self.prompt_tokens = 0
         self.cached_tokens = 0
@@ -231,6 +232,7 @@ class SimulatedServer:
 
     async def _answer(self, method: str, path: str, body: bytes) -> Answer:
         if method == "GET" and path == "/health":
+            self.health_checks += 1
             if self.health_latency_s:
                 await asyncio.sleep(self.health_latency_s)
             return 200, {}, "ok"
