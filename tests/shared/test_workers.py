@@ -6,11 +6,13 @@ every worker within 200 ms of the first trial that passes."""
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import time
 from typing import Any
 
 import pytest
+import redis
 
 from tests.support import workers
 from tests.support.helpers import redis_url
@@ -34,7 +36,7 @@ def run(fleet: ServersInThread, url: str | None, *, restart: bool) -> list[dict[
         proc.start()
     try:
         for _ in procs:
-            assert ready.get(timeout=60) == ("ready", None)
+            assert ready.get(timeout=60)[0] == "ready"
         go.set()
         time.sleep(0.3)  # the workers call the three servers
         fleet.run(fleet.servers[0].kill())
@@ -75,3 +77,66 @@ def test_a_server_back_is_back_in_every_worker_within_200_ms(redis_server: Any) 
     assert all(at is not None for at in closed), reports
     print(f"back in every worker within {1000 * (max(closed) - min(closed)):.0f} ms")
     assert max(closed) - min(closed) < 0.2
+
+
+INTERVAL_S = 0.25
+
+
+def checks_and_handover(fleet: ServersInThread, url: str | None) -> tuple[int, float | None]:
+    """Health checks server s1 received in 2 s of four workers; with
+    Redis, the longest pause in its checks once the lease holder is killed."""
+    context = multiprocessing.get_context("spawn")
+    ready, go, stop = context.Queue(), context.Event(), context.Event()
+    ports = [s.port for s in fleet.servers]
+    procs = [
+        context.Process(target=workers.work, args=(ports, url, ready, go, stop, INTERVAL_S))
+        for _ in range(WORKERS)
+    ]
+    for proc in procs:
+        proc.start()
+    pause = None
+    try:
+        started = dict(ready.get(timeout=60)[1] for _ in procs)  # origin -> pid
+        go.set()
+        time.sleep(4 * INTERVAL_S)  # every worker checks at first; then the lease decides
+        server = fleet.servers[1]
+        before = server.health_checks
+        time.sleep(2.0)
+        checks = server.health_checks - before
+        if url is not None:
+            holder = redis.Redis.from_url(url).get("workers:shared:chat:health:lease")
+            by_pid = {proc.pid: proc for proc in procs}
+            by_origin = {origin: by_pid[pid] for origin, pid in started.items()}
+            killed_at = time.monotonic()
+            by_origin[holder].kill()  # SIGKILL: no goodbye, the lease must lapse
+            by_origin[holder].join(timeout=10)
+            time.sleep(6 * INTERVAL_S)
+            times = [t for t in server.health_times if t > killed_at - 2 * INTERVAL_S]
+            pause = max(later - earlier for earlier, later in itertools.pairwise(times))
+        stop.set()
+        for proc in procs:  # a worker ends once its report is read
+            if proc.exitcode is None:
+                ready.get(timeout=60)
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+    return checks, pause
+
+
+@pytest.mark.services
+def test_four_workers_check_each_node_once_an_interval_and_the_lease_passes_on(
+    redis_server: Any,
+) -> None:
+    with ServersInThread(3, latency_s=0.0) as fleet:
+        shared, pause = checks_and_handover(fleet, redis_url(redis_server))
+    with ServersInThread(3, latency_s=0.0) as fleet:
+        alone, _ = checks_and_handover(fleet, None)
+    expected = 2.0 / INTERVAL_S  # one checker
+    print(f"health checks of one node in 2 s: {shared} shared, {alone} alone; "
+          f"longest pause after the checker died: {pause:.2f} s")  # fmt: skip
+    assert shared <= 1.5 * expected
+    assert alone >= 3 * expected
+    assert pause is not None
+    assert pause <= 2 * INTERVAL_S + 0.25  # two intervals, and a margin for a loaded machine

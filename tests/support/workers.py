@@ -4,6 +4,7 @@ time until told to stop, and reporting what it saw of node ``s0``."""
 
 from __future__ import annotations
 
+import os
 import time
 from multiprocessing.synchronize import Event
 from typing import Any
@@ -15,17 +16,31 @@ import langcluster as lc
 BREAKER = {"window_size": 5, "minimum_calls": 5, "open_timeout_s": 1.0}
 
 
-def work(ports: list[int], redis_url: str | None, ready: Any, go: Event, stop: Event) -> None:
-    """Runs in a spawned process; puts its report on ``ready`` at the end."""
+def work(
+    ports: list[int],
+    redis_url: str | None,
+    ready: Any,
+    go: Event,
+    stop: Event,
+    health_interval_s: float | None = None,
+) -> None:
+    """Runs in a spawned process; puts its origin on ``ready`` once running,
+    its report at the end. With ``health_interval_s`` it checks the servers'
+    health (shared when there is Redis) and makes no calls."""
     shared = (
         lc.SharedState(redis_url, namespace="workers", signing_key=b"k", trial_s=0.5)
         if redis_url
         else None
     )
     nodes = [lc.Node(f"s{i}", "127.0.0.1", port) for i, port in enumerate(ports)]
+    health = (
+        lc.HealthConfig(lc.HttpCheck("/health"), interval_s=health_interval_s, timeout_s=0.2)
+        if health_interval_s
+        else None
+    )
     cluster = lc.Cluster(
         service="chat", nodes=nodes, balancer="round_robin",
-        breaker=lc.BreakerConfig(**BREAKER), shared_state=shared,
+        breaker=lc.BreakerConfig(**BREAKER), shared_state=shared, health=health,
     )  # fmt: skip
     closed_at: float | None = None
     was_out = False
@@ -33,9 +48,13 @@ def work(ports: list[int], redis_url: str | None, ready: Any, go: Event, stop: E
         deadline = time.monotonic() + 10
         while shared is not None and not shared.connected and time.monotonic() < deadline:
             time.sleep(0.01)
-        ready.put(("ready", None))
+        ready.put(("ready", (shared._origin if shared is not None else None, os.getpid())))
         go.wait()
         failed = 0
+        while health is not None and not stop.is_set():
+            # Polled, not waited on: a worker killed while waiting on an
+            # Event would leave the setter waiting for it to wake.
+            time.sleep(0.05)
         while not stop.is_set():
             try:
                 client.post("http://chat/v1/completions", json={"prompt": "hi"})

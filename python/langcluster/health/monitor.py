@@ -91,14 +91,17 @@ class HealthMonitor:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
+    async def start(self, *, spread: bool = True) -> None:
+        """Starts checking (nothing happens when it runs already). The first
+        checks are spread over an interval; ``spread=False`` makes them all
+        at once (a process taking over the checks of others that stopped)."""
         if self._task is not None:
             return
         self._task = asyncio.get_running_loop().create_task(self._run())
         self._unsubscribe = self.registry.subscribe(self._on_registry)
         now = time.monotonic()
         for node in self.registry.nodes():
-            self._schedule(node.id, now + self._rng.uniform(0, self.interval_s))
+            self._schedule(node.id, now + (self._rng.uniform(0, self.interval_s) if spread else 0))
 
     async def stop(self) -> None:
         if self._unsubscribe is not None:

@@ -85,7 +85,9 @@ class HealthLease:
         was_holder, was_alone = self.holder, self.alone
         self.holder, self.alone = holder and not alone, alone
         if holder or alone:
-            await self.monitor.start()  # does nothing when it runs already
+            # A new holder checks every node at once: the last checks were
+            # its predecessor's, up to the lease's lapse ago.
+            await self.monitor.start(spread=not (self.holder and not was_holder))
             if self.holder and not was_holder:
                 self.state._stats.add("health_leases")
         else:

@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import json
 import random
+import time
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -125,6 +127,7 @@ class SimulatedServer:
         self.cache = PrefixCache(cache_blocks, block_tokens)
         self.requests = 0  # completions and embeddings
         self.health_checks = 0
+        self.health_times: deque[float] = deque(maxlen=10_000)  # monotonic, in this process
         self.rejected = 0  # 429s
         self.prompt_tokens = 0
         self.cached_tokens = 0
@@ -233,6 +236,7 @@ class SimulatedServer:
     async def _answer(self, method: str, path: str, body: bytes) -> Answer:
         if method == "GET" and path == "/health":
             self.health_checks += 1
+            self.health_times.append(time.monotonic())
             if self.health_latency_s:
                 await asyncio.sleep(self.health_latency_s)
             return 200, {}, "ok"
