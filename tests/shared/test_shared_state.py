@@ -244,3 +244,26 @@ async def test_one_process_checks_the_others_follow_and_one_takes_over(
         assert time.monotonic() - started < 2 * 0.2 + 0.3  # two intervals, and a margin for load
     if a is not holder:
         await a.aclose()
+
+
+@pytest.mark.asyncio
+@pytest.mark.services
+async def test_each_kind_of_sharing_can_be_switched_off(
+    fleet: list[SimulatedServer], redis_server: Any
+) -> None:
+    url = redis_url(redis_server)
+    on, off = worker(fleet, url), worker(fleet, url, share_ejections=False)
+    unchecked = checked(fleet, url, share_health=False)
+    async with on, off, unchecked:
+        await eventually(lambda: on.shared_state.connected and off.shared_state.connected)  # type: ignore[union-attr]
+        raw = redis.asyncio.from_url(url)
+        later = int(time.time() * 1000) + 60_000
+        await raw.publish(
+            "test:shared:chat:ejections",
+            encode(Message(Kind.EJECT, "s1", later, b"elsewhere"), KEY),
+        )
+        await eventually(lambda: on.failover.breaker("s1").state == "open")
+        await eventually(lambda: off.stats()["shared"]["received"] >= 1)
+        assert off.failover.breaker("s1").state == "closed"
+        assert unchecked.shared_state._lease is None  # type: ignore[union-attr]
+        await raw.aclose()

@@ -61,9 +61,10 @@ class SharedState:
       everywhere at once, before any one process's breaker would open;
       a success anywhere starts the count again. ``None``: only breakers'
       openings are shared.
-    - ``health``: one health checker per service (when the cluster has
-      health checks): the process holding a lease in Redis checks and
-      publishes what it finds; the others follow (``shared.health``).
+    - ``share_ejections``: share node ejections (above); ``share_health``:
+      one health checker per service (when the cluster has health checks):
+      the process holding a lease in Redis checks and publishes what it
+      finds, the others follow (``shared.health``).
     - ``trial_s``: how long a process holds a node's trial permit. When an
       ejection's time is over, only the holder's breaker admits trials (the
       ejecting process first); the others wait for its verdict, or for the
@@ -82,7 +83,8 @@ class SharedState:
         timeout_s: float = 0.5,
         trial_s: float = 2.0,
         consecutive_failures: int | None = 5,
-        health: bool = True,
+        share_ejections: bool = True,
+        share_health: bool = True,
     ) -> None:
         if isinstance(redis, str):
             text("redis", redis)
@@ -107,7 +109,8 @@ class SharedState:
         self.timeout_s = timeout_s
         self.trial_s = trial_s
         self.consecutive_failures = consecutive_failures
-        self.health = flag("health", health)
+        self.share_ejections = flag("share_ejections", share_ejections)
+        self.share_health = flag("share_health", share_health)
         self._suspects: set[str] = set()  # nodes with a failure here since their last success
         self._key = signing_key
         self._origin = os.urandom(8)
@@ -151,15 +154,16 @@ class SharedState:
             )
         else:
             self._client = self.redis
-        unsubscribe = cluster.failover.subscribe(self._on_event)
+        unsubscribe = cluster.failover.subscribe(self._on_event) if self.share_ejections else None
         unobserve = (
             cluster.failover.observe(_Outcomes(self))
-            if self.consecutive_failures is not None
+            if self.share_ejections and self.consecutive_failures is not None
             else None
         )
 
         def stop() -> None:
-            unsubscribe()
+            if unsubscribe is not None:
+                unsubscribe()
             if unobserve is not None:
                 unobserve()
 
@@ -168,7 +172,7 @@ class SharedState:
             asyncio.create_task(self._listen(), name="langcluster:shared:listen"),
             asyncio.create_task(self._publish(), name="langcluster:shared:publish"),
         ]
-        if self.health and cluster.health is not None:
+        if self.share_health and cluster.health is not None:
             self._lease = HealthLease(self, cluster, cluster.health)
             self._tasks.append(asyncio.create_task(self._lease.run(), name="langcluster:lease"))
 
@@ -381,6 +385,8 @@ class SharedState:
         if message.kind is Kind.HEALTH:
             if self._lease is not None:
                 self._lease.apply(message.node_id, message.deadline_ms)
+        elif not self.share_ejections:
+            return
         elif message.kind is Kind.EJECT:
             self._eject(message.node_id, message.deadline_ms / 1000 - time.time())
         elif message.kind is Kind.CLOSE:
