@@ -108,11 +108,8 @@ class HealthLease:
         status = STATUSES.get(code)
         if self.holder or status is None or node_id not in self.cluster.registry:
             return
-        self.state._applying.on = True
-        try:
+        with self.state._own():
             self.cluster.registry.set_status(node_id, status)
-        finally:
-            self.state._applying.on = False
 
     def _on_node(self, event: NodeEvent) -> None:
         """The holder's checks changed a status: tell the others."""

@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from langcluster._checks import count, flag, seconds, text
@@ -404,17 +405,12 @@ class SharedState:
 
     def _hold(self, node_id: str, seconds: float) -> None:
         assert self._cluster is not None
-        self._applying.on = True
-        try:
+        with self._own():
             self._cluster.failover.breaker(node_id).open_for(seconds)
-        finally:
-            self._applying.on = False
 
     def _schedule(self, node_id: str, after_s: float) -> None:
         assert self._loop is not None
-        old = self._waiting.pop(node_id, None)
-        if old is not None:
-            old.cancel()
+        self._unwait(node_id)
         self._waiting[node_id] = self._loop.call_later(after_s, self._contend_soon, node_id)
 
     def _contend_soon(self, node_id: str) -> None:
@@ -448,34 +444,38 @@ class SharedState:
 
     def _release(self, node_id: str) -> None:
         """The hold ends: this process's breaker admits trials."""
-        timer = self._waiting.pop(node_id, None)
-        if timer is not None:
-            timer.cancel()
+        self._unwait(node_id)
         assert self._cluster is not None
         breaker = self._cluster.failover.breaker(node_id)
         if breaker.state == "open":
-            self._applying.on = True
-            try:
+            with self._own():
                 breaker.half_open()
-            finally:
-                self._applying.on = False
+
+    @contextlib.contextmanager
+    def _own(self) -> Iterator[None]:
+        """A change this state makes from a message: not to be told again."""
+        self._applying.on = True
+        try:
+            yield
+        finally:
+            self._applying.on = False
+
+    def _unwait(self, node_id: str) -> None:
+        timer = self._waiting.pop(node_id, None)
+        if timer is not None:
+            timer.cancel()
 
     def _trial_key(self, node_id: str) -> str:
         return f"{self._prefix()}:trial:{node_id}"
 
     def _close(self, node_id: str) -> None:
         """Another process's trial passed: the node is back here too."""
-        timer = self._waiting.pop(node_id, None)
-        if timer is not None:
-            timer.cancel()
+        self._unwait(node_id)
         assert self._cluster is not None
         breaker = self._cluster.failover.breaker(node_id)
         if breaker.state in ("open", "half_open"):  # a forced state is an operator's
-            self._applying.on = True
-            try:
+            with self._own():
                 breaker.reset()
-            finally:
-                self._applying.on = False
 
 
 class _Outcomes(Observer):

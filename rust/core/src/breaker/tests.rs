@@ -301,15 +301,24 @@ fn open_for_holds_off_until_the_given_deadline_then_trials_decide() {
             to: State::Open
         })
     );
-    assert!(!allowed(&b, 2 * S), "the configured second is not what counts");
-    assert!(allowed(&b, 3 * S + MS), "a trial once the given time is over");
+    assert!(
+        !allowed(&b, 2 * S),
+        "the configured second is not what counts"
+    );
+    assert!(
+        allowed(&b, 3 * S + MS),
+        "a trial once the given time is over"
+    );
     assert_eq!(b.state(), State::HalfOpen);
     b.on_success(|| 3 * S + MS, None);
     assert!(allowed(&b, 3 * S + MS));
     b.on_success(|| 3 * S + MS, None);
     assert_eq!(b.state(), State::Closed);
     b.force_open(|| 4 * S);
-    assert!(b.open_for(S, || 4 * S).is_some(), "a forced-open breaker too");
+    assert!(
+        b.open_for(S, || 4 * S).is_some(),
+        "a forced-open breaker too"
+    );
     assert!(allowed(&b, 5 * S + MS));
     b.disable(|| 6 * S);
     assert_eq!(b.open_for(S, || 6 * S), None, "never when disabled");
