@@ -389,12 +389,15 @@ async def test_a_retry_after_a_connection_never_made_is_not_charged_to_the_budge
     balancer = lc.RoundRobin(nodes(3))
     breaker = BreakerConfig(window_size=100, minimum_calls=100)  # the budget alone is tested
     fm = FailoverManager(balancer, breaker=breaker, backoff=FAST, retry_budget=0.2, min_retries=3)
-    release = asyncio.Event()
-    failed = 0
+    release, everyone = asyncio.Event(), asyncio.Event()
+    failed = started = 0
 
     async def work(node: lc.Node) -> str:
-        nonlocal failed
-        await asyncio.sleep(0)  # every call starts before any fails
+        nonlocal failed, started
+        started += 1
+        if started == 30:
+            everyone.set()
+        await everyone.wait()  # every call starts before any fails
         if node.id == "n0":
             failed += 1
             if failed == 10:

@@ -18,6 +18,7 @@ from langchain_openai import ChatOpenAI
 
 import langcluster as lc
 from langcluster.testing import SimulatedServer
+from tests.support.helpers import eventually
 from tests.support.simulated import ServersInThread, servers
 
 SYSTEMS = [f"You are a {job}. Answer as one would, briefly and with care. " * 6
@@ -99,8 +100,7 @@ async def test_no_call_fails_when_a_server_dies_mid_run(fleet: list[SimulatedSer
             return answer.system_fingerprint
 
         tasks = [asyncio.create_task(ask(i)) for i in range(90)]
-        while cluster.balancer.stats()[victim.node_id]["in_flight"] < 3:
-            await asyncio.sleep(0)
+        await eventually(lambda: cluster.balancer.stats()[victim.node_id]["in_flight"] >= 3)
         await victim.kill()
         after = await asyncio.gather(*tasks)  # raises if any call failed
         after += await asyncio.gather(*(ask(i) for i in range(30)))

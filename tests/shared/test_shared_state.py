@@ -4,7 +4,6 @@ Redis."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,7 +18,7 @@ from hypothesis import strategies as st
 import langcluster as lc
 from langcluster.shared.messages import Kind, Message, decode, encode
 from langcluster.testing import SimulatedServer
-from tests.support.helpers import eventually, redis_url
+from tests.support.helpers import ManualClock, eventually, redis_url
 from tests.support.simulated import servers
 
 BREAKER = lc.BreakerConfig(window_size=4, minimum_calls=2, open_timeout_s=0.4)
@@ -73,11 +72,14 @@ async def fleet() -> AsyncIterator[list[SimulatedServer]]:
         await server.kill()
 
 
-def worker(fleet: list[SimulatedServer], url: str, **options: Any) -> lc.Cluster:
+def worker(
+    fleet: list[SimulatedServer], url: str, clock: ManualClock | None = None, **options: Any
+) -> lc.Cluster:
+    """A cluster as one worker process has it; ``clock`` drives its breakers."""
     shared = lc.SharedState(url, namespace="test", signing_key=KEY, **options)
     return lc.Cluster(
         service="chat", nodes=[s.node() for s in fleet], balancer="round_robin",
-        breaker=BREAKER, shared_state=shared,
+        breaker=BREAKER, failover=lc.FailoverConfig(clock=clock), shared_state=shared,
     )  # fmt: skip
 
 
@@ -92,12 +94,12 @@ async def until_open(cluster: lc.Cluster, client: httpx.AsyncClient) -> None:
 
 
 async def until_closed(cluster: lc.Cluster, client: httpx.AsyncClient) -> None:
-    """Calls (trials, once the open time is over) until s0's breaker closes."""
-    give_up = time.monotonic() + 10
-    while cluster.failover.breaker("s0").state != "closed":
-        assert time.monotonic() < give_up
+    """Calls (trials, the open time being over) until s0's breaker closes."""
+    for _ in range(50):
+        if cluster.failover.breaker("s0").state == "closed":
+            return
         await ask(client, 1)
-        await asyncio.sleep(0.01)
+    raise AssertionError("the trials never closed the breaker")
 
 
 async def ask(client: httpx.AsyncClient, n: int) -> None:
@@ -112,7 +114,8 @@ async def test_a_node_one_worker_finds_dead_is_out_for_the_other_until_a_trial_p
     fleet: list[SimulatedServer], redis_server: Any
 ) -> None:
     url = redis_url(redis_server)
-    a, b = worker(fleet, url), worker(fleet, url)
+    clock = ManualClock()
+    a, b = worker(fleet, url, clock), worker(fleet, url, clock)
     async with a, b:
         await connected(a, b)
         client_a = httpx.AsyncClient(transport=lc.AsyncClusterTransport(a))
@@ -125,7 +128,8 @@ async def test_a_node_one_worker_finds_dead_is_out_for_the_other_until_a_trial_p
         assert b.balancer.stats()["s0"]["failures"] == 0
         assert b.stats()["shared"]["applied"] >= 1
         await dead.start()
-        await until_closed(a, client_a)  # after the open time, trials pass
+        clock.advance(BREAKER.open_timeout_s)
+        await until_closed(a, client_a)  # the open time is over: trials pass
         closed_at = time.monotonic()
         await eventually(lambda: b.failover.breaker("s0").state == "closed")
         assert time.monotonic() - closed_at < 0.2  # back everywhere within 200 ms
@@ -151,6 +155,8 @@ async def test_when_the_ejecting_worker_dies_another_takes_the_trial_permit(
         await a.aclose()  # the worker that held the permit is gone
         await fleet[0].start()
         client_b = httpx.AsyncClient(transport=lc.AsyncClusterTransport(b))
+        # The permit lapses (trial_s, in Redis's time): B takes it, and trials.
+        await eventually(lambda: b.failover.breaker("s0").state == "half_open")
         await until_closed(b, client_b)
         assert b.stats()["shared"]["trials_won"] >= 1
         await client_b.aclose()
@@ -238,9 +244,14 @@ async def test_one_process_checks_the_others_follow_and_one_takes_over(
     async with b:
         await eventually(lambda: holds(a) != holds(b))
         holder, follower = (a, b) if holds(a) else (b, a)
-        before = fleet[1].health_checks
-        await asyncio.sleep(1.5)  # five intervals
-        assert fleet[1].health_checks - before <= 7  # one checker, not two
+        before, held, followed = (
+            fleet[1].health_checks,
+            holder.health.checks_run,
+            follower.health.checks_run,  # type: ignore[union-attr]
+        )
+        await eventually(lambda: holder.health.checks_run >= held + 15)  # type: ignore[union-attr]
+        assert follower.health.checks_run == followed  # type: ignore[union-attr]
+        assert fleet[1].health_checks - before <= 7  # five rounds of one checker, not two
         await fleet[0].kill()
         await eventually(lambda: follower.registry.get("s0").status is lc.NodeStatus.UNHEALTHY)  # type: ignore[union-attr]
         assert follower.health.checks_run < holder.health.checks_run  # type: ignore[union-attr]

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from tests.support import workers
-from tests.support.helpers import redis_url
+from tests.support.helpers import redis_url, wait_until
 from tests.support.simulated import ServersInThread
 
 WORKERS = 4
@@ -38,12 +38,17 @@ def run(fleet: ServersInThread, url: str | None, *, restart: bool) -> list[dict[
         for _ in procs:
             assert ready.get(timeout=60)[0] == "ready"
         go.set()
-        time.sleep(0.3)  # the workers call the three servers
-        fleet.run(fleet.servers[0].kill())
-        time.sleep(0.5)  # less than the breakers' open time: no trial yet
+        dead, alive = fleet.servers[0], fleet.servers[1]
+        assert wait_until(lambda: dead.requests >= 40)  # the workers call every server
+        fleet.run(dead.kill())
+        # Well within the breakers' open time, every worker has moved on.
+        seen = alive.requests
+        assert wait_until(lambda: alive.requests >= seen + 200)
         if restart:
-            fleet.run(fleet.servers[0].start())
-            time.sleep(2.0)  # open time over, a trial passes, the others follow
+            fleet.run(dead.start())
+            # The open time ends, a trial passes, every worker follows.
+            for _ in procs:
+                assert ready.get(timeout=30)[0] == "closed"
         stop.set()
         reports = [ready.get(timeout=60)[1] for _ in procs]
     finally:
@@ -98,19 +103,22 @@ def checks_and_handover(fleet: ServersInThread, url: str | None) -> tuple[int, f
     try:
         started = dict(ready.get(timeout=60)[1] for _ in procs)  # origin -> pid
         go.set()
-        time.sleep(4 * INTERVAL_S)  # every worker checks at first; then the lease decides
         server = fleet.servers[1]
-        before = server.health_checks
-        time.sleep(2.0)
-        checks = server.health_checks - before
+        before, since = server.health_checks, time.monotonic()
+        assert wait_until(lambda: server.health_checks >= before + 9, timeout_s=30)
+        checks = round(9 * 2.0 / (time.monotonic() - since))  # in 2 s, at this rate
         if url is not None:
-            holder = redis.Redis.from_url(url).get("workers:shared:chat:health:lease")
+            lease = redis.Redis.from_url(url)
+            holder = lease.get("workers:shared:chat:health:lease")
             by_pid = {proc.pid: proc for proc in procs}
             by_origin = {origin: by_pid[pid] for origin, pid in started.items()}
             killed_at = time.monotonic()
             by_origin[holder].kill()  # SIGKILL: no goodbye, the lease must lapse
             by_origin[holder].join(timeout=10)
-            time.sleep(6 * INTERVAL_S)
+            key = "workers:shared:chat:health:lease"
+            assert wait_until(lambda: lease.get(key) not in (None, holder), timeout_s=10)
+            assert wait_until(lambda: sum(t > killed_at for t in server.health_times) >= 3)
+            lease.close()
             times = [t for t in server.health_times if t > killed_at - 2 * INTERVAL_S]
             pause = max(later - earlier for earlier, later in itertools.pairwise(times))
         stop.set()

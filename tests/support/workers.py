@@ -12,8 +12,9 @@ from typing import Any
 import httpx
 
 import langcluster as lc
+from tests.support.helpers import wait_until
 
-BREAKER = {"window_size": 5, "minimum_calls": 5, "open_timeout_s": 1.0}
+BREAKER = {"window_size": 5, "minimum_calls": 5, "open_timeout_s": 2.0}
 
 
 def work(
@@ -25,6 +26,7 @@ def work(
     health_interval_s: float | None = None,
 ) -> None:
     """Runs in a spawned process; puts its origin on ``ready`` once running,
+    ``("closed", time)`` when node s0's breaker closes after it was out, and
     its report at the end. With ``health_interval_s`` it checks the servers'
     health (shared when there is Redis) and makes no calls."""
     shared = (
@@ -45,16 +47,15 @@ def work(
     closed_at: float | None = None
     was_out = False
     with cluster, httpx.Client(transport=lc.ClusterTransport(cluster), timeout=2.0) as client:
-        deadline = time.monotonic() + 10
-        while shared is not None and not shared.connected and time.monotonic() < deadline:
-            time.sleep(0.01)
+        if shared is not None:
+            wait_until(lambda: shared.connected, timeout_s=10)
         ready.put(("ready", (shared._origin if shared is not None else None, os.getpid())))
         go.wait()
         failed = 0
-        while health is not None and not stop.is_set():
+        if health is not None:
             # Polled, not waited on: a worker killed while waiting on an
             # Event would leave the setter waiting for it to wake.
-            time.sleep(0.05)
+            wait_until(stop.is_set, timeout_s=600)
         while not stop.is_set():
             try:
                 client.post("http://chat/v1/completions", json={"prompt": "hi"})
@@ -65,6 +66,7 @@ def work(
                 was_out = True
             elif was_out and closed_at is None:
                 closed_at = time.time()
+                ready.put(("closed", closed_at))
         stats = cluster.balancer.stats()["s0"]
         report = {"s0_failures": stats["failures"], "failed_calls": failed, "closed_at": closed_at}
     ready.put(("report", report))

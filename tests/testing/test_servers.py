@@ -15,7 +15,7 @@ import pytest_asyncio
 import langcluster as lc
 from langcluster.testing import SimulatedServer
 from langcluster.testing.openai_api import BYTES_PER_TOKEN, PrefixCache
-from tests.support.helpers import ManualClock
+from tests.support.helpers import ManualClock, eventually
 
 SYSTEM = "x" * 640  # ten 16-token blocks of four-byte tokens
 
@@ -68,8 +68,7 @@ async def test_a_full_queue_answers_429_with_retry_after() -> None:
             stream=True,
         )  # runs, holding the one slot
         waiting = asyncio.create_task(client.post("/v1/completions", json={"prompt": "b"}))
-        while server.requests < 2:
-            await asyncio.sleep(0)
+        await eventually(lambda: server.requests >= 2)
         refused = await client.post("/v1/completions", json={"prompt": "c"})
         assert refused.status_code == 429
         assert refused.headers["retry-after"] == "1"

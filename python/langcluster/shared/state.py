@@ -181,25 +181,25 @@ class SharedState:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
-        self._tasks = []
         if self._lease is not None:
             self._lease.close()
             self._lease = None
         for timer in self._waiting.values():
             timer.cancel()
         self._waiting.clear()
-        for pending in list(self._pending):
-            pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
+        tasks = [*self._tasks, *self._pending]
+        for task in tasks:
+            task.cancel()
+        # A Redis command cancelled mid-flight may not finish until its
+        # connection goes: wait a little, close the client, then wait again.
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=self.timeout_s)
         if self._client is not None and isinstance(self.redis, str):
             with contextlib.suppress(Exception):
-                await self._client.aclose()
+                await asyncio.wait_for(self._client.aclose(), self.timeout_s)
+        if tasks and stuck:
+            await asyncio.wait(stuck, timeout=self.timeout_s)
+        self._tasks = []
         self._client = None
         self.connected = False
 
