@@ -18,6 +18,7 @@ from langcluster import (
     NodeStatus,
     TcpCheck,
 )
+from tests.support.helpers import eventually
 
 
 class Server:
@@ -194,3 +195,25 @@ def test_bad_monitor_configuration_is_named() -> None:
         HttpCheck("health")
     with pytest.raises(ValueError, match="timeout_s"):
         TcpCheck(timeout_s=0)
+
+
+@pytest.mark.asyncio
+async def test_a_monitor_stopped_mid_check_checks_every_node_when_started_again() -> None:
+    registry = NodeRegistry([lc.Node("a", "127.0.0.1", 1)])
+    checking, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(node: lc.Node) -> bool:
+        checking.set()
+        await release.wait()
+        return True
+
+    monitor = HealthMonitor(registry, CallableCheck(slow), interval_s=60, timeout_s=30)
+    await monitor.start(spread=False)
+    await checking.wait()
+    await monitor.stop()  # the check in flight is cancelled
+    checking.clear()
+    release.set()
+    await monitor.start(spread=False)
+    await asyncio.wait_for(checking.wait(), 5)  # node a is checked again
+    await eventually(lambda: monitor.checks_run == 1)
+    await monitor.stop()

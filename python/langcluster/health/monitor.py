@@ -112,6 +112,11 @@ class HealthMonitor:
         self._wake.set()
         for pending in [task, *self._running]:
             await cancel_and_wait(pending)
+        # A check cancelled mid-way never rescheduled its node: the next
+        # start schedules every node afresh.
+        self._queue.clear()
+        self._scheduled.clear()
+        self._departed = 0
         self._stopping = False
 
     async def __aenter__(self) -> HealthMonitor:
