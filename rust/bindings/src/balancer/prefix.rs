@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use langcluster_core::balancer::{self as core, NodeState, PrefixConfig, DEFAULT_DECAY_S};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBytes, PyDict};
 
 use super::lease::{PickState, Route};
 use super::{stats_dict, Balancer, CoreResult, Handle, Lease};
@@ -207,7 +207,51 @@ impl PrefixAware {
         };
         d.set_item("match_rate", rate)?;
         d.set_item("spills", s.spills)?;
+        d.set_item("journal_dropped", s.journal_dropped)?;
+        d.set_item("merged", s.merged)?;
+        d.set_item("merge_skipped", s.merge_skipped)?;
         Ok(d)
+    }
+
+    /// Keeps a journal of this router's picks for prompts (each pick's node
+    /// id and prompt blocks), up to `max_bytes` between two
+    /// `take_journal` calls (picks beyond are counted in
+    /// `prefix_stats()["journal_dropped"]`); 0 turns it off. For routers
+    /// that share what they route (`SharedState` does).
+    fn keep_journal(&self, max_bytes: &Bound<'_, PyAny>) -> Result<()> {
+        let max = integer("max_bytes", max_bytes)?;
+        let max = usize::try_from(max)
+            .ok()
+            .filter(|&m| m <= 1 << 30)
+            .ok_or_else(|| {
+                langcluster_core::Error::invalid(
+                    "max_bytes",
+                    format!("must be an int from 0 to 2**30, got {max}"),
+                )
+            })?;
+        self.core.set_journal(max);
+        Ok(())
+    }
+
+    /// The picks kept since the last call, as bytes for another router's
+    /// `merge_journal` (b"" when there are none).
+    fn take_journal<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let data = self.core.take_journal();
+        PyBytes::new(py, &data)
+    }
+
+    /// Records what another router's journal says it routed, as if this
+    /// router had routed it. Picks of nodes this router does not have are
+    /// skipped. Bytes that are not a whole journal made with the same block
+    /// sizes raise ValueError naming `data`, and nothing is recorded.
+    /// Returns how many picks were merged.
+    fn merge_journal(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> Result<usize> {
+        let Ok(bytes) = data.cast::<PyBytes>() else {
+            return Err(crate::errors::Error::expected("data", "bytes", data));
+        };
+        let owned = bytes.as_bytes().to_vec();
+        let core = &self.core;
+        Ok(py.detach(|| core.merge_journal(&owned))?)
     }
 
     /// The settings in force, by their argument names.

@@ -22,6 +22,7 @@
 
 mod blocks;
 mod index;
+mod journal;
 #[cfg(test)]
 mod tests;
 
@@ -35,6 +36,7 @@ use super::{load_per_weight, Balancer, Member, NodeSpec, Snapshot, Strategy};
 use crate::clock;
 use crate::error::Error;
 use index::{Index, IndexStats};
+use journal::Journal;
 
 /// The largest block of token ids.
 pub const MAX_TOKEN_BLOCK: usize = 1024;
@@ -327,6 +329,13 @@ pub struct PrefixStats {
     pub matched_blocks: u64,
     /// Picks that passed over the deepest match because it was overloaded.
     pub spills: u64,
+    /// Picks not kept because the journal was full (see
+    /// [`PrefixAware::set_journal`]).
+    pub journal_dropped: u64,
+    /// Picks of other routers merged into the record, and those skipped
+    /// because their node is not in this balancer's node set.
+    pub merged: u64,
+    pub merge_skipped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -335,6 +344,8 @@ struct Counters {
     prompt_blocks: AtomicU64,
     matched_blocks: AtomicU64,
     spills: AtomicU64,
+    merged: AtomicU64,
+    merge_skipped: AtomicU64,
 }
 
 /// A prefix-aware balancer over handles of type `T`.
@@ -345,6 +356,8 @@ pub struct PrefixAware<T: Send + Sync> {
     index: Arc<Index>,
     config: PrefixConfig,
     counters: Counters,
+    journal: Journal,
+    journal_header: [u8; journal::HEADER],
 }
 
 impl<T: Send + Sync> PrefixAware<T> {
@@ -363,8 +376,10 @@ impl<T: Send + Sync> PrefixAware<T> {
         Ok(Self {
             balancer: Arc::new(balancer),
             index,
+            journal_header: journal::header(config.block_bytes, config.block_tokens),
             config,
             counters: Counters::default(),
+            journal: Journal::default(),
         })
     }
 
@@ -471,7 +486,59 @@ impl<T: Send + Sync> PrefixAware<T> {
             .fetch_add(u64::from(depth[pos]), Ordering::Relaxed);
         let member = live[pos];
         locked.record(hashes, table.slot[member as usize], &table.sizes);
+        drop(locked);
+        if self.journal.is_on() {
+            let id = snap.state(member).id();
+            self.journal.push(id, hashes, &self.journal_header);
+        }
         Ok(member)
+    }
+
+    /// Keeps a journal of the picks for prompts (node id and block hashes),
+    /// up to `max_bytes` between takes, for the other routers of the
+    /// service to merge; 0 turns it off.
+    pub fn set_journal(&self, max_bytes: usize) {
+        self.journal.set(max_bytes);
+    }
+
+    /// The picks kept since the last take, as bytes for
+    /// [`PrefixAware::merge_journal`]; empty when there are none.
+    pub fn take_journal(&self) -> Vec<u8> {
+        self.journal.take()
+    }
+
+    /// Records in this balancer's record what another router's journal
+    /// says it routed, as if this one had routed it (the record's LRU order
+    /// follows). Picks of nodes not in the node set are skipped. Refuses,
+    /// naming `data`, bytes that are not a whole journal made with the same
+    /// block sizes, before recording anything. Returns the picks merged.
+    pub fn merge_journal(&self, data: &[u8]) -> Result<usize, Error> {
+        let entries = journal::parse(data, &self.journal_header)?;
+        let mut hashes = Vec::new();
+        let (mut merged, mut skipped) = (0usize, 0u64);
+        self.balancer.with_snapshot(|snap| {
+            for entry in &entries {
+                entry.hashes(self.config.max_prompt_blocks, &mut hashes);
+                let Some(&member) = snap.index.get(entry.id) else {
+                    skipped += 1;
+                    continue;
+                };
+                let Some(&slot) = snap.table.slot.get(member) else {
+                    skipped += 1;
+                    continue;
+                };
+                if let Some(&first) = hashes.first() {
+                    self.index
+                        .lock(first)
+                        .record(&hashes, slot, &snap.table.sizes);
+                    merged += 1;
+                }
+            }
+        });
+        let c = &self.counters;
+        c.merged.fetch_add(merged as u64, Ordering::Relaxed);
+        c.merge_skipped.fetch_add(skipped, Ordering::Relaxed);
+        Ok(merged)
     }
 
     fn loads(&self, snap: &Snapshot<T, SlotTable>) -> Loads {
@@ -532,6 +599,9 @@ impl<T: Send + Sync> PrefixAware<T> {
             prompt_blocks: c.prompt_blocks.load(Ordering::Relaxed),
             matched_blocks: c.matched_blocks.load(Ordering::Relaxed),
             spills: c.spills.load(Ordering::Relaxed),
+            journal_dropped: self.journal.dropped(),
+            merged: c.merged.load(Ordering::Relaxed),
+            merge_skipped: c.merge_skipped.load(Ordering::Relaxed),
         }
     }
 }

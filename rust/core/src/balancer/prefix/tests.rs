@@ -367,3 +367,108 @@ fn a_retry_excludes_the_nodes_it_tried_and_records_its_choice() {
     // Ids it does not know exclude nothing.
     assert!(b.pick_excluding(&hashes, &["zz"], |_| ()).is_ok());
 }
+
+#[test]
+fn a_router_that_merges_anothers_journal_routes_as_it_did() {
+    let config = PrefixConfig {
+        seed: Some(1),
+        ..PrefixConfig::default()
+    };
+    let one = balancer(&["a", "b", "c", "d"], config.clone());
+    let two = balancer(&["a", "b", "c", "d"], config);
+    one.set_journal(1 << 20);
+    let homes: Vec<String> = (0..8).map(|g| pick(&one, &prompt(g, 8, 0, 10))).collect();
+    let data = one.take_journal();
+    assert!(one.take_journal().is_empty(), "a take empties the journal");
+    assert_eq!(two.merge_journal(&data).unwrap(), 8);
+    for (g, home) in homes.iter().enumerate() {
+        assert_eq!(&pick(&two, &prompt(g as u32, 8, 1, 10)), home);
+    }
+    let s = two.prefix_stats();
+    assert_eq!((s.merged, s.merge_skipped), (8, 0));
+    assert_eq!(
+        s.matched_blocks,
+        8 * 8,
+        "every prompt matched its group's prefix"
+    );
+    // The second router kept no journal: nothing to take.
+    assert!(two.take_journal().is_empty());
+}
+
+#[test]
+fn picks_of_unknown_nodes_are_skipped_and_a_full_journal_drops_picks() {
+    let one = balancer(&["a", "x"], PrefixConfig::default());
+    let two = balancer(&["a", "b"], PrefixConfig::default());
+    one.set_journal(12 + 2 * (4 + 1 + 8 * 4));
+    for g in 0..6 {
+        pick(&one, &prompt(g, 4, 0, 4));
+    }
+    assert_eq!(one.prefix_stats().journal_dropped, 4);
+    let data = one.take_journal();
+    let merged = two.merge_journal(&data).unwrap();
+    let s = two.prefix_stats();
+    assert_eq!(merged as u64 + s.merge_skipped, 2);
+    assert_eq!(s.merged, merged as u64);
+    one.set_journal(0);
+    pick(&one, &prompt(9, 4, 0, 4));
+    assert!(
+        one.take_journal().is_empty(),
+        "a journal turned off keeps nothing"
+    );
+}
+
+#[test]
+fn hostile_journals_are_refused_whole_and_name_data() {
+    let one = balancer(&["a", "b"], PrefixConfig::default());
+    let two = balancer(&["a", "b"], PrefixConfig::default());
+    one.set_journal(1 << 20);
+    for g in 0..3 {
+        pick(&one, &prompt(g, 4, 0, 6));
+    }
+    let data = one.take_journal();
+    // A cut between entries is a shorter journal; any other is refused.
+    let entry = 4 + 1 + 8 * 6;
+    for cut in 1..data.len() {
+        let whole = cut >= 12 && (cut - 12) % entry == 0;
+        match two.merge_journal(&data[..cut]) {
+            Ok(n) if whole => assert_eq!(n, (cut - 12) / entry),
+            Err(Error::InvalidArgument { name, .. }) if !whole => assert_eq!(name, "data"),
+            other => panic!("cut at {cut}: {other:?}"),
+        }
+    }
+    assert_eq!(two.merge_journal(&[]).unwrap(), 0);
+    assert_eq!(
+        two.prefix_stats().merged,
+        3,
+        "the whole entries of cut journals"
+    );
+    let blocks = two.prefix_stats().blocks;
+    assert!(two.merge_journal(&data[..data.len() - 1]).is_err());
+    assert_eq!(
+        two.prefix_stats().blocks,
+        blocks,
+        "nothing recorded from refused bytes"
+    );
+    let mut other_version = data.clone();
+    other_version[3] = 9;
+    assert!(two.merge_journal(&other_version).is_err());
+    let tokens = balancer(
+        &["a", "b"],
+        PrefixConfig {
+            block_bytes: 32,
+            ..PrefixConfig::default()
+        },
+    );
+    assert!(tokens.merge_journal(&data).is_err(), "other block sizes");
+    // Random bytes never panic.
+    let mut rng = fastrand::Rng::with_seed(7);
+    for _ in 0..2000 {
+        let mut noise = data.clone();
+        for _ in 0..rng.usize(1..4) {
+            let at = rng.usize(..noise.len());
+            noise[at] = rng.u8(..);
+        }
+        noise.truncate(rng.usize(..=noise.len()));
+        let _ = two.merge_journal(&noise);
+    }
+}
