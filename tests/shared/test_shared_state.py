@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import langcluster as lc
-from langcluster.shared.messages import Kind, Message, decode, encode
+from langcluster.shared.messages import MAX_PAYLOAD, Kind, Message, decode, encode
 from langcluster.testing import SimulatedServer
 from tests.support.helpers import ManualClock, eventually, redis_url
 from tests.support.simulated import servers
@@ -53,6 +53,16 @@ def test_other_versions_and_malformed_messages_are_refused() -> None:
     assert decode(good[:3] + bytes([9]) + good[4:], None) is None  # an unknown kind
     with pytest.raises(ValueError, match=r"^node_id:"):
         encode(Message(Kind.EJECT, "n" * 2000, 0, b"12345678"), None)
+
+
+def test_a_journal_travels_as_a_payload_that_the_signature_covers() -> None:
+    message = Message(Kind.ROUTES, "", 0, b"12345678", b"LCJ\x01" + bytes(range(200)))
+    assert decode(encode(message, KEY), KEY) == message
+    signed = bytearray(encode(message, KEY))
+    signed[40] ^= 1  # in the payload
+    assert decode(bytes(signed), KEY) is None
+    with pytest.raises(ValueError, match=r"^payload:"):
+        encode(Message(Kind.ROUTES, "", 0, b"12345678", bytes(MAX_PAYLOAD + 1)), None)
 
 
 @given(data=st.binary(max_size=200), key=st.one_of(st.none(), st.just(KEY)))

@@ -1,10 +1,11 @@
 """``SharedState``: what the processes of one service tell each other through
-Redis, so that a node one of them finds dead is out for all of them.
+Redis: ejections (here), health checks (``shared.health``) and the prefix
+index of ``PrefixAware`` (``shared.prefixes``).
 
-Built: ejections. When a process's breaker opens for a node, it publishes
-the node and the deadline of its open time (and keeps them in a key that
-expires then, for processes that start or reconnect later). Every other
-process opens its own breaker for the node until that deadline
+Ejections: when a process's breaker opens for a node, it publishes the node
+and the deadline of its open time (and keeps them in a key that expires
+then, for processes that start or reconnect later). Every other process
+opens its own breaker for the node until that deadline
 (``CircuitBreaker.open_for``), after which its breaker admits trials as
 after any open period; the first process whose trial succeeds publishes
 that the node is back, and every process closes its breaker for it.
@@ -26,13 +27,14 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from langcluster._checks import count, flag, seconds, text
+from langcluster._core import PrefixAware
 from langcluster._counters import Counters
-from langcluster._observe import Observer
-from langcluster.errors import NodeBusy
 from langcluster.failover.events import FailoverEvent
 from langcluster.failover.events import FailoverEventKind as Event
+from langcluster.shared.failures import ConsecutiveFailures, count_failure
 from langcluster.shared.health import HealthLease
 from langcluster.shared.messages import MAX_NODE_ID, Kind, Message, decode, encode
+from langcluster.shared.prefixes import PrefixSharing
 
 if TYPE_CHECKING:
     from langcluster.cluster import Cluster
@@ -41,7 +43,6 @@ __all__ = ["SharedState"]
 
 _log = logging.getLogger(__name__)
 _MAX_KEYS = 10_000  # ejections read back at a (re)connection, at most
-_FAILURES_FOR_MS = 10_000  # a count of failures in a row lapses after this quiet time
 _HELD_S = 3600.0  # a node ejected elsewhere stays out here until a permit or a message
 
 
@@ -70,9 +71,9 @@ class SharedState:
       ejection's time is over, only the holder's breaker admits trials (the
       ejecting process first); the others wait for its verdict, or for the
       permit when it expires (its holder died).
-
-    Shared today: ejections (see the module) and health checks. Not built
-    yet: the prefix index of ``PrefixAware``.
+    - ``share_prefixes``: when the cluster's balancer is ``PrefixAware``,
+      every router publishes what it routed each ``prefix_flush_s`` and
+      merges what the others routed (``shared.prefixes``).
     """
 
     def __init__(
@@ -86,6 +87,8 @@ class SharedState:
         consecutive_failures: int | None = 5,
         share_ejections: bool = True,
         share_health: bool = True,
+        share_prefixes: bool = True,
+        prefix_flush_s: float = 0.02,
     ) -> None:
         if isinstance(redis, str):
             text("redis", redis)
@@ -103,6 +106,7 @@ class SharedState:
             raise TypeError("signing_key: must be non-empty bytes or str, or None")
         seconds("timeout_s", timeout_s)
         seconds("trial_s", trial_s)
+        seconds("prefix_flush_s", prefix_flush_s)
         if consecutive_failures is not None:
             count("consecutive_failures", consecutive_failures)
         self.redis = redis
@@ -112,7 +116,8 @@ class SharedState:
         self.consecutive_failures = consecutive_failures
         self.share_ejections = flag("share_ejections", share_ejections)
         self.share_health = flag("share_health", share_health)
-        self._suspects: set[str] = set()  # nodes with a failure here since their last success
+        self.share_prefixes = flag("share_prefixes", share_prefixes)
+        self.prefix_flush_s = prefix_flush_s
         self._key = signing_key
         self._origin = os.urandom(8)
         self._cluster: Cluster | None = None
@@ -125,11 +130,13 @@ class SharedState:
         self._waiting: dict[str, asyncio.TimerHandle] = {}  # held here, for a permit
         self._pending: set[asyncio.Future[Any]] = set()
         self._lease: HealthLease | None = None
+        self._prefixes: PrefixSharing | None = None
         self._unsubscribe: Any = None
         self.connected = False
         self._stats = Counters(
             "published", "received", "applied", "refused", "publish_failures", "redis_errors",
-            "dropped", "trials_won", "ejections_counted", "health_leases",
+            "dropped", "trials_won", "ejections_counted", "health_leases", "routes_published",
+            "routes_merged",
         )  # fmt: skip
 
     # -------------------------------------------------------------- names
@@ -157,7 +164,7 @@ class SharedState:
             self._client = self.redis
         unsubscribe = cluster.failover.subscribe(self._on_event) if self.share_ejections else None
         unobserve = (
-            cluster.failover.observe(_Outcomes(self))
+            cluster.failover.observe(ConsecutiveFailures(self))
             if self.share_ejections and self.consecutive_failures is not None
             else None
         )
@@ -176,14 +183,18 @@ class SharedState:
         if self.share_health and cluster.health is not None:
             self._lease = HealthLease(self, cluster, cluster.health)
             self._tasks.append(asyncio.create_task(self._lease.run(), name="langcluster:lease"))
+        if self.share_prefixes and isinstance(cluster.balancer, PrefixAware):
+            self._prefixes = PrefixSharing(self, cluster.balancer)
+            self._tasks.append(asyncio.create_task(self._prefixes.run(), name="langcluster:routes"))
 
     async def _detach(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        if self._lease is not None:
-            self._lease.close()
-            self._lease = None
+        for part in (self._lease, self._prefixes):
+            if part is not None:
+                part.close()
+        self._lease = self._prefixes = None
         for timer in self._waiting.values():
             timer.cancel()
         self._waiting.clear()
@@ -242,21 +253,6 @@ class SharedState:
         except asyncio.QueueFull:
             self._stats.add("dropped")
 
-    def _outcome(self, node_id: str, failed: bool) -> None:
-        """An attempt ended (from the attempt's thread): a failure is
-        counted in Redis; a success clears the count if this process had
-        failures on the node."""
-        if failed:
-            self._suspects.add(node_id)
-        elif node_id in self._suspects:
-            self._suspects.discard(node_id)
-        else:
-            return
-        loop = self._loop
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is closing
-                loop.call_soon_threadsafe(self._enqueue, (node_id, failed))
-
     async def _publish(self) -> None:
         assert self._outbox is not None
         while True:
@@ -272,7 +268,7 @@ class SharedState:
                     await asyncio.wait_for(send, self.timeout_s)
                     self._stats.add("published")
                 else:
-                    await asyncio.wait_for(self._count_outcome(*item), self.timeout_s)
+                    await asyncio.wait_for(count_failure(self, *item), self.timeout_s)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # Redis is down: this process goes on alone
@@ -284,27 +280,6 @@ class SharedState:
             pipe.hset(f"{self._prefix()}:health:status", message.node_id, message.deadline_ms)
             pipe.publish(f"{self._prefix()}:health", data)
             await pipe.execute()
-
-    async def _count_outcome(self, node_id: str, failed: bool) -> None:
-        """Failures in a row on a node, counted over every process: the one
-        whose failure makes ``consecutive_failures`` opens its breaker (and so tells
-        the others); a success anywhere starts the count again."""
-        key = f"{self._prefix()}:failures:{node_id}"
-        if not failed:
-            await self._client.delete(key)
-            return
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.incr(key)
-            pipe.pexpire(key, _FAILURES_FOR_MS)
-            count, _ = await pipe.execute()
-        if self.consecutive_failures is not None and count >= self.consecutive_failures:
-            await self._client.delete(key)
-            assert self._cluster is not None
-            manager = self._cluster.failover
-            if node_id in manager.balancer:
-                self._stats.add("ejections_counted")
-                open_s = float(manager.breaker_config.as_dict()["open_timeout_s"])
-                manager.breaker(node_id).open_for(open_s)  # and the event tells the others
 
     async def _send(self, message: Message, data: bytes, key: str) -> None:
         async with self._client.pipeline(transaction=False) as pipe:
@@ -329,7 +304,10 @@ class SharedState:
             pubsub = None
             try:
                 pubsub = self._client.pubsub()
-                await pubsub.subscribe(f"{self._prefix()}:ejections", f"{self._prefix()}:health")
+                channels = [f"{self._prefix()}:{c}" for c in ("ejections", "health")]
+                if self._prefixes is not None:
+                    channels.append(self._prefixes.channel)
+                await pubsub.subscribe(*channels)
                 await self._resync()
                 now_ms = time.time() * 1000
                 for message in list(self._mine.values()):  # what Redis missed while away
@@ -378,6 +356,10 @@ class SharedState:
             self._stats.add("refused")
             return
         if message.origin == self._origin:
+            return
+        if message.kind is Kind.ROUTES:
+            if self._prefixes is not None:
+                self._prefixes.merge(message.payload)
             return
         cluster = self._cluster
         if cluster is None or message.node_id not in cluster.balancer:
@@ -476,21 +458,3 @@ class SharedState:
         if breaker.state in ("open", "half_open"):  # a forced state is an operator's
             with self._own():
                 breaker.reset()
-
-
-class _Outcomes(Observer):
-    """Tells the shared state of each attempt's outcome."""
-
-    attempts = True
-
-    def __init__(self, state: SharedState) -> None:
-        self.state = state
-
-    def attempt_ended(self, token: Any, node: Any, error: BaseException | None) -> None:
-        node_id = getattr(node, "id", None)
-        if not isinstance(node_id, str):
-            return
-        if error is None:
-            self.state._outcome(node_id, False)
-        elif isinstance(error, Exception) and not isinstance(error, NodeBusy):
-            self.state._outcome(node_id, True)
