@@ -1,0 +1,63 @@
+"""A router process of a service with several, for the shared prefix index
+test: a PrefixAware cluster over the given servers that sends its share of
+a workload, each request at its time, through the cluster's transport."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+
+import langcluster as lc
+from tests.support.helpers import eventually
+
+
+def render(blocks: tuple[int, ...]) -> str:
+    """A prompt of 64-byte blocks of text, one per block id of the workload
+    (the servers' and the router's block size): equal ids, equal blocks."""
+    return "".join(f"{b:016x}" * 4 for b in blocks)
+
+
+def route(ports: list[int], redis_url: str | None, ready: Any, schedule: Any) -> None:
+    """Runs in a spawned process: reports ``("ready", None)``, takes from
+    ``schedule`` the wall-clock start and its requests (``(at_s, blocks)``),
+    sends them, and reports ``("report", {...})``."""
+    asyncio.run(_route(ports, redis_url, ready, schedule))
+
+
+async def _route(ports: list[int], redis_url: str | None, ready: Any, schedule: Any) -> None:
+    shared = lc.SharedState(redis_url, namespace="routers", signing_key=b"k") if redis_url else None
+    nodes = [lc.Node(f"s{i}", "127.0.0.1", port) for i, port in enumerate(ports)]
+    cluster = lc.Cluster(service="chat", nodes=nodes, balancer="prefix_aware", shared_state=shared)
+    async with cluster:
+        transport = lc.AsyncClusterTransport(cluster)
+        async with httpx.AsyncClient(transport=transport, timeout=10.0) as client:
+            if shared is not None:
+                await eventually(lambda: shared.connected)
+            ready.put(("ready", None))
+            loop = asyncio.get_running_loop()
+            start_wall, requests = await loop.run_in_executor(None, schedule.get)
+            failed = 0
+
+            async def send(blocks: tuple[int, ...]) -> None:
+                nonlocal failed
+                body = {"prompt": render(blocks), "max_tokens": 1}
+                try:
+                    response = await client.post("http://chat/v1/completions", json=body)
+                    response.raise_for_status()
+                except httpx.HTTPError:
+                    failed += 1
+
+            tasks: list[asyncio.Task[None]] = []
+            begin = loop.time() + (start_wall - time.time())
+            for at_s, blocks in requests:
+                loop.call_at(begin + at_s, lambda b=blocks: tasks.append(loop.create_task(send(b))))
+            last = max((at for at, _ in requests), default=0.0)
+            done = loop.create_future()
+            loop.call_at(begin + last + 0.001, done.set_result, None)
+            await done
+            await asyncio.gather(*tasks)
+            stats = cluster.stats()
+    ready.put(("report", {"failed": failed, "sent": len(requests), "shared": stats.get("shared")}))
