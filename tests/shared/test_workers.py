@@ -84,6 +84,57 @@ def test_a_server_back_is_back_in_every_worker_within_200_ms(redis_server: Any) 
     assert max(closed) - min(closed) < 0.2
 
 
+@pytest.mark.services
+def test_redis_killed_mid_run_fails_no_call_and_sharing_resumes_when_it_returns(
+    redis_restartable: Any,
+) -> None:
+    url = redis_url(redis_restartable)
+    context = multiprocessing.get_context("spawn")
+    ready, go, stop = context.Queue(), context.Event(), context.Event()
+    with ServersInThread(3, latency_s=0.0) as fleet:
+        ports = [s.port for s in fleet.servers]
+        procs = [
+            context.Process(target=workers.work, args=(ports, url, ready, go, stop))
+            for _ in range(WORKERS)
+        ]
+        for proc in procs:
+            proc.start()
+        try:
+            for _ in procs:
+                assert ready.get(timeout=60)[0] == "ready"
+            go.set()
+            dead, alive = fleet.servers[0], fleet.servers[1]
+            assert wait_until(lambda: alive.requests >= 100)
+            redis_restartable.kill()  # SIGKILL, mid-run
+            seen = alive.requests
+            assert wait_until(lambda: alive.requests >= seen + 300)  # calls go on without it
+            redis_restartable.start()
+            raw = redis.Redis.from_url(url)
+            channel = "workers:shared:chat:ejections"
+            # Every worker is back: subscribed again (its backoff is at most 2 s).
+            assert wait_until(lambda: raw.pubsub_numsub(channel)[0][1] == WORKERS, timeout_s=30)
+            raw.close()
+            fleet.run(dead.kill())  # and sharing works again
+            seen = alive.requests
+            assert wait_until(lambda: alive.requests >= seen + 200)
+            stop.set()
+            reports = [ready.get(timeout=60)[1] for _ in procs]
+        finally:
+            for proc in procs:
+                proc.join(timeout=30)
+                if proc.is_alive():
+                    proc.kill()
+    failures = sum(r["s0_failures"] for r in reports)
+    errors = [r["shared"]["redis_errors"] for r in reports]
+    failed = sum(r["failed_calls"] for r in reports)
+    print(f"Redis killed: failed calls {failed}, Redis errors per worker {errors}, "
+          f"calls to the dead server after: {failures}")  # fmt: skip
+    assert all(r["failed_calls"] == 0 for r in reports)
+    assert all(n >= 1 for n in errors), "every worker saw Redis go"
+    assert all(r["shared"]["connected"] for r in reports)
+    assert failures <= workers.BREAKER["minimum_calls"] + WORKERS
+
+
 INTERVAL_S = 0.25
 
 

@@ -68,5 +68,6 @@ def work(
                 closed_at = time.time()
                 ready.put(("closed", closed_at))
         stats = cluster.balancer.stats()["s0"]
-        report = {"s0_failures": stats["failures"], "failed_calls": failed, "closed_at": closed_at}
+        report = {"s0_failures": stats["failures"], "failed_calls": failed, "closed_at": closed_at,
+                  "shared": cluster.stats().get("shared")}  # fmt: skip
     ready.put(("report", report))
