@@ -50,8 +50,9 @@ class SharedState:
     """State shared by the processes of one service through Redis; give it
     to ``Cluster(..., shared_state=SharedState(url))``, one per cluster.
 
-    - ``redis``: a URL, or a ``redis.asyncio.Redis`` client (used on the
-      cluster's event loop; the state does not close a client it was given).
+    - ``redis``: a URL (one Redis), or a ``redis.asyncio.Redis`` or
+      ``RedisCluster`` client (used on the cluster's event loop; the state
+      does not close a client it was given).
     - ``namespace`` prefixes its channel and keys:
       ``{namespace}:shared:{service}:...``.
     - ``signing_key``: messages are signed with HMAC-SHA256, and unsigned or
@@ -276,10 +277,10 @@ class SharedState:
                 _log.debug("shared state: publishing failed: %r", error)
 
     async def _send_health(self, message: Message, data: bytes) -> None:
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.hset(f"{self._prefix()}:health:status", message.node_id, message.deadline_ms)
-            pipe.publish(f"{self._prefix()}:health", data)
-            await pipe.execute()
+        await self._client.hset(
+            f"{self._prefix()}:health:status", message.node_id, message.deadline_ms
+        )
+        await self._client.publish(f"{self._prefix()}:health", data)
 
     async def _send(self, message: Message, data: bytes, key: str) -> None:
         async with self._client.pipeline(transaction=False) as pipe:
@@ -293,8 +294,9 @@ class SharedState:
                     pipe.set(self._trial_key(message.node_id), self._origin, px=permit_ms)
             else:
                 pipe.delete(key)
-            pipe.publish(f"{self._prefix()}:ejections", data)
             await pipe.execute()
+        # Apart from the keys: Redis Cluster routes a pipeline by its keys.
+        await self._client.publish(f"{self._prefix()}:ejections", data)
 
     # ---------------------------------------------------------- receiving
 
@@ -303,6 +305,8 @@ class SharedState:
         while True:
             pubsub = None
             try:
+                if hasattr(self._client, "get_nodes"):  # Redis Cluster: learn its slots first
+                    await self._client.initialize()
                 pubsub = self._client.pubsub()
                 channels = [f"{self._prefix()}:{c}" for c in ("ejections", "health")]
                 if self._prefixes is not None:

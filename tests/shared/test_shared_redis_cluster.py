@@ -1,0 +1,67 @@
+"""SharedState over Redis Cluster (three real masters): given a
+``redis.asyncio.RedisCluster`` client, every kind of sharing works as over
+one Redis: ejections (and their keys, read back by a late worker), the
+health lease, and the prefix index."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import redis.asyncio
+
+import langcluster as lc
+from langcluster.testing import SimulatedServer
+from tests.support.helpers import eventually
+from tests.support.simulated import servers
+
+
+@pytest_asyncio.fixture
+async def fleet() -> AsyncIterator[list[SimulatedServer]]:
+    started = await servers(3, latency_s=0.0)
+    yield started
+    for server in started:
+        await server.kill()
+
+
+def worker(fleet: list[SimulatedServer], client: Any) -> lc.Cluster:
+    return lc.Cluster(
+        service="chat", nodes=[s.node() for s in fleet], balancer="prefix_aware",
+        breaker=lc.BreakerConfig(open_timeout_s=60.0),
+        health=lc.HealthConfig(lc.HttpCheck("/health"), interval_s=0.2, timeout_s=0.1),
+        shared_state=lc.SharedState(client, namespace="rc", signing_key=b"k"),
+    )  # fmt: skip
+
+
+def shared(cluster: lc.Cluster) -> dict[str, Any]:
+    out: dict[str, Any] = cluster.stats()["shared"]
+    return out
+
+
+@pytest.mark.asyncio
+@pytest.mark.services
+async def test_every_kind_of_sharing_works_over_redis_cluster(
+    fleet: list[SimulatedServer], redis_cluster: Any
+) -> None:
+    clients = [redis.asyncio.RedisCluster.from_url(redis_cluster.url) for _ in range(3)]
+    a, b, late = (worker(fleet, client) for client in clients)
+    try:
+        async with a, b:
+            await eventually(lambda: shared(a)["connected"] and shared(b)["connected"])
+            homes = [a.balancer.pick(f"group {g}. " * 60).id for g in range(6)]  # type: ignore[attr-defined]
+            await eventually(lambda: shared(b)["routes_merged"] >= 6)
+            again = [b.balancer.pick(f"group {g}. " * 60 + "?").id for g in range(6)]  # type: ignore[attr-defined]
+            assert again == homes
+            a.failover.breaker("s0").open_for(30.0)
+            await eventually(lambda: b.failover.breaker("s0").state == "open")
+            leases = [c.shared_state._lease for c in (a, b)]  # type: ignore[union-attr]
+            await eventually(lambda: sum(lease.holder for lease in leases) == 1)  # type: ignore[union-attr]
+            async with late:  # reads the ejection in force from its key
+                await eventually(lambda: late.failover.breaker("s0").state == "open")
+            assert shared(a)["publish_failures"] == 0
+            assert shared(a)["redis_errors"] == 0
+    finally:
+        for client in clients:
+            await client.aclose()
