@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--duration", type=float, default=12.0, help="seconds of workload")
     demo.add_argument("--json", action="store_true", help="print only the summary, as JSON")
     demo.add_argument("--no-live", action="store_true", help="plain logs instead of a live view")
-    demo.add_argument("--redis", metavar="URL", help="a LayeredCache over this Redis")
+    demo.add_argument("--redis", metavar="URL", help="the workers share state through this Redis")
+    demo.add_argument("--workers", type=int, default=3, help="worker processes (1 to 16)")
     demo.add_argument("--etcd", metavar="URL", help="discover the servers through this etcd")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument(
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         if not 1 <= args.duration <= 600:
             parser.error("--duration: must be between 1 and 600 seconds")
+        if not 1 <= args.workers <= 16:
+            parser.error("--workers: must be between 1 and 16")
         if args.metrics_port is not None:
             if not 0 <= args.metrics_port <= 65535:
                 parser.error("--metrics-port: must be a port number, 0 to 65535")

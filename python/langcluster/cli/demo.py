@@ -1,132 +1,121 @@
-"""``python -m langcluster demo``: the whole library on embedded defaults.
+"""``python -m langcluster demo``: an LLM service as it runs in production,
+on embedded defaults.
 
-Simulated model servers on loopback, found by static discovery (or etcd),
-health-checked over HTTP, and a Zipf workload of prompts through cache ->
-failover -> balancer. Mid-run one server is killed and another made slow,
-then both recover; the live view shows breakers open, traffic move, health
-flip and come back.
+Five OpenAI-compatible simulated model servers on loopback, each with a
+prefix (KV) cache that makes a cached prompt cheaper to start; several
+worker processes, each with its own cluster (prefix-aware routing, health
+checks, breakers, failover) and the real OpenAI SDK on the cluster's httpx
+transport; in front, a load balancer that deals multi-turn chats to the
+workers at random, turn by turn. With ``--redis URL`` the workers share
+state (ejections, one health checker, the prefix index); without it they
+share nothing, and the demo says so. Mid-run one server is killed and
+another made slow, then both recover. The live view shows, per node, the
+requests, the cached-token rate, the time to first token, health and
+breakers across the workers; the summary compares the run with what round
+robin and one prefix-aware router give on the same workload in the fleet
+simulator.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
-import itertools
+import contextlib
 import json
+import multiprocessing
 import random
+import sys
+import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
-from langcluster.breaker import BreakerConfig
-from langcluster.cache import LayeredCache, MemoryCache, RedisCache
-from langcluster.cluster import Cluster, ClusterEvent
-from langcluster.discovery import Discovery, EtcdDiscovery, StaticDiscovery
-from langcluster.failover import Backoff, FailoverConfig
-from langcluster.health import HealthConfig, HttpCheck
-from langcluster.node import Node
+from langcluster.cli.demo_view import Run, render, report, summary
+from langcluster.cli.demo_worker import BALANCE_ABS, SERVICE, WorkerSettings, run
 from langcluster.testing import SimulatedServer
+from langcluster.testing.fleet import BalancerRouter, Outage, Request, ServerModel, simulate
+from langcluster.testing.workloads import MultiTurn
 
-# (id, latency s, error rate): a mix of fast and slower servers.
+# (id, time to first token s, error rate): a mix of fast and slower servers.
 SERVERS = [
     ("gpu-0", 0.020, 0.00),
-    ("gpu-1", 0.030, 0.01),
+    ("gpu-1", 0.030, 0.002),
     ("gpu-2", 0.025, 0.00),
-    ("gpu-3", 0.040, 0.02),
-    ("gpu-4", 0.060, 0.01),
+    ("gpu-3", 0.040, 0.005),
+    ("gpu-4", 0.060, 0.002),
 ]
+# Each server: a prefill costs this per prompt token not in its cache, which
+# holds this many 16-token blocks (about a fifth of what the chats in flight
+# need: round robin makes every server hold every chat).
+PREFILL_PER_TOKEN_S = 0.00004
+DECODE_PER_TOKEN_S = 0.002
+CACHE_BLOCKS = 512
+BLOCK_TOKENS = 16
+MAX_TOKENS = 16
+SLOTS = 8  # requests a server runs at once; the rest wait
 
 
-@dataclass
-class Run:
-    """What the demo counts as it goes."""
-
-    started: float = field(default_factory=time.monotonic)
-    requests: int = 0
-    ok: int = 0
-    failed: int = 0
-    latencies: list[float] = field(default_factory=list)
-    backend: list[float] = field(default_factory=list)  # calls that reached a server
-    log: deque[str] = field(default_factory=lambda: deque(maxlen=12))
-    kinds: dict[str, int] = field(default_factory=dict)
-
-    def note(self, text: str) -> None:
-        self.log.append(f"{time.monotonic() - self.started:5.1f}s  {text}")
+class DemoError(Exception):
+    """The demo could not run (a worker could not start)."""
 
 
-def zipf_sampler(n: int, s: float, rng: random.Random) -> Any:
-    cumulative = list(itertools.accumulate(1 / (i + 1) ** s for i in range(n)))
-    total = cumulative[-1]
-
-    def draw() -> int:
-        return bisect.bisect_left(cumulative, rng.random() * total)
-
-    return draw
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def summary(cluster: Cluster, run: Run, elapsed: float) -> dict[str, Any]:
-    stats = cluster.stats()
-    calls = stats["calls"]
-    return {
-        "duration_s": round(elapsed, 2),
-        "requests": run.requests,
-        "success_rate": round(run.ok / run.requests, 4) if run.requests else 0.0,
-        "failed": run.failed,
-        "p50_ms": round(percentile(run.latencies, 0.50) * 1000, 2),
-        "p99_ms": round(percentile(run.latencies, 0.99) * 1000, 2),
-        "server_p50_ms": round(percentile(run.backend, 0.50) * 1000, 2),
-        "server_p99_ms": round(percentile(run.backend, 0.99) * 1000, 2),
-        "cache_hit_ratio": round(calls["cache_hits"] / calls["calls"], 4) if calls["calls"] else 0,
-        "failovers": run.kinds.get("retry", 0) + run.kinds.get("failover", 0),
-        "breaker_opens": run.kinds.get("breaker_opened", 0),
-        "health_flips": run.kinds.get("status_changed", 0),
-        "backend_calls": stats["failover"]["attempts"],
-        "per_node": {n: s["picks"] for n, s in stats["nodes"].items()},
-        # A node that recovered leaves ejection when its health checks pass.
-        "breakers_at_end": {n: s["breaker"] for n, s in stats["nodes"].items()},
-    }
-
-
-def render(cluster: Cluster, run: Run, title: str) -> Any:
-    from rich.console import Group
-    from rich.panel import Panel
-    from rich.table import Table
-
-    stats = cluster.stats()
-    table = Table(title=title, expand=True)
-    for column in ("node", "requests", "in flight", "EWMA ms", "health", "breaker"):
-        table.add_column(column, justify="left" if column in ("node", "health") else "right")
-    colors = {"healthy": "green", "unhealthy": "red", "unknown": "yellow", "draining": "yellow"}
-    breaker_colors = {"closed": "green", "open": "red", "half_open": "yellow"}
-    for node_id, node in sorted(stats["nodes"].items()):
-        ewma = node.get("ewma_latency_s")
-        table.add_row(
-            node_id,
-            str(node.get("picks", 0)),
-            str(node.get("in_flight", 0)),
-            f"{ewma * 1000:.1f}" if ewma is not None else "-",
-            f"[{colors.get(node['status'], 'white')}]{node['status']}[/]",
-            f"[{breaker_colors.get(node['breaker'], 'white')}]{node['breaker']}[/]",
-        )
-    calls = stats["calls"]
-    ratio = calls["cache_hits"] / calls["calls"] if calls["calls"] else 0.0
-    line = (
-        f"requests {run.requests}   ok {run.ok}   failed {run.failed}   "
-        f"cache hit ratio {ratio:.1%}   retries {run.kinds.get('retry', 0)}   "
-        f"breaker opens {run.kinds.get('breaker_opened', 0)}"
+def workload(duration_s: float, seed: int) -> MultiTurn:
+    """Chats of six turns starting at 12 a second: a 256-token system
+    prompt shared by all, each turn adding an answer and a 128-token
+    message, the next turn half a second (on average) after the answer."""
+    return MultiTurn(
+        rate=12.0,
+        conversations=int(12 * duration_s) + 1,
+        turns=6,
+        system_tokens=256,
+        user_tokens=128,
+        output_tokens=MAX_TOKENS,
+        think_s=0.5,
+        seed=seed,
+        block_tokens=BLOCK_TOKENS,
     )
-    return Group(table, Panel(line), Panel("\n".join(run.log) or "-", title="events"))
+
+
+def render_blocks(blocks: tuple[int, ...]) -> str:
+    """Text of 64 bytes (16 tokens of 4 bytes) per block id: equal ids,
+    equal blocks."""
+    return "".join(f"{b:016x}" * 4 for b in blocks)
+
+
+def simulated(duration_s: float, seed: int) -> dict[str, dict[str, float]]:
+    """Round robin and one PrefixAware router on the same workload and the
+    same outage, in the fleet simulator."""
+    import langcluster as lc
+
+    model = ServerModel(
+        slots=SLOTS,
+        cache_blocks=CACHE_BLOCKS,
+        block_tokens=BLOCK_TOKENS,
+        prefill_base_s=sum(s[1] for s in SERVERS) / len(SERVERS),
+        prefill_per_token_s=PREFILL_PER_TOKEN_S,
+        decode_per_token_s=DECODE_PER_TOKEN_S,
+    )
+    outage = [Outage(1, 0.25 * duration_s, 0.65 * duration_s)]
+
+    def text(request: Request) -> bytes:
+        return render_blocks(request.blocks).encode()
+
+    routers = {
+        "round_robin": BalancerRouter(lc.RoundRobin(), len(SERVERS)),
+        "prefix_aware": BalancerRouter(
+            lc.PrefixAware(seed=seed, balance_abs=BALANCE_ABS), len(SERVERS), text
+        ),
+    }
+    out = {}
+    for name, router in routers.items():
+        result = simulate(
+            workload(duration_s, seed), router, servers=len(SERVERS), model=model, outages=outage
+        )
+        out[name] = {
+            "token_hit_rate": round(result.hit_rate, 3),
+            "ttft_p50_ms": round(result.ttft_p50_s * 1000, 1),
+            "ttft_p99_ms": round(result.ttft_p99_s * 1000, 1),
+        }
+    return out
 
 
 async def main(
@@ -135,173 +124,199 @@ async def main(
     live: bool = True,
     redis_url: str | None = None,
     etcd_url: str | None = None,
-    workers: int = 16,
+    workers: int = 3,
     seed: int = 7,
     quiet: bool = False,
     metrics_port: int | None = None,
 ) -> dict[str, Any]:
-    rng = random.Random(seed)
     servers = {
-        name: SimulatedServer(name, latency_s=latency, error_rate=errors, seed=seed + i)
+        name: SimulatedServer(
+            name,
+            latency_s=latency,
+            error_rate=errors,
+            seed=seed + i,
+            cache_blocks=CACHE_BLOCKS,
+            block_tokens=BLOCK_TOKENS,
+            max_running=SLOTS,
+            prefill_per_token_s=PREFILL_PER_TOKEN_S,
+            decode_per_token_s=DECODE_PER_TOKEN_S,
+        )
         for i, (name, latency, errors) in enumerate(SERVERS)
     }
     for server in servers.values():
         await server.start()
-    nodes = [server.node() for server in servers.values()]
-
-    discovery: Discovery
     announcer = None
     if etcd_url:
-        discovery = EtcdDiscovery("langcluster-demo", endpoints=[etcd_url])
-        announcer = EtcdDiscovery("langcluster-demo", endpoints=[etcd_url])
-        for node in nodes:
-            await announcer.register(node)
-    else:
-        discovery = StaticDiscovery(nodes)
+        from langcluster.discovery import EtcdDiscovery
 
-    cache: MemoryCache | LayeredCache
-    if redis_url:
-        cache = LayeredCache(
-            MemoryCache(2_000), RedisCache(redis_url, namespace="langcluster-demo")
+        announcer = EtcdDiscovery(SERVICE, endpoints=[etcd_url])
+        for server in servers.values():
+            await announcer.register(server.node())
+    loop = asyncio.get_running_loop()
+    sim = loop.run_in_executor(None, simulated, duration_s, seed)
+    context = multiprocessing.get_context("spawn")
+    outbox = context.Queue()
+    inboxes = [context.Queue() for _ in range(workers)]
+    nodes = [(name, server.port) for name, server in servers.items()]
+    procs = [
+        context.Process(
+            target=run,
+            args=(
+                WorkerSettings(
+                    w, nodes, redis_url, etcd_url, metrics_port if w == 0 else None, MAX_TOKENS
+                ),
+                inboxes[w],
+                outbox,
+            ),
+            daemon=True,
         )
-        await cache.aclear()
-    else:
-        cache = MemoryCache(2_000)
+        for w in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+    run_ = Run(workers=workers, sharing=redis_url is not None)
+    ready: asyncio.Queue[int] = asyncio.Queue()
+    ended: asyncio.Queue[int] = asyncio.Queue()
+    shape = workload(duration_s, seed)
+    deal = random.Random(seed)
+    waiting: dict[int, tuple[Request, float]] = {}
+    ids = iter(range(1 << 62))
+    system_blocks = shape.system_tokens // BLOCK_TOKENS
 
-    cluster = Cluster(
-        service="langcluster-demo",
-        discovery=discovery,
-        balancer="adaptive",
-        # Health checks every second, three misses to fall: the breakers,
-        # judging every call, react first, as they do in production.
-        health=HealthConfig(
-            HttpCheck("/health", timeout_s=0.4), interval_s=1.0, timeout_s=0.5, rise=2, fall=3
-        ),
-        breaker=BreakerConfig(
-            window_size=6,
-            minimum_calls=3,
-            open_timeout_s=1.0,
-            max_open_timeout_s=3.0,
-            slow_call_duration_s=0.3,
-            slow_call_rate_threshold=0.6,
-        ),
-        failover=FailoverConfig(max_attempts=3, backoff=Backoff(base_s=0.002, max_s=0.02)),
-        cache=cache,
-    )
-    exporter = serve_metrics(cluster, metrics_port, quiet) if metrics_port is not None else None
-    run = Run()
-    client = httpx.AsyncClient(timeout=1.0, limits=httpx.Limits(max_connections=200))
-    prompts = [f"prompt {i}: explain topic {i} in one paragraph" for i in range(20_000)]
-    draw = zipf_sampler(len(prompts), 1.0, rng)
+    def dispatch(request: Request) -> None:
+        rid = next(ids)
+        waiting[rid] = (request, loop.time())
+        run_.requests += 1
+        system, user = request.blocks[:system_blocks], request.blocks[system_blocks:]
+        inboxes[deal.randrange(workers)].put((rid, render_blocks(system), render_blocks(user)))
 
-    async def complete(node: Node, prompt: str) -> str:
-        started = time.perf_counter()
-        response = await client.post(
-            f"http://{node.address}:{node.port}/v1/completions", json={"prompt": prompt}
-        )
-        response.raise_for_status()
-        run.backend.append(time.perf_counter() - started)
-        return str(response.json()["choices"][0]["text"])
+    def handle(message: tuple[Any, ...]) -> None:
+        kind, worker = message[0], message[1]
+        if kind in ("ready", "failed"):
+            ready.put_nowait(worker)
+            if kind == "failed":
+                run_.failures.append(f"worker {worker}: {message[2]}")
+        elif kind == "stats":
+            run_.views[worker] = message[2]
+        elif kind == "end":
+            run_.views[worker] = message[2]
+            ended.put_nowait(worker)
+        elif kind == "done":
+            request, _ = waiting.pop(message[2])
+            run_.record(message[3])
+            follow = shape.follow_up(request, loop.time() - t0)
+            if follow is not None and follow.arrival_s < duration_s:
+                loop.call_at(t0 + follow.arrival_s, dispatch, follow)
 
-    async def worker(stop_at: float) -> None:
-        while time.monotonic() < stop_at:
-            prompt = prompts[draw()]
-            started = time.perf_counter()
-            run.requests += 1
+    def read() -> None:  # a thread: the queue blocks
+        while True:
+            message = outbox.get()
+            if message is None:
+                return
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(handle, message)
 
-            async def ask(node: Node, prompt: str = prompt) -> str:
-                return await complete(node, prompt)
-
-            try:
-                await cluster.call(ask, cache_key=prompt, ttl=10)
-                run.ok += 1
-                run.latencies.append(time.perf_counter() - started)
-            except Exception as error:
-                run.failed += 1
-                run.note(f"[red]request failed[/]: {type(error).__name__}")
-            await asyncio.sleep(0.01)
-
-    async def restart(name: str) -> None:
-        await servers[name].start()
-
-    async def chaos(t0: float) -> None:
-        steps: list[tuple[float, str, Callable[[], Awaitable[None]]]] = [
-            (0.25, "gpu-1 is killed", servers["gpu-1"].kill),
-            (0.40, "gpu-3 turns slow (600 ms)", lambda: slow("gpu-3", 0.6)),
-            (0.65, "gpu-1 restarts", lambda: restart("gpu-1")),
-            (0.75, "gpu-3 is fast again", lambda: slow("gpu-3", None)),
-        ]
-        for at, text, action in steps:
-            await asyncio.sleep(max(0.0, t0 + at * duration_s - time.monotonic()))
-            run.note(f"[bold magenta]chaos[/]: {text}")
-            if not live and not quiet:
-                print(f"{time.monotonic() - run.started:5.1f}s  chaos: {text}", flush=True)
-            await action()
-
-    async def slow(name: str, latency: float | None) -> None:
-        server = servers[name]
-        base = dict((n, lat) for n, lat, _ in SERVERS)[name]
-        server.latency_s = latency if latency is not None else base
-        server.health_latency_s = latency or 0.0
-
-    async def follow_events() -> None:
-        async for event in cluster.events():
-            run.kinds[event.kind] = run.kinds.get(event.kind, 0) + 1
-            if event.kind in ("retry", "node_failed"):
-                continue  # too many to show one by one; counted in the summary
-            text = describe(event)
-            run.note(text)
-            if not live and not quiet:
-                print(f"{time.monotonic() - run.started:5.1f}s  {strip(text)}", flush=True)
-
-    await cluster.astart()
-    for node in cluster.registry.nodes():  # the demo's servers are up: start healthy
-        cluster.registry.set_status(node.id, "healthy")
-    events = asyncio.create_task(follow_events())
-    await asyncio.sleep(0)
-    t0 = time.monotonic()
-    run.started = t0
-    stop_at = t0 + duration_s
-    tasks = [asyncio.create_task(worker(stop_at)) for _ in range(workers)]
-    tasks.append(asyncio.create_task(chaos(t0)))
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    result: dict[str, Any] = {}
     try:
-        if live:
-            from rich.live import Live
+        for _ in procs:
+            await asyncio.wait_for(ready.get(), 60)
+            if run_.failures:
+                raise DemoError(run_.failures[0])
+        t0 = loop.time()
+        run_.started = time.monotonic()
+        arrivals = iter(shape.arrivals())
 
-            with Live(render(cluster, run, "langcluster demo"), refresh_per_second=8) as view:
-                while not all(t.done() for t in tasks):
-                    await asyncio.sleep(0.125)
-                    view.update(render(cluster, run, "langcluster demo"))
-        else:
-            next_line = t0 + 1.0
-            while not all(t.done() for t in tasks):
-                await asyncio.sleep(0.05)
-                if not quiet and time.monotonic() >= next_line:
-                    next_line += 1.0
-                    print(progress(cluster, run), flush=True)
-        await asyncio.gather(*tasks)
-        result = summary(cluster, run, time.monotonic() - t0)
+        def arrive(request: Request) -> None:
+            dispatch(request)
+            after = next(arrivals, None)
+            if after is not None and after.arrival_s < duration_s:
+                loop.call_at(t0 + after.arrival_s, arrive, after)
+
+        first = next(arrivals)
+        loop.call_at(t0 + first.arrival_s, arrive, first)
+        chaos_task = asyncio.create_task(chaos(servers, run_, t0, duration_s, live, quiet))
+        await show(run_, servers, t0 + duration_s, live, quiet)
+        await chaos_task
+        # The last answers, then each worker's last view.
+        deadline = loop.time() + 10
+        while waiting and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for inbox in inboxes:
+            inbox.put(None)
+        for _ in procs:
+            await asyncio.wait_for(ended.get(), 30)
+        run_.lost = len(waiting)
+        result = summary(run_, time.monotonic() - run_.started, await sim)
     finally:
-        for task in tasks:
-            task.cancel()
-        events.cancel()
-        await asyncio.gather(*tasks, events, return_exceptions=True)
-        await cluster.aclose()
-        await client.aclose()
-        if exporter is not None:
-            exporter()
-        if isinstance(cache, LayeredCache):
-            await cache.aclose()
+        outbox.put(None)
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
         if announcer is not None:
-            for node in nodes:
-                await announcer.deregister(node.id)
+            for name in servers:
+                await announcer.deregister(name)
             await announcer.close()
         for server in servers.values():
             await server.kill()
     return result
 
 
-def serve_metrics(cluster: Cluster, port: int, quiet: bool) -> Callable[[], None]:
+async def chaos(
+    servers: dict[str, SimulatedServer], run_: Run, t0: float, duration_s: float,
+    live: bool, quiet: bool,
+) -> None:  # fmt: skip
+    def slow(name: str, latency: float | None) -> Callable[[], Awaitable[None]]:
+        async def act() -> None:
+            server = servers[name]
+            base = {n: lat for n, lat, _ in SERVERS}[name]
+            server.latency_s = latency if latency is not None else base
+            server.health_latency_s = latency or 0.0
+
+        return act
+
+    async def restart() -> None:
+        servers["gpu-1"].cache.blocks.clear()
+        await servers["gpu-1"].start()
+
+    steps: list[tuple[float, str, Callable[[], Awaitable[None]]]] = [
+        (0.25, "gpu-1 is killed", servers["gpu-1"].kill),
+        (0.40, "gpu-3 turns slow (600 ms)", slow("gpu-3", 0.6)),
+        (0.65, "gpu-1 restarts, its cache cold", restart),
+        (0.75, "gpu-3 is fast again", slow("gpu-3", None)),
+    ]
+    loop = asyncio.get_running_loop()
+    for at, text, action in steps:
+        await asyncio.sleep(max(0.0, t0 + at * duration_s - loop.time()))
+        run_.note(f"[bold magenta]chaos[/]: {text}")
+        if not live and not quiet:
+            print(f"{time.monotonic() - run_.started:5.1f}s  chaos: {text}", flush=True)
+        await action()
+
+
+async def show(
+    run_: Run, servers: dict[str, SimulatedServer], stop_at: float, live: bool, quiet: bool
+) -> None:
+    loop = asyncio.get_running_loop()
+    if live:
+        from rich.live import Live
+
+        with Live(render(run_, "langcluster demo"), refresh_per_second=8) as view:
+            while loop.time() < stop_at:
+                await asyncio.sleep(0.125)
+                view.update(render(run_, "langcluster demo"))
+        return
+    next_line = loop.time() + 1.0
+    while loop.time() < stop_at:
+        await asyncio.sleep(0.05)
+        if not quiet and loop.time() >= next_line:
+            next_line += 1.0
+            print(run_.progress(), flush=True)
+
+
+def serve_metrics(cluster: Any, port: int, quiet: bool) -> Callable[[], None]:
     """Serves the cluster's Prometheus metrics on 127.0.0.1:``port``
     (``/metrics``) while the demo runs; returns what stops it."""
     from prometheus_client import CollectorRegistry, start_http_server
@@ -324,51 +339,6 @@ def serve_metrics(cluster: Cluster, port: int, quiet: bool) -> Callable[[], None
     return stop
 
 
-def describe(event: ClusterEvent) -> str:
-    color = {
-        "breaker_opened": "red", "breaker_half_open": "yellow", "breaker_closed": "green",
-        "status_changed": "cyan", "failover": "magenta", "failback": "magenta",
-    }.get(event.kind, "white")  # fmt: skip
-    node = event.node_id or "-"
-    return f"[{color}]{event.kind}[/] {node} {event.detail}".rstrip()
-
-
-def strip(text: str) -> str:
-    from re import sub
-
-    return sub(r"\[/?[a-z ]*\]", "", text)
-
-
-def progress(cluster: Cluster, run: Run) -> str:
-    stats = cluster.stats()
-    parts = [
-        f"{n}:{s['picks']}/{s['status'][:4]}/{s['breaker'][:4]}"
-        for n, s in sorted(stats["nodes"].items())
-    ]
-    return f"{time.monotonic() - run.started:5.1f}s  requests {run.requests}  " + "  ".join(parts)
-
-
-def report(result: dict[str, Any]) -> str:
-    return "\n".join(
-        [
-            "",
-            "summary",
-            f"  requests        {result['requests']} in {result['duration_s']} s "
-            f"({result['backend_calls']} reached a server)",
-            f"  success rate    {result['success_rate']:.2%} ({result['failed']} failed)",
-            f"  latency         p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms "
-            f"(calls that reached a server: p50 {result['server_p50_ms']} ms, "
-            f"p99 {result['server_p99_ms']} ms)",
-            f"  cache hit ratio {result['cache_hit_ratio']:.1%}",
-            f"  failovers       {result['failovers']} calls moved to another node, "
-            f"{result['breaker_opens']} breaker openings, {result['health_flips']} health changes",
-            "  per node        " + ", ".join(f"{n} {c}" for n, c in result["per_node"].items()),
-            "  breakers at end "
-            + ", ".join(f"{n} {b}" for n, b in result["breakers_at_end"].items()),
-        ]
-    )
-
-
 def cli(args: Any) -> int:
     live = not (args.no_live or args.json)
     if live:
@@ -377,17 +347,32 @@ def cli(args: Any) -> int:
         except ImportError:
             print("(rich is not installed: pip install 'langcluster[demo]'; plain logs instead)")
             live = False
-    result = asyncio.run(
-        main(
-            duration_s=args.duration,
-            live=live,
-            redis_url=args.redis,
-            etcd_url=args.etcd,
-            seed=args.seed,
-            quiet=args.json,
-            metrics_port=args.metrics_port,
+    try:
+        import openai  # noqa: F401
+    except ImportError:
+        print("the demo's workers call the servers through the OpenAI SDK: "
+              "pip install 'langcluster[demo]'")  # fmt: skip
+        return 2
+    if not args.json:
+        print("workers share state through Redis" if args.redis else
+              "embedded mode: the workers share nothing (give --redis URL to share "
+              "ejections, health checks and the prefix index)", flush=True)  # fmt: skip
+    try:
+        result = asyncio.run(
+            main(
+                duration_s=args.duration,
+                live=live,
+                redis_url=args.redis,
+                etcd_url=args.etcd,
+                workers=args.workers,
+                seed=args.seed,
+                quiet=args.json,
+                metrics_port=args.metrics_port,
+            )
         )
-    )
+    except DemoError as error:
+        print(f"the demo could not run: {error}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(result, indent=2))
     else:
