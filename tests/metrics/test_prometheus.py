@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import langcluster as lc
 from langcluster.cache import LayeredCache, RedisCache
-from tests.support.helpers import redis_url
+from tests.support.helpers import redis_url, wait_until
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -110,8 +110,8 @@ def test_every_metric_is_in_the_catalog_with_its_kind_and_labels() -> None:
     for name, metric in lc.metrics.METRICS.items():
         if name in redis_only or name == "langcluster_breaker_failure_rate":
             continue  # a layered cache's, a standalone breaker's: tested below
-        if name.startswith("langcluster_prefix_"):
-            continue  # a PrefixAware balancer's: tested below
+        if name.startswith(("langcluster_prefix_", "langcluster_shared_")):
+            continue  # a PrefixAware balancer's, a SharedState's: tested below
         family = families[name]
         assert family.type == metric.kind, name
         for sample in family.samples:
@@ -230,3 +230,33 @@ def test_a_layered_cache_reports_both_tiers_and_its_queue(redis_server: Any) -> 
         value(samples, "langcluster_cache_pending_writes", **tier) == stats["pending_writes"] == 1
     )
     assert value(samples, "langcluster_cache_errors_total", tier="redis", **tier) == 0
+
+
+@pytest.mark.services
+def test_shared_state_and_the_shared_prefix_index_are_exported(redis_server: Any) -> None:
+    nodes = [lc.Node("a", "127.0.0.1", 1), lc.Node("b", "127.0.0.1", 2)]
+
+    def router() -> lc.Cluster:
+        shared = lc.SharedState(redis_url(redis_server), namespace="metrics", signing_key=b"k")
+        return lc.Cluster(service="chat", nodes=nodes, balancer="prefix_aware", shared_state=shared)
+
+    one, two = router(), router()
+    with one, two:
+        assert wait_until(lambda: one.stats()["shared"]["connected"])
+        assert wait_until(lambda: two.stats()["shared"]["connected"])
+        for g in range(3):
+            one.balancer.pick(f"group {g}. " * 40)  # type: ignore[attr-defined]
+        assert wait_until(lambda: two.stats()["shared"]["routes_merged"] == 3)
+        samples = scrape(lc.metrics.PrometheusCollector(two))
+        sent = scrape(lc.metrics.PrometheusCollector(one))
+        shared, prefix = two.stats()["shared"], two.balancer.prefix_stats()  # type: ignore[attr-defined]
+    chat = {"service": "chat"}
+    assert value(samples, "langcluster_shared_connected", **chat) == 1
+    merged = value(samples, "langcluster_prefix_merged_picks_total", result="merged", **chat)
+    assert merged == prefix["merged"] == 3
+    applied = value(samples, "langcluster_shared_messages_total", result="applied", **chat)
+    assert applied == shared["applied"] >= 1
+    assert value(sent, "langcluster_shared_messages_total", result="published", **chat) >= 1
+    assert value(samples, "langcluster_shared_messages_total", result="refused", **chat) == 0
+    assert value(samples, "langcluster_shared_redis_errors_total", **chat) == 0
+    assert value(samples, "langcluster_prefix_journal_dropped_total", **chat) == 0

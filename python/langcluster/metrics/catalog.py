@@ -92,6 +92,27 @@ METRICS: dict[str, Metric] = {
         _m("prefix_spills", "counter", "service",
            "Picks that passed over the node holding the deepest match because it was overloaded.",
            "langcluster.prefix.spills", "{pick}"),
+        _m("prefix_merged_picks", "counter", "service result",
+           "Picks of other routers (from SharedState) a PrefixAware balancer took into its "
+           "record (merged), or skipped (their node is not in its node set).",
+           "langcluster.prefix.merged_picks", "{pick}"),
+        _m("prefix_journal_dropped", "counter", "service",
+           "Picks left out of a full journal, so not shared with the other routers.",
+           "langcluster.prefix.journal_dropped", "{pick}"),
+        _m("shared_connected", "gauge", "service",
+           "1 while SharedState is connected to Redis, else 0 (each process on its own).",
+           "langcluster.shared.connected"),
+        _m("shared_messages", "counter", "service result",
+           "SharedState messages: published, applied (from another process), refused "
+           "(unsigned, forged or malformed), failed (not published: Redis out of reach) and "
+           "dropped (a full queue).",
+           "langcluster.shared.messages", "{message}"),
+        _m("shared_redis_errors", "counter", "service",
+           "Times SharedState lost Redis or a command to it failed.",
+           "langcluster.shared.redis_errors", "{error}"),
+        _m("shared_health_leases", "counter", "service",
+           "Times this process took the service's health-check lease.",
+           "langcluster.shared.health_leases", "{lease}"),
         _m("node_up", "gauge", "service node",
            "1 when the node's health is healthy or not checked yet, 0 when unhealthy or draining.",
            "langcluster.node.up"),
@@ -164,6 +185,8 @@ def _cluster(cluster: Any, service: str) -> Iterator[Reading]:
         yield _r("node_up", node.status.value in ("healthy", "unknown"), service, node.id)
     if cluster.cache is not None:
         yield from _cache(cluster.cache, service)
+    if cluster.shared_state is not None:
+        yield from _shared(cluster.shared_state.stats(), service)
 
 
 def _failover(manager: FailoverManager, service: str, nodes: list[str] | None) -> Iterator[Reading]:
@@ -202,6 +225,21 @@ def _balancer(balancer: Balancer, service: str) -> Iterator[Reading]:
         yield _r("prefix_prompt_blocks", matched, service, "matched")
         yield _r("prefix_prompt_blocks", prefix["prompt_blocks"] - matched, service, "unmatched")
         yield _r("prefix_spills", prefix["spills"], service)
+        yield _r("prefix_merged_picks", prefix["merged"], service, "merged")
+        yield _r("prefix_merged_picks", prefix["merge_skipped"], service, "skipped")
+        yield _r("prefix_journal_dropped", prefix["journal_dropped"], service)
+
+
+def _shared(stats: dict[str, Any], service: str) -> Iterator[Reading]:
+    yield _r("shared_connected", stats["connected"], service)
+    published = stats["published"] + stats["routes_published"]
+    yield _r("shared_messages", published, service, "published")
+    yield _r("shared_messages", stats["applied"], service, "applied")
+    yield _r("shared_messages", stats["refused"], service, "refused")
+    yield _r("shared_messages", stats["publish_failures"], service, "failed")
+    yield _r("shared_messages", stats["dropped"], service, "dropped")
+    yield _r("shared_redis_errors", stats["redis_errors"], service)
+    yield _r("shared_health_leases", stats["health_leases"], service)
 
 
 def _breaker(breaker: CircuitBreaker, service: str, node: str) -> Iterator[Reading]:

@@ -71,4 +71,5 @@ class PrefixSharing:
             self.state._stats.add("refused")
             _log.debug("shared state: a journal refused: %s", error)
             return
+        self.state._stats.add("applied")
         self.state._stats.add("routes_merged", merged)
