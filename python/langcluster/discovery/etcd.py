@@ -7,6 +7,7 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import random
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -96,12 +97,14 @@ class EtcdDiscovery:
         seconds("timeout_s", timeout_s)
         self.service = service
         self.root = f"{prefix}{service}/"
+        self.elections = f"{prefix.rstrip('/')}.elections/{service}/"
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         self._endpoint = 0
         self._client = httpx.AsyncClient(timeout=timeout_s)
         self._registered: dict[str, tuple[Node, str]] = {}  # node id -> (node, lease id)
         self._keepers: dict[str, asyncio.Task[None]] = {}
+        self._campaigns: dict[str, str] = {}  # election name -> this process's lease id
         self._closed = False
 
     # ------------------------------------------------------------ transport
@@ -177,6 +180,47 @@ class EtcdDiscovery:
         if entry is not None:
             with contextlib.suppress(DiscoveryError):
                 await self._post("/v3/lease/revoke", {"ID": entry[1]})
+
+    # ----------------------------------------------------------- elections
+
+    async def campaign(self, name: str, holder: bytes, ttl_s: float) -> bool:
+        """One round of an election (for the one health checker of a service):
+        True when ``holder`` holds ``name`` after it. The key
+        ``{prefix without its /}.elections/{service}/{name}`` (outside the
+        nodes' prefix) holds the holder's name,
+        attached to a lease of ``ttl_s`` (whole seconds, at least 2: etcd's
+        minimum) that each round renews; created only when absent (one etcd
+        transaction), so two holders are impossible. When the holder dies,
+        the lease lapses and the key with it; ``resign`` gives it up at once."""
+        key = _b64(f"{self.elections}{name}")
+        value = base64.b64encode(holder).decode()
+        lease = self._campaigns.get(name)
+        if lease is not None:
+            alive = (await self._post("/v3/lease/keepalive", {"ID": lease})).get("result", {})
+            if "TTL" not in alive:  # lapsed (etcd was out of reach): the key went with it
+                lease = None
+        if lease is None:
+            lease = (await self._post("/v3/lease/grant", {"TTL": max(2, math.ceil(ttl_s))}))["ID"]
+            self._campaigns[name] = lease
+        txn = await self._post(
+            "/v3/kv/txn",
+            {
+                "compare": [{"key": key, "target": "CREATE", "create_revision": "0"}],
+                "success": [{"request_put": {"key": key, "value": value, "lease": lease}}],
+                "failure": [{"request_range": {"key": key}}],
+            },
+        )
+        if txn.get("succeeded"):
+            return True
+        found = txn.get("responses", [{}])[0].get("response_range", {}).get("kvs", [])
+        return bool(found) and found[0].get("value") == value and found[0].get("lease") == lease
+
+    async def resign(self, name: str) -> None:
+        """Gives up ``name`` (revokes this process's lease: the key goes)."""
+        lease = self._campaigns.pop(name, None)
+        if lease is not None:
+            with contextlib.suppress(DiscoveryError):
+                await self._post("/v3/lease/revoke", {"ID": lease})
 
     # ------------------------------------------------------------- reading
 
@@ -268,6 +312,8 @@ class EtcdDiscovery:
         """Stops the keepalives, deletes what this process registered, and
         closes the HTTP client."""
         self._closed = True
+        for name in list(self._campaigns):
+            await self.resign(name)
         for node_id in list(self._registered):
             with contextlib.suppress(DiscoveryError):
                 await self.deregister(node_id)

@@ -1,4 +1,4 @@
-"""One health checker per service: a lease in Redis.
+"""One health checker per service: a lease in Redis (or etcd).
 
 The lease is a key holding the holder's origin, with a TTL of one and a half
 check intervals; every process tries to take or renew it each half interval
@@ -8,6 +8,12 @@ in a hash); the others stop theirs and follow what it publishes. When the
 holder dies, its lease lapses within 1.5 intervals and another process takes
 it within half an interval more: under two intervals without checks. When
 Redis is down, every process checks for itself.
+
+When the cluster discovers its nodes through etcd, the lease is an etcd lease
+instead (``EtcdDiscovery.campaign``: a key created in one transaction, so two
+holders are impossible whatever Redis does; its TTL is in whole seconds, at
+least 2); the statuses still travel through Redis. When etcd is out of reach,
+every process checks for itself.
 """
 
 from __future__ import annotations
@@ -57,6 +63,8 @@ class HealthLease:
         self.synced = False
         self.prefix = f"{state._prefix()}:health"
         self._script: Any = None
+        campaign = getattr(cluster.discovery, "campaign", None)
+        self._campaign: Any = campaign if callable(campaign) else None
         self._unsubscribe = cluster.registry.subscribe(self._on_node)
 
     def close(self) -> None:
@@ -67,12 +75,20 @@ class HealthLease:
         ttl_ms = max(1, int(interval * 1500))
         while True:
             try:
-                if self._script is None:
-                    self._script = self.state._client.register_script(_TAKE_OR_RENEW)
-                took = await asyncio.wait_for(
-                    self._script(keys=[f"{self.prefix}:lease"], args=[self.state._origin, ttl_ms]),
-                    self.state.timeout_s,
-                )
+                if self._campaign is not None:  # etcd's lease
+                    took = await asyncio.wait_for(
+                        self._campaign("health", self.state._origin, ttl_ms / 1000),
+                        self.state.timeout_s,
+                    )
+                else:
+                    if self._script is None:
+                        self._script = self.state._client.register_script(_TAKE_OR_RENEW)
+                    took = await asyncio.wait_for(
+                        self._script(
+                            keys=[f"{self.prefix}:lease"], args=[self.state._origin, ttl_ms]
+                        ),
+                        self.state.timeout_s,
+                    )
                 await self._become(bool(took))
             except asyncio.CancelledError:
                 raise
