@@ -455,6 +455,41 @@ def transport(options: dict[str, Any], path: str, body: bytes, session: str | No
             assert balancer.pick(key) in nodes
 
 
+def _journal() -> bytes:
+    """A journal of a few picks, for the mutations of ``journals``."""
+    router = lc.PrefixAware(GOOD_NODES, seed=1)
+    router.keep_journal(1 << 16)
+    for group in range(3):
+        router.pick(f"group {group}. " * 20)
+    return router.take_journal()
+
+
+JOURNAL = _journal()
+
+
+@given(
+    flips=st.lists(st.tuples(st.integers(0, len(JOURNAL) - 1), st.integers(0, 255)), max_size=6),
+    cut=st.integers(0, len(JOURNAL)),
+    tail=st.binary(max_size=64),
+    data=EXTREME,
+    max_bytes=st.one_of(NUMBERS, EXTREME),
+)
+def journals(
+    flips: list[tuple[int, int]], cut: int, tail: bytes, data: Any, max_bytes: Any
+) -> None:
+    router = lc.PrefixAware(GOOD_NODES, seed=2)
+    mutated = bytearray(JOURNAL)
+    for at, byte in flips:
+        mutated[at] = byte
+    merged = call(router.merge_journal, ["data"], bytes(mutated[:cut]) + tail)
+    assert merged is None or 0 <= merged <= 3 + len(tail)
+    call(router.merge_journal, ["data"], data)
+    call(router.keep_journal, ["max_bytes"], max_bytes)
+    router.pick("group 0. " * 20)
+    assert isinstance(router.take_journal(), bytes)
+    router.prefix_stats()
+
+
 TARGETS: dict[str, Callable[[], None]] = {
     "codec": codec,
     "redis_settings": redis_settings,
@@ -468,6 +503,7 @@ TARGETS: dict[str, Callable[[], None]] = {
     "config_files": config_files,
     "metrics": metrics,
     "transport": transport,
+    "journals": journals,
 }
 
 
