@@ -6,32 +6,21 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 
 import langcluster as lc
 from langcluster.discovery import EtcdDiscovery
 from langcluster.testing import SimulatedServer
 from tests.support.helpers import eventually, redis_url
-from tests.support.simulated import servers
 
 INTERVAL_S = 1.0  # a lease of 1.5 intervals: 2 s, etcd's shortest
 
 
 def endpoint(server: Any) -> str:
     return f"http://{server.url}"
-
-
-@pytest_asyncio.fixture
-async def fleet() -> AsyncIterator[list[SimulatedServer]]:
-    started = await servers(3, latency_s=0.0)
-    yield started
-    for server in started:
-        await server.kill()
 
 
 def checked(etcd: Any, redis: Any) -> lc.Cluster:

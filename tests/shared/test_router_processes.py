@@ -6,7 +6,6 @@ Redis, is at least 0.9 of what one router gets; without sharing, less."""
 
 from __future__ import annotations
 
-import multiprocessing
 import random
 import time
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 
 from langcluster.testing.workloads import SharedPrefix
-from tests.support import routers
+from tests.support import routers, workers
 from tests.support.helpers import redis_url
 from tests.support.simulated import ServersInThread
 
@@ -38,29 +37,18 @@ def replay(n_routers: int, url: str | None) -> tuple[float, list[dict[str, Any]]
     shares: list[list[tuple[float, tuple[int, ...]]]] = [[] for _ in range(n_routers)]
     for request in requests:
         shares[deal.randrange(n_routers)].append(request)
-    context = multiprocessing.get_context("spawn")
-    ready = context.Queue()
-    schedules = [context.Queue() for _ in range(n_routers)]
+    ready = workers.SPAWN.Queue()
+    schedules = [workers.SPAWN.Queue() for _ in range(n_routers)]
     with ServersInThread(SERVERS, latency_s=0.0) as fleet:
         ports = [s.port for s in fleet.servers]
-        procs = [
-            context.Process(target=routers.route, args=(ports, url, ready, schedule))
-            for schedule in schedules
-        ]
-        for proc in procs:
-            proc.start()
-        try:
-            for _ in procs:
+        args = [(ports, url, ready, schedule) for schedule in schedules]
+        with workers.spawned(routers.route, args):
+            for _ in range(n_routers):
                 assert ready.get(timeout=60)[0] == "ready"
             start = time.time() + 0.5
             for schedule, share in zip(schedules, shares, strict=True):
                 schedule.put((start, share))
-            reports = [ready.get(timeout=60)[1] for _ in procs]
-        finally:
-            for proc in procs:
-                proc.join(timeout=30)
-                if proc.is_alive():
-                    proc.kill()
+            reports = [ready.get(timeout=60)[1] for _ in range(n_routers)]
         cached = sum(s.cached_tokens for s in fleet.servers)
         prompt = sum(s.prompt_tokens for s in fleet.servers)
     assert sum(r["sent"] for r in reports) == len(requests)

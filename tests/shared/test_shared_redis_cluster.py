@@ -5,25 +5,14 @@ health lease, and the prefix index."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import redis.asyncio
 
 import langcluster as lc
 from langcluster.testing import SimulatedServer
-from tests.support.helpers import eventually
-from tests.support.simulated import servers
-
-
-@pytest_asyncio.fixture
-async def fleet() -> AsyncIterator[list[SimulatedServer]]:
-    started = await servers(3, latency_s=0.0)
-    yield started
-    for server in started:
-        await server.kill()
+from tests.support.helpers import eventually, shared_stats
 
 
 def worker(fleet: list[SimulatedServer], client: Any) -> lc.Cluster:
@@ -35,11 +24,6 @@ def worker(fleet: list[SimulatedServer], client: Any) -> lc.Cluster:
     )  # fmt: skip
 
 
-def shared(cluster: lc.Cluster) -> dict[str, Any]:
-    out: dict[str, Any] = cluster.stats()["shared"]
-    return out
-
-
 @pytest.mark.asyncio
 @pytest.mark.services
 async def test_every_kind_of_sharing_works_over_redis_cluster(
@@ -49,9 +33,9 @@ async def test_every_kind_of_sharing_works_over_redis_cluster(
     a, b, late = (worker(fleet, client) for client in clients)
     try:
         async with a, b:
-            await eventually(lambda: shared(a)["connected"] and shared(b)["connected"])
+            await eventually(lambda: shared_stats(a)["connected"] and shared_stats(b)["connected"])
             homes = [a.balancer.pick(f"group {g}. " * 60).id for g in range(6)]  # type: ignore[attr-defined]
-            await eventually(lambda: shared(b)["routes_merged"] >= 6)
+            await eventually(lambda: shared_stats(b)["routes_merged"] >= 6)
             again = [b.balancer.pick(f"group {g}. " * 60 + "?").id for g in range(6)]  # type: ignore[attr-defined]
             assert again == homes
             a.failover.breaker("s0").open_for(30.0)
@@ -60,8 +44,8 @@ async def test_every_kind_of_sharing_works_over_redis_cluster(
             await eventually(lambda: sum(lease.holder for lease in leases) == 1)  # type: ignore[union-attr]
             async with late:  # reads the ejection in force from its key
                 await eventually(lambda: late.failover.breaker("s0").state == "open")
-            assert shared(a)["publish_failures"] == 0
-            assert shared(a)["redis_errors"] == 0
+            assert shared_stats(a)["publish_failures"] == 0
+            assert shared_stats(a)["redis_errors"] == 0
     finally:
         for client in clients:
             await client.aclose()

@@ -5,12 +5,10 @@ Redis."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 import redis.asyncio
 from hypothesis import given
 from hypothesis import strategies as st
@@ -19,7 +17,6 @@ import langcluster as lc
 from langcluster.shared.messages import MAX_PAYLOAD, Kind, Message, decode, encode
 from langcluster.testing import SimulatedServer
 from tests.support.helpers import ManualClock, eventually, redis_url
-from tests.support.simulated import servers
 
 BREAKER = lc.BreakerConfig(window_size=4, minimum_calls=2, open_timeout_s=0.4)
 KEY = b"a key every worker has"
@@ -72,14 +69,6 @@ def test_any_bytes_decode_to_a_message_or_none(data: bytes, key: bytes | None) -
 
 
 # ------------------------------------------------------------- the clusters
-
-
-@pytest_asyncio.fixture
-async def fleet() -> AsyncIterator[list[SimulatedServer]]:
-    started = await servers(3, latency_s=0.0)
-    yield started
-    for server in started:
-        await server.kill()
 
 
 def worker(

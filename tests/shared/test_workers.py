@@ -7,7 +7,6 @@ every worker within 200 ms of the first trial that passes."""
 from __future__ import annotations
 
 import itertools
-import multiprocessing
 import time
 from typing import Any
 
@@ -25,17 +24,10 @@ ONE_WORKER = 3
 
 
 def run(fleet: ServersInThread, url: str | None, *, restart: bool) -> list[dict[str, Any]]:
-    context = multiprocessing.get_context("spawn")
-    ready, go, stop = context.Queue(), context.Event(), context.Event()
+    ready, go, stop = workers.SPAWN.Queue(), workers.SPAWN.Event(), workers.SPAWN.Event()
     ports = [s.port for s in fleet.servers]
-    procs = [
-        context.Process(target=workers.work, args=(ports, url, ready, go, stop))
-        for _ in range(WORKERS)
-    ]
-    for proc in procs:
-        proc.start()
-    try:
-        for _ in procs:
+    with workers.spawned(workers.work, [(ports, url, ready, go, stop)] * WORKERS):
+        for _ in range(WORKERS):
             assert ready.get(timeout=60)[0] == "ready"
         go.set()
         dead, alive = fleet.servers[0], fleet.servers[1]
@@ -47,16 +39,10 @@ def run(fleet: ServersInThread, url: str | None, *, restart: bool) -> list[dict[
         if restart:
             fleet.run(dead.start())
             # The open time ends, a trial passes, every worker follows.
-            for _ in procs:
+            for _ in range(WORKERS):
                 assert ready.get(timeout=30)[0] == "closed"
         stop.set()
-        reports = [ready.get(timeout=60)[1] for _ in procs]
-    finally:
-        for proc in procs:
-            proc.join(timeout=30)
-            if proc.is_alive():
-                proc.kill()
-    return reports
+        return [ready.get(timeout=60)[1] for _ in range(WORKERS)]
 
 
 @pytest.mark.services
@@ -89,18 +75,11 @@ def test_redis_killed_mid_run_fails_no_call_and_sharing_resumes_when_it_returns(
     redis_restartable: Any,
 ) -> None:
     url = redis_url(redis_restartable)
-    context = multiprocessing.get_context("spawn")
-    ready, go, stop = context.Queue(), context.Event(), context.Event()
+    ready, go, stop = workers.SPAWN.Queue(), workers.SPAWN.Event(), workers.SPAWN.Event()
     with ServersInThread(3, latency_s=0.0) as fleet:
         ports = [s.port for s in fleet.servers]
-        procs = [
-            context.Process(target=workers.work, args=(ports, url, ready, go, stop))
-            for _ in range(WORKERS)
-        ]
-        for proc in procs:
-            proc.start()
-        try:
-            for _ in procs:
+        with workers.spawned(workers.work, [(ports, url, ready, go, stop)] * WORKERS):
+            for _ in range(WORKERS):
                 assert ready.get(timeout=60)[0] == "ready"
             go.set()
             dead, alive = fleet.servers[0], fleet.servers[1]
@@ -118,12 +97,7 @@ def test_redis_killed_mid_run_fails_no_call_and_sharing_resumes_when_it_returns(
             seen = alive.requests
             assert wait_until(lambda: alive.requests >= seen + 200)
             stop.set()
-            reports = [ready.get(timeout=60)[1] for _ in procs]
-        finally:
-            for proc in procs:
-                proc.join(timeout=30)
-                if proc.is_alive():
-                    proc.kill()
+            reports = [ready.get(timeout=60)[1] for _ in range(WORKERS)]
     failures = sum(r["s0_failures"] for r in reports)
     errors = [r["shared"]["redis_errors"] for r in reports]
     failed = sum(r["failed_calls"] for r in reports)
@@ -141,17 +115,11 @@ INTERVAL_S = 0.25
 def checks_and_handover(fleet: ServersInThread, url: str | None) -> tuple[int, float | None]:
     """Health checks server s1 received in 2 s of four workers; with
     Redis, the longest pause in its checks once the lease holder is killed."""
-    context = multiprocessing.get_context("spawn")
-    ready, go, stop = context.Queue(), context.Event(), context.Event()
+    ready, go, stop = workers.SPAWN.Queue(), workers.SPAWN.Event(), workers.SPAWN.Event()
     ports = [s.port for s in fleet.servers]
-    procs = [
-        context.Process(target=workers.work, args=(ports, url, ready, go, stop, INTERVAL_S))
-        for _ in range(WORKERS)
-    ]
-    for proc in procs:
-        proc.start()
     pause = None
-    try:
+    args = [(ports, url, ready, go, stop, INTERVAL_S)] * WORKERS
+    with workers.spawned(workers.work, args) as procs:
         started = dict(ready.get(timeout=60)[1] for _ in procs)  # origin -> pid
         go.set()
         server = fleet.servers[1]
@@ -176,11 +144,6 @@ def checks_and_handover(fleet: ServersInThread, url: str | None) -> tuple[int, f
         for proc in procs:  # a worker ends once its report is read
             if proc.exitcode is None:
                 ready.get(timeout=60)
-    finally:
-        for proc in procs:
-            proc.join(timeout=30)
-            if proc.is_alive():
-                proc.kill()
     return checks, pause
 
 

@@ -55,3 +55,9 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def shared_stats(cluster: Any) -> dict[str, Any]:
+    """``cluster.stats()["shared"]``: the counters of its SharedState."""
+    out: dict[str, Any] = cluster.stats()["shared"]
+    return out

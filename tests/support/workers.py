@@ -4,8 +4,12 @@ time until told to stop, and reporting what it saw of node ``s0``."""
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import os
 import time
+from collections.abc import Callable, Iterator
+from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 from typing import Any
 
@@ -15,6 +19,25 @@ import langcluster as lc
 from tests.support.helpers import wait_until
 
 BREAKER = {"window_size": 5, "minimum_calls": 5, "open_timeout_s": 2.0}
+SPAWN = multiprocessing.get_context("spawn")
+
+
+@contextlib.contextmanager
+def spawned(
+    target: Callable[..., None], args: list[tuple[Any, ...]]
+) -> Iterator[list[BaseProcess]]:
+    """One spawned process per argument tuple, started; on the way out each
+    is given 30 s to end, then killed."""
+    procs = [SPAWN.Process(target=target, args=a) for a in args]
+    for proc in procs:
+        proc.start()
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
 
 
 def work(
