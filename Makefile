@@ -116,6 +116,7 @@ bench: dev servers ## Benchmarks: pytest-benchmark vs floor and peers, then crit
 	$(PY) benches/weighted_hit_ratio.py
 	$(PY) benches/prefix_routing.py
 	$(PY) benches/transport_overhead.py
+	$(PY) benches/shared_prefix.py
 	cargo bench -p langcluster-core --bench balancers --bench cache --bench breaker
 
 .PHONY: fmt

@@ -5,13 +5,47 @@ a workload, each request at its time, through the cluster's transport."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from typing import Any
 
 import httpx
 
 import langcluster as lc
+from tests.support import workers
 from tests.support.helpers import eventually
+from tests.support.simulated import ServersInThread
+
+Requests = list[tuple[float, tuple[int, ...]]]  # (arrival s, block ids)
+
+
+def replay(
+    requests: Requests, n_routers: int, url: str | None, *, servers: int, **server_options: Any
+) -> tuple[float, list[dict[str, Any]]]:
+    """The servers' token hit rate over ``requests``, each dealt at random
+    to one of ``n_routers`` router processes (sharing through Redis at
+    ``url``, or not), and the routers' reports."""
+    deal = random.Random(7)
+    shares: list[Requests] = [[] for _ in range(n_routers)]
+    for request in requests:
+        shares[deal.randrange(n_routers)].append(request)
+    ready = workers.SPAWN.Queue()
+    schedules = [workers.SPAWN.Queue() for _ in range(n_routers)]
+    with ServersInThread(servers, latency_s=0.0, **server_options) as fleet:
+        ports = [s.port for s in fleet.servers]
+        args = [(ports, url, ready, schedule) for schedule in schedules]
+        with workers.spawned(route, args):
+            for _ in range(n_routers):
+                assert ready.get(timeout=120)[0] == "ready"
+            start = time.time() + 0.5
+            for schedule, share in zip(schedules, shares, strict=True):
+                schedule.put((start, share))
+            reports = [ready.get(timeout=120)[1] for _ in range(n_routers)]
+        cached = sum(s.cached_tokens for s in fleet.servers)
+        prompt = sum(s.prompt_tokens for s in fleet.servers)
+    assert sum(r["sent"] for r in reports) == len(requests)
+    assert all(r["failed"] == 0 for r in reports)
+    return cached / prompt, reports
 
 
 def render(blocks: tuple[int, ...]) -> str:
