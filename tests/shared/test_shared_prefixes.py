@@ -93,3 +93,24 @@ async def test_prefix_sharing_can_be_switched_off(
         await eventually(lambda: shared_stats(a)["routes_published"] >= 1)
         assert shared_stats(b)["routes_merged"] == 0
         assert shared_stats(b)["received"] == 0  # not even subscribed
+
+
+@pytest.mark.asyncio
+@pytest.mark.services
+async def test_a_router_that_starts_late_reads_back_what_the_others_routed(
+    fleet: list[SimulatedServer], redis_server: Any
+) -> None:
+    url = redis_url(redis_server)
+    early = router(fleet, url)
+    async with early:
+        await eventually(lambda: shared_stats(early)["connected"])
+        first = homes(early, 0)
+        await eventually(lambda: shared_stats(early)["routes_published"] >= 1)
+        late, forgetful = router(fleet, url), router(fleet, url, prefix_history_s=0)
+        async with late, forgetful:
+            await eventually(lambda: shared_stats(late)["connected"])
+            await eventually(lambda: shared_stats(forgetful)["connected"])
+            # No pick since they started: what the late one knows, it read back.
+            assert shared_stats(late)["routes_merged"] == 12
+            assert homes(late, 1) == first
+            assert shared_stats(forgetful)["routes_merged"] == 0

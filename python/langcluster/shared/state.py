@@ -74,7 +74,9 @@ class SharedState:
       permit when it expires (its holder died).
     - ``share_prefixes``: when the cluster's balancer is ``PrefixAware``,
       every router publishes what it routed each ``prefix_flush_s`` and
-      merges what the others routed (``shared.prefixes``).
+      merges what the others routed (``shared.prefixes``); a router that
+      starts or reconnects first merges what they routed in the last
+      ``prefix_history_s`` (kept in a Redis stream; 0: not kept).
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class SharedState:
         share_health: bool = True,
         share_prefixes: bool = True,
         prefix_flush_s: float = 0.02,
+        prefix_history_s: float = 60.0,
     ) -> None:
         if isinstance(redis, str):
             text("redis", redis)
@@ -108,6 +111,7 @@ class SharedState:
         seconds("timeout_s", timeout_s)
         seconds("trial_s", trial_s)
         seconds("prefix_flush_s", prefix_flush_s)
+        seconds("prefix_history_s", prefix_history_s, zero=True)
         if consecutive_failures is not None:
             count("consecutive_failures", consecutive_failures)
         self.redis = redis
@@ -119,6 +123,7 @@ class SharedState:
         self.share_health = flag("share_health", share_health)
         self.share_prefixes = flag("share_prefixes", share_prefixes)
         self.prefix_flush_s = prefix_flush_s
+        self.prefix_history_s = prefix_history_s
         self._key = signing_key
         self._origin = os.urandom(8)
         self._cluster: Cluster | None = None
@@ -313,6 +318,8 @@ class SharedState:
                     channels.append(self._prefixes.channel)
                 await pubsub.subscribe(*channels)
                 await self._resync()
+                if self._prefixes is not None:
+                    await self._prefixes.catch_up()
                 now_ms = time.time() * 1000
                 for message in list(self._mine.values()):  # what Redis missed while away
                     if message.deadline_ms > now_ms:
