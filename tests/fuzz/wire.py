@@ -1,0 +1,101 @@
+"""The fuzz targets of what comes over the wire: request bodies routed by
+the httpx transports, and the journals of picks routers share. Run through
+``targets.py`` (see there)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+from hypothesis import given
+from hypothesis import strategies as st
+
+import langcluster as lc
+from tests.fuzz.inputs import EXTREME, GOOD_NODES, NUMBERS, TEXT, call, keywords
+
+TRANSPORT_OPTIONS = keywords(lc.AsyncClusterTransport, skip={"cluster"})
+OPENAI_PATHS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"]
+JSONISH = st.recursive(
+    st.one_of(st.none(), st.booleans(), NUMBERS, TEXT),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(
+            st.one_of(
+                st.sampled_from(["messages", "prompt", "input", "role", "content", "type", "text"]),
+                TEXT,
+            ),
+            inner,
+            max_size=4,
+        ),
+    ),
+    max_leaves=24,
+)
+
+
+INNER = httpx.AsyncHTTPTransport()
+
+
+def _json(value: Any) -> bytes:
+    try:
+        return json.dumps(value, allow_nan=True).encode()
+    except (TypeError, ValueError, OverflowError):
+        return b"{"
+
+
+@given(
+    options=st.dictionaries(st.sampled_from(TRANSPORT_OPTIONS), EXTREME, max_size=3),
+    path=st.sampled_from(OPENAI_PATHS),
+    body=st.one_of(st.binary(max_size=64), JSONISH.map(_json)),
+    session=st.one_of(st.none(), st.text(st.characters(min_codepoint=32, max_codepoint=126))),
+)
+def transport(options: dict[str, Any], path: str, body: bytes, session: str | None) -> None:
+    nodes = [lc.Node(f"n{i}", "127.0.0.1", 8000 + i) for i in range(3)]
+    for kind in (lc.PrefixAware, lc.ConsistentHash, lc.RoundRobin):
+        balancer = kind(nodes)
+        cluster = lc.Cluster(service="fuzz", balancer=balancer)
+        # httpx's own transport makes an SSL context, dear enough to share.
+        given = {"transport": INNER, **options}
+        made = call(lc.AsyncClusterTransport, TRANSPORT_OPTIONS, cluster, **given)
+        for routed in (made, lc.AsyncClusterTransport(cluster, transport=INNER)):
+            if routed is None:
+                continue
+            headers = {"x-session-id": session} if session is not None else {}
+            request = httpx.Request("POST", f"http://chat{path}", headers=headers, content=body)
+            key = routed._router.routing_key(request, body)  # never refuses a body
+            assert balancer.pick(key) in nodes
+
+
+def _journal() -> bytes:
+    """A journal of a few picks, for the mutations of ``journals``."""
+    router = lc.PrefixAware(GOOD_NODES, seed=1)
+    router.keep_journal(1 << 16)
+    for group in range(3):
+        router.pick(f"group {group}. " * 20)
+    return router.take_journal()
+
+
+JOURNAL = _journal()
+
+
+@given(
+    flips=st.lists(st.tuples(st.integers(0, len(JOURNAL) - 1), st.integers(0, 255)), max_size=6),
+    cut=st.integers(0, len(JOURNAL)),
+    tail=st.binary(max_size=64),
+    data=EXTREME,
+    max_bytes=st.one_of(NUMBERS, EXTREME),
+)
+def journals(
+    flips: list[tuple[int, int]], cut: int, tail: bytes, data: Any, max_bytes: Any
+) -> None:
+    router = lc.PrefixAware(GOOD_NODES, seed=2)
+    mutated = bytearray(JOURNAL)
+    for at, byte in flips:
+        mutated[at] = byte
+    merged = call(router.merge_journal, ["data"], bytes(mutated[:cut]) + tail)
+    assert merged is None or 0 <= merged <= 3 + len(tail)
+    call(router.merge_journal, ["data"], data)
+    call(router.keep_journal, ["max_bytes"], max_bytes)
+    router.pick("group 0. " * 20)
+    assert isinstance(router.take_journal(), bytes)
+    router.prefix_stats()
