@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 import langcluster as lc
+from langcluster.testing.fleet import prompt_text
 from tests.support import workers
 from tests.support.helpers import eventually
 from tests.support.simulated import ServersInThread
@@ -48,12 +49,6 @@ def replay(
     return cached / prompt, reports
 
 
-def render(blocks: tuple[int, ...]) -> str:
-    """A prompt of 64-byte blocks of text, one per block id of the workload
-    (the servers' and the router's block size): equal ids, equal blocks."""
-    return "".join(f"{b:016x}" * 4 for b in blocks)
-
-
 def route(ports: list[int], redis_url: str | None, ready: Any, schedule: Any) -> None:
     """Runs in a spawned process: reports ``("ready", None)``, takes from
     ``schedule`` the wall-clock start and its requests (``(at_s, blocks)``),
@@ -77,7 +72,7 @@ async def _route(ports: list[int], redis_url: str | None, ready: Any, schedule: 
 
             async def send(blocks: tuple[int, ...]) -> None:
                 nonlocal failed
-                body = {"prompt": render(blocks), "max_tokens": 1}
+                body = {"prompt": prompt_text(blocks), "max_tokens": 1}
                 try:
                     response = await client.post("http://chat/v1/completions", json=body)
                     response.raise_for_status()

@@ -43,6 +43,7 @@ __all__ = [
     "Workload",
     "held_prefix",
     "prompt_bytes",
+    "prompt_text",
     "simulate",
 ]
 
@@ -103,6 +104,13 @@ def prompt_bytes(blocks: Sequence[int], block_bytes: int = 64) -> bytes:
     """The prompt as bytes for a router that reads text: one ``block_bytes``
     block per block id, so equal ids give equal blocks."""
     return b"".join(b.to_bytes(8, "little") * (block_bytes // 8) for b in blocks)
+
+
+def prompt_text(blocks: Sequence[int]) -> str:
+    """The prompt as text, for a router and a server that read text (a
+    ``SimulatedServer``): 64 bytes, 16 four-byte tokens, per block id, so
+    equal ids give equal blocks."""
+    return "".join(f"{b:016x}" * 4 for b in blocks)
 
 
 class Server:
