@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import multiprocessing
 import random
@@ -32,7 +33,14 @@ from typing import Any
 from langcluster.cli.demo_view import Run, render, report, summary
 from langcluster.cli.demo_worker import BALANCE_ABS, SERVICE, WorkerSettings, run
 from langcluster.testing import SimulatedServer
-from langcluster.testing.fleet import BalancerRouter, Outage, Request, ServerModel, simulate
+from langcluster.testing.fleet import (
+    BalancerRouter,
+    Outage,
+    Request,
+    ServerModel,
+    prompt_text,
+    simulate,
+)
 from langcluster.testing.workloads import MultiTurn
 
 # (id, time to first token s, error rate): a mix of fast and slower servers.
@@ -75,12 +83,6 @@ def workload(duration_s: float, seed: int) -> MultiTurn:
     )
 
 
-def render_blocks(blocks: tuple[int, ...]) -> str:
-    """Text of 64 bytes (16 tokens of 4 bytes) per block id: equal ids,
-    equal blocks."""
-    return "".join(f"{b:016x}" * 4 for b in blocks)
-
-
 def simulated(duration_s: float, seed: int) -> dict[str, dict[str, float]]:
     """Round robin and one PrefixAware router on the same workload and the
     same outage, in the fleet simulator."""
@@ -97,7 +99,7 @@ def simulated(duration_s: float, seed: int) -> dict[str, dict[str, float]]:
     outage = [Outage(1, 0.25 * duration_s, 0.65 * duration_s)]
 
     def text(request: Request) -> bytes:
-        return render_blocks(request.blocks).encode()
+        return prompt_text(request.blocks).encode()
 
     routers = {
         "round_robin": BalancerRouter(lc.RoundRobin(), len(SERVERS)),
@@ -180,7 +182,7 @@ async def main(
     shape = workload(duration_s, seed)
     deal = random.Random(seed)
     waiting: dict[int, tuple[Request, float]] = {}
-    ids = iter(range(1 << 62))
+    ids = itertools.count()
     system_blocks = shape.system_tokens // BLOCK_TOKENS
 
     def dispatch(request: Request) -> None:
@@ -188,7 +190,7 @@ async def main(
         waiting[rid] = (request, loop.time())
         run_.requests += 1
         system, user = request.blocks[:system_blocks], request.blocks[system_blocks:]
-        inboxes[deal.randrange(workers)].put((rid, render_blocks(system), render_blocks(user)))
+        inboxes[deal.randrange(workers)].put((rid, prompt_text(system), prompt_text(user)))
 
     def handle(message: tuple[Any, ...]) -> None:
         kind, worker = message[0], message[1]
@@ -237,7 +239,7 @@ async def main(
         first = next(arrivals)
         loop.call_at(t0 + first.arrival_s, arrive, first)
         chaos_task = asyncio.create_task(chaos(servers, run_, t0, duration_s, live, quiet))
-        await show(run_, servers, t0 + duration_s, live, quiet)
+        await show(run_, t0 + duration_s, live, quiet)
         await chaos_task
         # The last answers, then each worker's last view.
         deadline = loop.time() + 10
@@ -296,9 +298,7 @@ async def chaos(
         await action()
 
 
-async def show(
-    run_: Run, servers: dict[str, SimulatedServer], stop_at: float, live: bool, quiet: bool
-) -> None:
+async def show(run_: Run, stop_at: float, live: bool, quiet: bool) -> None:
     loop = asyncio.get_running_loop()
     if live:
         from rich.live import Live
@@ -314,29 +314,6 @@ async def show(
         if not quiet and loop.time() >= next_line:
             next_line += 1.0
             print(run_.progress(), flush=True)
-
-
-def serve_metrics(cluster: Any, port: int, quiet: bool) -> Callable[[], None]:
-    """Serves the cluster's Prometheus metrics on 127.0.0.1:``port``
-    (``/metrics``) while the demo runs; returns what stops it."""
-    from prometheus_client import CollectorRegistry, start_http_server
-
-    from langcluster.metrics import PrometheusCollector
-
-    registry = CollectorRegistry()
-    collector = PrometheusCollector(cluster)
-    registry.register(collector)
-    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
-    if not quiet:
-        print(f"metrics on http://127.0.0.1:{server.server_port}/metrics", flush=True)
-
-    def stop() -> None:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-        collector.close()
-
-    return stop
 
 
 def cli(args: Any) -> int:

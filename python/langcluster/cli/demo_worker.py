@@ -18,6 +18,7 @@ import contextlib
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +93,27 @@ def view(cluster: Cluster, events: Counter[str]) -> dict[str, Any]:
     return {"nodes": nodes, "events": dict(events), "shared": stats.get("shared")}
 
 
+def serve_metrics(cluster: Cluster, port: int) -> Callable[[], None]:
+    """Serves the cluster's Prometheus metrics on 127.0.0.1:``port``
+    (``/metrics``) while the demo runs; returns what stops it."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from langcluster.metrics import PrometheusCollector
+
+    registry = CollectorRegistry()
+    collector = PrometheusCollector(cluster)
+    registry.register(collector)
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+        collector.close()
+
+    return stop
+
+
 def run(settings: WorkerSettings, inbox: Any, outbox: Any) -> None:
     """The process's entry point (spawned). A worker that cannot start
     (its metrics port is taken, etcd is out of reach) tells the front why."""
@@ -111,9 +133,7 @@ async def _run(settings: WorkerSettings, inbox: Any, outbox: Any) -> None:
         for node in cluster.registry.nodes():  # the demo's servers are up: start healthy
             cluster.registry.set_status(node.id, "healthy")
         if settings.metrics_port is not None:
-            from langcluster.cli.demo import serve_metrics
-
-            stop_metrics = serve_metrics(cluster, settings.metrics_port, quiet=True)
+            stop_metrics = serve_metrics(cluster, settings.metrics_port)
         http = httpx.AsyncClient(transport=AsyncClusterTransport(cluster), timeout=5.0)
         # The SDK's types name httpx2's client; it takes an httpx one as well.
         client = openai.AsyncOpenAI(
