@@ -518,15 +518,15 @@ impl<T: Send + Sync> PrefixAware<T> {
         let (mut merged, mut skipped) = (0usize, 0u64);
         self.balancer.with_snapshot(|snap| {
             for entry in &entries {
+                let slot = snap
+                    .index
+                    .get(entry.id)
+                    .and_then(|&member| snap.table.slot.get(member));
+                let Some(&slot) = slot else {
+                    skipped += 1;
+                    continue;
+                };
                 entry.hashes(self.config.max_prompt_blocks, &mut hashes);
-                let Some(&member) = snap.index.get(entry.id) else {
-                    skipped += 1;
-                    continue;
-                };
-                let Some(&slot) = snap.table.slot.get(member) else {
-                    skipped += 1;
-                    continue;
-                };
                 if let Some(&first) = hashes.first() {
                     self.index
                         .lock(first)
