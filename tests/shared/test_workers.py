@@ -6,8 +6,10 @@ every worker within 200 ms of the first trial that passes."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,13 +25,21 @@ WORKERS = 4
 ONE_WORKER = 3
 
 
-def run(fleet: ServersInThread, url: str | None, *, restart: bool) -> list[dict[str, Any]]:
+@contextlib.contextmanager
+def calling(fleet: ServersInThread, url: str | None) -> Iterator[tuple[Any, Any]]:
+    """Four workers calling the fleet's servers once all are ready; yields
+    their report queue and the event that stops them."""
     ready, go, stop = workers.SPAWN.Queue(), workers.SPAWN.Event(), workers.SPAWN.Event()
     ports = [s.port for s in fleet.servers]
     with workers.spawned(workers.work, [(ports, url, ready, go, stop)] * WORKERS):
         for _ in range(WORKERS):
             assert ready.get(timeout=60)[0] == "ready"
         go.set()
+        yield ready, stop
+
+
+def run(fleet: ServersInThread, url: str | None, *, restart: bool) -> list[dict[str, Any]]:
+    with calling(fleet, url) as (ready, stop):
         dead, alive = fleet.servers[0], fleet.servers[1]
         assert wait_until(lambda: dead.requests >= 40)  # the workers call every server
         fleet.run(dead.kill())
@@ -75,29 +85,23 @@ def test_redis_killed_mid_run_fails_no_call_and_sharing_resumes_when_it_returns(
     redis_restartable: Any,
 ) -> None:
     url = redis_url(redis_restartable)
-    ready, go, stop = workers.SPAWN.Queue(), workers.SPAWN.Event(), workers.SPAWN.Event()
-    with ServersInThread(3, latency_s=0.0) as fleet:
-        ports = [s.port for s in fleet.servers]
-        with workers.spawned(workers.work, [(ports, url, ready, go, stop)] * WORKERS):
-            for _ in range(WORKERS):
-                assert ready.get(timeout=60)[0] == "ready"
-            go.set()
-            dead, alive = fleet.servers[0], fleet.servers[1]
-            assert wait_until(lambda: alive.requests >= 100)
-            redis_restartable.kill()  # SIGKILL, mid-run
-            seen = alive.requests
-            assert wait_until(lambda: alive.requests >= seen + 300)  # calls go on without it
-            redis_restartable.start()
-            raw = redis.Redis.from_url(url)
-            channel = "workers:shared:chat:ejections"
-            # Every worker is back: subscribed again (its backoff is at most 2 s).
-            assert wait_until(lambda: raw.pubsub_numsub(channel)[0][1] == WORKERS, timeout_s=30)
-            raw.close()
-            fleet.run(dead.kill())  # and sharing works again
-            seen = alive.requests
-            assert wait_until(lambda: alive.requests >= seen + 200)
-            stop.set()
-            reports = [ready.get(timeout=60)[1] for _ in range(WORKERS)]
+    with ServersInThread(3, latency_s=0.0) as fleet, calling(fleet, url) as (ready, stop):
+        dead, alive = fleet.servers[0], fleet.servers[1]
+        assert wait_until(lambda: alive.requests >= 100)
+        redis_restartable.kill()  # SIGKILL, mid-run
+        seen = alive.requests
+        assert wait_until(lambda: alive.requests >= seen + 300)  # calls go on without it
+        redis_restartable.start()
+        raw = redis.Redis.from_url(url)
+        channel = "workers:shared:chat:ejections"
+        # Every worker is back: subscribed again (its backoff is at most 2 s).
+        assert wait_until(lambda: raw.pubsub_numsub(channel)[0][1] == WORKERS, timeout_s=30)
+        raw.close()
+        fleet.run(dead.kill())  # and sharing works again
+        seen = alive.requests
+        assert wait_until(lambda: alive.requests >= seen + 200)
+        stop.set()
+        reports = [ready.get(timeout=60)[1] for _ in range(WORKERS)]
     failures = sum(r["s0_failures"] for r in reports)
     errors = [r["shared"]["redis_errors"] for r in reports]
     failed = sum(r["failed_calls"] for r in reports)
