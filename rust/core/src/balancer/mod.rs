@@ -29,7 +29,7 @@ pub use ewma::PeakEwma;
 pub use least_connections::LeastConnections;
 pub use node::{NodeState, NodeStats};
 pub use power_of_two::PowerOfTwoChoices;
-pub use prefix::{PrefixAware, PrefixConfig, PrefixStats, Prompt};
+pub use prefix::{EventCounts, PrefixAware, PrefixConfig, PrefixStats, Prompt, QueueStats};
 pub use random::Random;
 pub use round_robin::RoundRobin;
 pub use weighted_round_robin::{smooth_schedule, Schedule, WeightedRoundRobin};

@@ -23,6 +23,18 @@ pub fn hash_bytes(data: &[u8], block: usize, max_blocks: usize, out: &mut Vec<u6
     }
 }
 
+/// The hash of a block of token ids that follows the block hashing to
+/// `parent` (`None`: the prompt's first block), as [`hash_tokens`] chains
+/// them.
+pub fn chain_tokens(parent: Option<u64>, tokens: &[u32]) -> u64 {
+    let mut buf = [0u8; super::MAX_TOKEN_BLOCK * 4];
+    let n = tokens.len().min(super::MAX_TOKEN_BLOCK);
+    for (i, t) in tokens[..n].iter().enumerate() {
+        buf[i * 4..i * 4 + 4].copy_from_slice(&t.to_le_bytes());
+    }
+    xxh3_64_with_seed(&buf[..n * 4], parent.unwrap_or(ROOT))
+}
+
 /// Appends the chained hashes of whole `block`-token blocks of `tokens` to
 /// `out` (at most `max_blocks`). Each block is hashed as the little-endian
 /// bytes of its 32-bit ids, so a token prompt and the same ids packed into
@@ -86,6 +98,16 @@ mod tests {
         out.clear();
         hash_tokens(0..10u32, 16, 3, &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_chained_block_hashes_as_in_its_prompt() {
+        let tokens: Vec<u32> = (0..48).collect();
+        let mut whole = Vec::new();
+        hash_tokens(tokens.iter().copied(), 16, 100, &mut whole);
+        let first = chain_tokens(None, &tokens[..16]);
+        let second = chain_tokens(Some(first), &tokens[16..32]);
+        assert_eq!(whole[..2], [first, second]);
     }
 
     #[test]

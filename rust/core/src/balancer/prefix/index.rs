@@ -1,18 +1,26 @@
-//! The record of which node was sent which prompt blocks.
+//! The record of which node holds which prompt blocks.
 //!
-//! One entry per (block hash, node) pair, on one LRU list per shard; a table
-//! maps each block hash to the chain of its pairs (one per node holding it).
-//! A prompt's blocks all live in the shard chosen by its first block (the
-//! chained hashes of prompts with different first blocks never meet), so a
-//! pick locks one shard and picks for unrelated prompts run in parallel.
+//! One entry per (block hash, node) pair. A table maps each block hash to
+//! the chain of its pairs (one per node holding it). A prompt's blocks all
+//! live in the shard chosen by its first block (the chained hashes of
+//! prompts with different first blocks never meet), so a pick locks one
+//! shard and picks for unrelated prompts run in parallel.
 //!
-//! The budget is global: `max` pairs across all shards, counted in one
-//! atomic. A shard that needs room evicts the oldest pair of the cluster: each
-//! shard publishes the tick of its least recently used pair, and the shard
-//! with the oldest gives one up (taken with `try_lock`, so no pick ever waits
-//! on a second shard; if it is busy, the picking shard evicts its own). Every
-//! operation is O(1) per block, plus a walk of the block's chain, which is at
-//! most one pair per node.
+//! Each pair sits on two least-recently-used lists of its shard: the
+//! shard's own, and its node's. Two budgets bound the record:
+//! - each node's capacity (the blocks its server can hold): a node over it
+//!   gives up its own least recently used pair, so the record forgets what
+//!   the server has evicted instead of believing it holds everything it
+//!   was ever sent. The node's oldest pair may be in another shard: each
+//!   shard publishes, per node, the tick of its oldest pair (in the
+//!   [`Tally`]), and the shard with the oldest gives it up (taken with
+//!   `try_lock`, so no pick waits on a second shard; if it is busy, the
+//!   picking shard gives up its own oldest pair of that node).
+//! - `max` pairs in all, the memory bound, counted in one atomic: the
+//!   oldest pair of the whole record goes, found the same way.
+//!
+//! Every operation is O(1) per block, plus a walk of the block's chain,
+//! which is at most one pair per node.
 
 use std::mem::size_of;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -32,12 +40,29 @@ struct Pair {
     /// When the pair was last recorded (the index's pick counter).
     tick: u64,
     node: u32,
-    /// Neighbours on the LRU list (towards the most and the least recent).
+    /// Neighbours on the shard's LRU list (towards the most and the least
+    /// recent), and on its node's.
     newer: u32,
     older: u32,
+    node_newer: u32,
+    node_older: u32,
     /// The next pair of the same block hash.
     chain: u32,
 }
+
+/// One node's pairs in a shard, least recently used last.
+#[derive(Debug, Clone, Copy)]
+struct List {
+    newest: u32,
+    oldest: u32,
+    len: u64,
+}
+
+const EMPTY: List = List {
+    newest: NIL,
+    oldest: NIL,
+    len: 0,
+};
 
 #[derive(Debug, Default)]
 pub(super) struct Shard {
@@ -49,8 +74,8 @@ pub(super) struct Shard {
     newest: u32,
     oldest: u32,
     len: usize,
-    /// Pairs per node slot.
-    per_node: Vec<u64>,
+    /// Each node slot's list.
+    nodes: Vec<List>,
 }
 
 impl Shard {
@@ -100,8 +125,19 @@ impl Shard {
         p
     }
 
+    fn list(&self, node: u32) -> List {
+        self.nodes.get(node as usize).copied().unwrap_or(EMPTY)
+    }
+
     fn unlink(&mut self, p: u32) {
-        let Pair { newer, older, .. } = self.pairs[p as usize];
+        let Pair {
+            newer,
+            older,
+            node,
+            node_newer,
+            node_older,
+            ..
+        } = self.pairs[p as usize];
         match newer {
             NIL => self.newest = older,
             n => self.pairs[n as usize].older = older,
@@ -110,25 +146,43 @@ impl Shard {
             NIL => self.oldest = newer,
             o => self.pairs[o as usize].newer = newer,
         }
+        match node_newer {
+            NIL => self.nodes[node as usize].newest = node_older,
+            n => self.pairs[n as usize].node_older = node_older,
+        }
+        match node_older {
+            NIL => self.nodes[node as usize].oldest = node_newer,
+            o => self.pairs[o as usize].node_newer = node_newer,
+        }
     }
 
     fn push_newest(&mut self, p: u32) {
-        let old = self.newest;
+        let (old, node) = (self.newest, self.pairs[p as usize].node);
+        let node_old = self.nodes[node as usize].newest;
         {
             let pair = &mut self.pairs[p as usize];
             pair.newer = NIL;
             pair.older = old;
+            pair.node_newer = NIL;
+            pair.node_older = node_old;
         }
         match old {
             NIL => self.oldest = p,
             o => self.pairs[o as usize].newer = p,
         }
         self.newest = p;
+        let list = &mut self.nodes[node as usize];
+        match node_old {
+            NIL => list.oldest = p,
+            o => self.pairs[o as usize].node_newer = p,
+        }
+        self.nodes[node as usize].newest = p;
     }
 
     fn touch(&mut self, p: u32, tick: u64) {
         self.pairs[p as usize].tick = tick;
-        if self.newest != p {
+        let node = self.pairs[p as usize].node as usize;
+        if self.newest != p || self.nodes[node].newest != p {
             self.unlink(p);
             self.push_newest(p);
         }
@@ -137,11 +191,11 @@ impl Shard {
     /// Adds a pair; `false` (nothing added) if memory for it is short.
     fn insert(&mut self, hash: u64, node: u32, tick: u64, max: usize) -> bool {
         let slot = node as usize;
-        if self.per_node.len() <= slot && self.per_node.try_reserve(slot + 1).is_err() {
+        if self.nodes.len() <= slot && self.nodes.try_reserve(slot + 1).is_err() {
             return false;
         }
-        if self.per_node.len() <= slot {
-            self.per_node.resize(slot + 1, 0);
+        if self.nodes.len() <= slot {
+            self.nodes.resize(slot + 1, EMPTY);
         }
         if self.free == NIL && self.pairs.len() == self.pairs.capacity() {
             let room = max.saturating_sub(self.pairs.len()).max(1);
@@ -161,6 +215,8 @@ impl Shard {
             node,
             newer: NIL,
             older: NIL,
+            node_newer: NIL,
+            node_older: NIL,
             chain,
         };
         let p = if self.free != NIL {
@@ -178,12 +234,12 @@ impl Shard {
             e.1 = p;
         }
         self.push_newest(p);
-        self.per_node[slot] += 1;
+        self.nodes[slot].len += 1;
         self.len += 1;
         true
     }
 
-    /// Takes pair `p` out of its chain, the LRU list and the counts.
+    /// Takes pair `p` out of its chain, its lists and the counts.
     fn remove(&mut self, p: u32) {
         let Pair {
             hash, node, chain, ..
@@ -207,28 +263,55 @@ impl Shard {
             }
         }
         self.unlink(p);
-        self.per_node[node as usize] -= 1;
+        self.nodes[node as usize].len -= 1;
         self.pairs[p as usize].older = self.free;
         self.free = p;
         self.len -= 1;
     }
 
-    /// Evicts the least recently used pair and returns its node slot;
-    /// `None` if the shard is empty.
-    fn evict_oldest(&mut self) -> Option<u32> {
-        if self.oldest == NIL {
-            return None;
-        }
-        let node = self.pairs[self.oldest as usize].node;
-        self.remove(self.oldest);
+    /// Removes pair `p`, compacting the shard when it has shrunk far below
+    /// its room. Returns the pair's node slot.
+    fn drop_pair(&mut self, p: u32) -> u32 {
+        let node = self.pairs[p as usize].node;
+        self.remove(p);
         if self.len * 4 < self.pairs.capacity() && self.pairs.capacity() > COMPACT_ABOVE {
             self.compact();
         }
-        Some(node)
+        node
+    }
+
+    /// Evicts the least recently used pair and returns its node slot;
+    /// `None` if the shard is empty.
+    fn evict_oldest(&mut self) -> Option<u32> {
+        (self.oldest != NIL).then(|| self.drop_pair(self.oldest))
+    }
+
+    /// Evicts node `slot`'s least recently used pair; `false` if it has none
+    /// here.
+    fn evict_node_oldest(&mut self, slot: u32) -> bool {
+        let oldest = self.list(slot).oldest;
+        if oldest == NIL {
+            return false;
+        }
+        self.drop_pair(oldest);
+        true
+    }
+
+    /// Removes the pair of `hash` held by node `slot`; `false` if there is
+    /// none.
+    pub(super) fn forget_block(&mut self, hash: u64, slot: u32) -> bool {
+        let p = self.find(hash, slot);
+        if p == NIL {
+            return false;
+        }
+        self.drop_pair(p);
+        true
     }
 
     /// Rebuilds the shard at its present size, so memory freed by evictions
-    /// elsewhere in the cluster is given back.
+    /// elsewhere in the cluster is given back. Inserting in the shard's
+    /// order keeps every node's order too (a touch moves a pair to the
+    /// front of both lists at once).
     fn compact(&mut self) {
         let mut fresh = Shard::new();
         if fresh.pairs.try_reserve_exact(self.len * 2).is_err() {
@@ -248,14 +331,8 @@ impl Shard {
     /// Drops every pair of node `slot`. Returns how many went.
     pub(super) fn purge(&mut self, slot: u32) -> usize {
         let mut gone = 0;
-        let mut p = self.oldest;
-        while p != NIL {
-            let next = self.pairs[p as usize].newer;
-            if self.pairs[p as usize].node == slot {
-                self.remove(p);
-                gone += 1;
-            }
-            p = next;
+        while self.evict_node_oldest(slot) {
+            gone += 1;
         }
         gone
     }
@@ -267,10 +344,17 @@ impl Shard {
         }
     }
 
+    fn node_oldest_tick(&self, slot: u32) -> u64 {
+        match self.list(slot).oldest {
+            NIL => u64::MAX,
+            p => self.pairs[p as usize].tick,
+        }
+    }
+
     fn bytes(&self) -> usize {
         self.pairs.capacity() * size_of::<Pair>()
             + self.table.capacity() * (size_of::<(u64, u32)>() + 1)
-            + self.per_node.capacity() * size_of::<u64>()
+            + self.nodes.capacity() * size_of::<List>()
     }
 }
 
@@ -299,6 +383,71 @@ pub struct IndexStats {
     pub bytes: u64,
 }
 
+/// Per node slot, what picks read and keep up without locking a shard:
+/// pairs held (exact when built, then kept up by the picks that use it),
+/// the node's capacity (0: none), and for each shard the tick of the
+/// node's oldest pair there.
+#[derive(Debug, Default)]
+pub struct Tally {
+    sizes: Box<[AtomicI64]>,
+    caps: Box<[AtomicU64]>,
+    oldest: Box<[AtomicU64]>,
+    shards: usize,
+}
+
+impl Tally {
+    /// Pairs recorded for node `slot`.
+    pub(super) fn size(&self, slot: u32) -> i64 {
+        self.sizes
+            .get(slot as usize)
+            .map_or(0, |s| s.load(Ordering::Relaxed))
+            .max(0)
+    }
+
+    /// Node `slot`'s capacity in pairs (0: none).
+    pub(super) fn cap(&self, slot: u32) -> u64 {
+        self.caps
+            .get(slot as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    pub(super) fn set_cap(&self, slot: u32, cap: u64) {
+        if let Some(c) = self.caps.get(slot as usize) {
+            c.store(cap, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds `by` to the size of node `slot`, if the tally has it (a slot of
+    /// a node added since it was built is counted from the next build).
+    fn count(&self, slot: u32, by: i64) {
+        if let Some(size) = self.sizes.get(slot as usize) {
+            size.fetch_add(by, Ordering::Relaxed);
+        }
+    }
+
+    fn reset(&self, slot: u32) {
+        if let Some(size) = self.sizes.get(slot as usize) {
+            size.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn oldest_at(&self, slot: u32, at: usize) -> Option<&AtomicU64> {
+        self.oldest.get(slot as usize * self.shards + at)
+    }
+
+    /// The shard holding node `slot`'s oldest pair, by the published ticks.
+    fn oldest_shard(&self, slot: u32) -> Option<usize> {
+        let base = slot as usize * self.shards;
+        let ticks = self.oldest.get(base..base + self.shards)?;
+        let (at, tick) = ticks
+            .iter()
+            .map(|t| t.load(Ordering::Relaxed))
+            .enumerate()
+            .min_by_key(|&(_, t)| t)?;
+        (tick != u64::MAX).then_some(at)
+    }
+}
+
 pub(super) struct Index {
     cells: Box<[Cell]>,
     total: AtomicUsize,
@@ -324,10 +473,11 @@ impl Index {
         }
     }
 
-    /// Locks the shard that holds the blocks of a prompt whose first block
-    /// hashes to `first`.
-    pub(super) fn lock(&self, first: u64) -> Locked<'_> {
-        let at = (((first >> 32) * self.cells.len() as u64) >> 32) as usize;
+    fn cell_of(&self, first: u64) -> usize {
+        (((first >> 32) * self.cells.len() as u64) >> 32) as usize
+    }
+
+    fn lock_at(&self, at: usize) -> Locked<'_> {
         Locked {
             index: self,
             at,
@@ -341,6 +491,12 @@ impl Index {
         }
     }
 
+    /// Locks the shard that holds the blocks of a prompt whose first block
+    /// hashes to `first`.
+    pub(super) fn lock(&self, first: u64) -> Locked<'_> {
+        self.lock_at(self.cell_of(first))
+    }
+
     pub(super) fn stats(&self) -> IndexStats {
         let mut out = IndexStats {
             max_blocks: self.max as u64,
@@ -349,11 +505,11 @@ impl Index {
         };
         for cell in self.cells.iter() {
             let shard = cell.shard.lock().unwrap_or_else(|e| e.into_inner());
-            if out.per_slot.len() < shard.per_node.len() {
-                out.per_slot.resize(shard.per_node.len(), 0);
+            if out.per_slot.len() < shard.nodes.len() {
+                out.per_slot.resize(shard.nodes.len(), 0);
             }
-            for (total, n) in out.per_slot.iter_mut().zip(&shard.per_node) {
-                *total += n;
+            for (total, list) in out.per_slot.iter_mut().zip(&shard.nodes) {
+                *total += list.len;
             }
             out.blocks += shard.len as u64;
             out.bytes += shard.bytes() as u64;
@@ -361,25 +517,41 @@ impl Index {
         out
     }
 
-    /// Pairs held per node slot (`slots` of them), counted exactly.
-    pub(super) fn sizes(&self, slots: usize) -> Box<[AtomicI64]> {
-        let sizes: Box<[AtomicI64]> = (0..slots).map(|_| AtomicI64::new(0)).collect();
-        for cell in self.cells.iter() {
+    /// A tally of `caps.len()` node slots, with their sizes and oldest
+    /// ticks read from every shard.
+    pub(super) fn tally(&self, caps: &[u64]) -> Tally {
+        let shards = self.cells.len();
+        let slots = caps.len();
+        let tally = Tally {
+            sizes: (0..slots).map(|_| AtomicI64::new(0)).collect(),
+            caps: caps.iter().map(|&c| AtomicU64::new(c)).collect(),
+            oldest: (0..slots * shards)
+                .map(|_| AtomicU64::new(u64::MAX))
+                .collect(),
+            shards,
+        };
+        for (at, cell) in self.cells.iter().enumerate() {
             let shard = cell.shard.lock().unwrap_or_else(|e| e.into_inner());
-            for (size, &n) in sizes.iter().zip(&shard.per_node) {
-                size.fetch_add(n as i64, Ordering::Relaxed);
+            for slot in 0..slots.min(shard.nodes.len()) {
+                tally.count(slot as u32, shard.nodes[slot].len as i64);
+                if let Some(t) = tally.oldest_at(slot as u32, at) {
+                    t.store(shard.node_oldest_tick(slot as u32), Ordering::Relaxed);
+                }
             }
         }
-        sizes
+        tally
     }
 
     /// Drops the pairs of node `slot` from every shard.
-    pub(super) fn purge(&self, slot: u32) {
-        for cell in self.cells.iter() {
-            let mut shard = cell.shard.lock().unwrap_or_else(|e| e.into_inner());
-            let gone = shard.purge(slot);
-            cell.oldest.store(shard.oldest_tick(), Ordering::Relaxed);
+    pub(super) fn purge(&self, slot: u32, tally: Option<&Tally>) {
+        for at in 0..self.cells.len() {
+            let mut locked = self.lock_at(at);
+            let gone = locked.shard.purge(slot);
             self.total.fetch_sub(gone, Ordering::Relaxed);
+            locked.publish(slot, tally);
+        }
+        if let Some(tally) = tally {
+            tally.reset(slot);
         }
     }
 }
@@ -389,36 +561,65 @@ impl Locked<'_> {
     /// block is recorded first, so a prompt's first blocks are the most
     /// recent and are evicted last: what stays is always a prefix.
     ///
-    /// `sizes` (per node slot) follows the pairs added and evicted: the
-    /// placement of new prefixes reads it without locking any shard.
-    pub(super) fn record(&mut self, hashes: &[u64], slot: u32, sizes: &[AtomicI64]) {
+    /// `tally` follows the pairs added and evicted: the placement of new
+    /// prefixes reads it without locking any shard. When `capped`, a node
+    /// at its capacity gives up its oldest pair for each one added (what a
+    /// server reports holding is recorded uncapped: it evicts on its own).
+    pub(super) fn record(&mut self, hashes: &[u64], slot: u32, tally: &Tally, capped: bool) {
         let tick = self.index.clock.fetch_add(1, Ordering::Relaxed);
         for &hash in hashes.iter().rev() {
             let p = self.shard.find(hash, slot);
             if p != NIL {
                 self.shard.touch(p, tick);
-            } else if !self.reserve(sizes) {
+                continue;
+            }
+            let cap = tally.cap(slot);
+            // Down to one under the capacity: a record whose capacity was
+            // lowered shrinks to it. Each eviction takes a real pair, so
+            // the loop ends.
+            while capped && cap > 0 && tally.size(slot) as u64 >= cap {
+                if !self.evict_node(slot, tally) {
+                    break;
+                }
+            }
+            if !self.reserve(tally) {
                 break;
-            } else if self.shard.insert(hash, slot, tick, self.index.max) {
-                count(sizes, slot, 1);
+            }
+            if self.shard.insert(hash, slot, tick, self.index.max) {
+                tally.count(slot, 1);
             } else {
                 self.index.total.fetch_sub(1, Ordering::Relaxed);
                 break;
             }
         }
-        self.publish();
+        self.publish(slot, Some(tally));
     }
 
-    fn publish(&self) {
+    /// Forgets that node `slot` holds `hash`; `false` if it was not recorded.
+    pub(super) fn forget(&mut self, hash: u64, slot: u32, tally: &Tally) -> bool {
+        if !self.shard.forget_block(hash, slot) {
+            return false;
+        }
+        self.index.total.fetch_sub(1, Ordering::Relaxed);
+        tally.count(slot, -1);
+        self.publish(slot, Some(tally));
+        true
+    }
+
+    /// Publishes this shard's oldest tick, and node `slot`'s here.
+    fn publish(&self, slot: u32, tally: Option<&Tally>) {
         self.index.cells[self.at]
             .oldest
             .store(self.shard.oldest_tick(), Ordering::Relaxed);
+        if let Some(t) = tally.and_then(|t| t.oldest_at(slot, self.at)) {
+            t.store(self.shard.node_oldest_tick(slot), Ordering::Relaxed);
+        }
     }
 
-    /// Takes one unit of the budget, evicting the cluster's oldest pair if
+    /// Takes one unit of the budget, evicting the record's oldest pair if
     /// it is spent. `false` when nothing could be evicted (this shard is
     /// empty and the shard holding the oldest pair was busy).
-    fn reserve(&mut self, sizes: &[AtomicI64]) -> bool {
+    fn reserve(&mut self, tally: &Tally) -> bool {
         let index = self.index;
         loop {
             let used = index.total.load(Ordering::Relaxed);
@@ -432,14 +633,20 @@ impl Locked<'_> {
                 }
                 continue;
             }
-            match self.evict_one() {
-                Some(node) => count(sizes, node, -1),
-                None => return false,
+            if !self.evict_one(tally) {
+                return false;
             }
         }
     }
 
-    fn evict_one(&mut self) -> Option<u32> {
+    /// Counts one pair of node `node` evicted from the shard at `at`.
+    fn evicted(&self, node: u32, tally: &Tally) {
+        self.index.total.fetch_sub(1, Ordering::Relaxed);
+        self.index.evictions.fetch_add(1, Ordering::Relaxed);
+        tally.count(node, -1);
+    }
+
+    fn evict_one(&mut self, tally: &Tally) -> bool {
         let index = self.index;
         let own = self.shard.oldest_tick();
         let victim = index
@@ -451,30 +658,45 @@ impl Locked<'_> {
             .min();
         if let Some((tick, at)) = victim {
             if tick < own {
-                if let Ok(mut other) = index.cells[at].shard.try_lock() {
-                    if let Some(node) = other.evict_oldest() {
-                        index.cells[at]
-                            .oldest
-                            .store(other.oldest_tick(), Ordering::Relaxed);
-                        index.total.fetch_sub(1, Ordering::Relaxed);
-                        index.evictions.fetch_add(1, Ordering::Relaxed);
-                        return Some(node);
+                if let Ok(shard) = index.cells[at].shard.try_lock() {
+                    let mut other = Locked { index, at, shard };
+                    if let Some(node) = other.shard.evict_oldest() {
+                        other.evicted(node, tally);
+                        other.publish(node, Some(tally));
+                        return true;
                     }
                 }
             }
         }
-        let node = self.shard.evict_oldest()?;
-        index.total.fetch_sub(1, Ordering::Relaxed);
-        index.evictions.fetch_add(1, Ordering::Relaxed);
-        self.publish();
-        Some(node)
+        let Some(node) = self.shard.evict_oldest() else {
+            return false;
+        };
+        self.evicted(node, tally);
+        self.publish(node, Some(tally));
+        true
     }
-}
 
-/// Adds `by` to the size of node `slot`, if the table has it (a slot of a
-/// node added since the table was built is counted from the next build).
-fn count(sizes: &[AtomicI64], slot: u32, by: i64) {
-    if let Some(size) = sizes.get(slot as usize) {
-        size.fetch_add(by, Ordering::Relaxed);
+    /// Evicts node `slot`'s oldest pair, wherever it is; `false` if none
+    /// could be (the node has none, or its oldest is in a busy shard and
+    /// this one has none of it).
+    fn evict_node(&mut self, slot: u32, tally: &Tally) -> bool {
+        let index = self.index;
+        if let Some(at) = tally.oldest_shard(slot).filter(|&at| at != self.at) {
+            if let Ok(shard) = index.cells[at].shard.try_lock() {
+                let mut other = Locked { index, at, shard };
+                if other.shard.evict_node_oldest(slot) {
+                    other.evicted(slot, tally);
+                    other.publish(slot, Some(tally));
+                    return true;
+                }
+                other.publish(slot, Some(tally));
+            }
+        }
+        if !self.shard.evict_node_oldest(slot) {
+            return false;
+        }
+        self.evicted(slot, tally);
+        self.publish(slot, Some(tally));
+        true
     }
 }

@@ -10,6 +10,14 @@ fn pick(b: &PrefixAware<String>, prompt: &[u8]) -> String {
         .unwrap()
 }
 
+/// Picks at `now_s` seconds of a manual clock.
+fn pick_at(b: &PrefixAware<String>, prompt: &[u8], now_s: f64) -> String {
+    let mut hashes = Vec::new();
+    b.config().hash(Prompt::Bytes(prompt), &mut hashes);
+    b.pick_at(&hashes, &[], (now_s * 1e9) as u64, |m| m.handle.clone())
+        .unwrap()
+}
+
 /// A prompt of `blocks` 64-byte blocks: a shared `group` prefix of `shared`
 /// blocks, then blocks unique to `user`.
 fn prompt(group: u32, shared: usize, user: u32, blocks: usize) -> Vec<u8> {
@@ -38,9 +46,11 @@ fn blocks_of(b: &PrefixAware<String>, id: &str) -> u64 {
 #[test]
 fn a_prompt_returns_to_the_node_that_holds_its_prefix() {
     let b = balancer(&["a", "b", "c", "d"], PrefixConfig::default());
-    let first = pick(&b, &prompt(1, 8, 0, 10));
+    let first = pick_at(&b, &prompt(1, 8, 0, 10), 1.0);
     for user in 1..20 {
-        assert_eq!(pick(&b, &prompt(1, 8, user, 10)), first);
+        // A second apart: the prefill work sent before is done.
+        let at = 1.0 + 10.0 * f64::from(user);
+        assert_eq!(pick_at(&b, &prompt(1, 8, user, 10), at), first);
     }
     let s = b.prefix_stats();
     assert_eq!(s.prompts, 20);
@@ -128,7 +138,8 @@ fn the_record_never_outgrows_its_budget() {
         }
     }
     let s = b.prefix_stats();
-    assert_eq!(s.blocks, 1_000);
+    // Each of the 3 nodes holds at most its share, 333.
+    assert_eq!(s.blocks, 999);
     assert!(s.evictions > 50_000);
     // Pairs of 40 bytes and their table: far under what 4 shards of 1,000
     // would hold if freed room were never given back.
@@ -311,23 +322,144 @@ fn picks_from_many_threads_keep_the_record_consistent() {
     assert_eq!(s.prompts, 12_000);
 }
 
+/// A config whose load is requests in flight only, seeded.
+fn in_flight_only(seed: u64) -> PrefixConfig {
+    PrefixConfig {
+        prefill_weight: 0.0,
+        seed: Some(seed),
+        ..PrefixConfig::default()
+    }
+}
+
 #[test]
-fn new_prefixes_go_to_the_smallest_record_and_fill_a_node_that_joins() {
-    let b = balancer(&["a", "b"], PrefixConfig::default());
-    for g in 0..10 {
+fn new_prefixes_through_a_full_record_spread_evenly_and_never_herd() {
+    let ids = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    let config = PrefixConfig {
+        max_blocks: 800,
+        ..in_flight_only(5)
+    };
+    let b = balancer(&ids, config);
+    let mut counts = std::collections::HashMap::new();
+    let (mut same, mut last) = (0, String::new());
+    for g in 0..10_000 {
+        let node = pick(&b, &prompt(g, 4, 0, 4));
+        if g >= 400 {
+            // The record is full from here on (8 nodes x 100 blocks).
+            *counts.entry(node.clone()).or_insert(0u32) += 1;
+            same += u32::from(node == last);
+        }
+        last = node;
+    }
+    assert_eq!(b.prefix_stats().blocks, 800, "the record is full");
+    let fair = 9_600.0 / 8.0;
+    for id in ids {
+        let got = f64::from(counts[id]);
+        assert!((got / fair - 1.0).abs() < 0.1, "{id}: {got} of {fair}");
+    }
+    // The same node twice in a row as often as at random (1 in 8), not more.
+    assert!(f64::from(same) < 1.3 * 9_600.0 / 8.0, "{same} repeats");
+}
+
+#[test]
+fn a_node_that_joins_gets_more_than_its_share_until_its_record_fills() {
+    let b = balancer(&["a", "b"], in_flight_only(3));
+    for g in 0..40 {
         pick(&b, &prompt(g, 8, 0, 8));
     }
-    assert_eq!(blocks_of(&b, "a"), 40, "spread evenly by record size");
-    assert_eq!(blocks_of(&b, "b"), 40);
     b.balancer().update(specs(&["a", "b", "c"])).unwrap();
-    for g in 10..14 {
-        assert_eq!(pick(&b, &prompt(g, 8, 0, 8)), "c");
-    }
+    let to_c: Vec<bool> = (100..160)
+        .map(|g| pick(&b, &prompt(g, 8, 0, 8)) == "c")
+        .collect();
+    // The emptiest record wins until it is as full as the others (20
+    // prefixes of 8 blocks), then new prefixes are shared.
+    assert!(to_c[..20].iter().all(|&c| c), "{to_c:?}");
+    let rest = to_c[20..].iter().filter(|&&c| c).count();
+    assert!((8..=20).contains(&rest), "{rest} of 40");
     // An overloaded newcomer is passed over even with the smallest record.
     for _ in 0..20 {
         b.balancer().begin("c").unwrap();
     }
-    assert_ne!(pick(&b, &prompt(99, 8, 0, 8)), "c");
+    for g in 200..210 {
+        assert_ne!(pick(&b, &prompt(g, 8, 0, 8)), "c");
+    }
+}
+
+#[test]
+fn each_node_keeps_at_most_its_capacity_and_forgets_its_oldest() {
+    let config = PrefixConfig {
+        node_blocks: 20,
+        ..in_flight_only(1)
+    };
+    let b = balancer(&["a", "b"], config);
+    let mut home = Vec::new();
+    for g in 0..30 {
+        home.push(pick(&b, &prompt(g, 4, 0, 4)));
+    }
+    let s = b.prefix_stats();
+    assert_eq!(s.blocks, 40);
+    assert!(s.blocks_per_node.iter().all(|(_, n)| *n == 20));
+    // The latest prefixes are held where they went; the first are gone.
+    let mut hashes = Vec::new();
+    b.config()
+        .hash(Prompt::Bytes(&prompt(29, 4, 0, 4)), &mut hashes);
+    let depths = b.depths(&hashes);
+    assert!(depths.iter().any(|(id, d)| *id == home[29] && *d == 4));
+    hashes.clear();
+    b.config()
+        .hash(Prompt::Bytes(&prompt(0, 4, 0, 4)), &mut hashes);
+    assert!(b.depths(&hashes).iter().all(|(_, d)| *d == 0));
+    // A node's own capacity overrides the default, and 0 restores it.
+    b.set_node_blocks("a", 8).unwrap();
+    b.balancer().set_available("b", false).unwrap();
+    for g in 100..130 {
+        pick(&b, &prompt(g, 4, 0, 4));
+    }
+    assert_eq!(blocks_of(&b, "a"), 8);
+    b.balancer().set_available("b", true).unwrap();
+    b.set_node_blocks("a", 0).unwrap();
+    assert_eq!(b.queue_stats(0)[0].capacity, 20);
+    assert!(matches!(
+        b.set_node_blocks("zz", 5),
+        Err(Error::UnknownNode { .. })
+    ));
+}
+
+#[test]
+fn a_node_forgotten_is_cold_and_the_others_keep_their_record() {
+    let b = balancer(&["a", "b", "c"], PrefixConfig::default());
+    for g in 0..12 {
+        pick_at(&b, &prompt(g, 4, 0, 4), f64::from(g));
+    }
+    let before = blocks_of(&b, "b") + blocks_of(&b, "c");
+    b.forget("a").unwrap();
+    assert_eq!(blocks_of(&b, "a"), 0);
+    assert_eq!(blocks_of(&b, "b") + blocks_of(&b, "c"), before);
+    assert_eq!(b.queue_stats(0)[0].prefill_blocks, 0.0);
+    assert_eq!(b.forget("zz"), Err(Error::UnknownNode { id: "zz".into() }));
+}
+
+#[test]
+fn prefill_work_sent_to_a_node_counts_as_load_until_it_decays() {
+    let config = PrefixConfig {
+        prefill_weight: 4.0,
+        prefill_decay_s: 1.0,
+        balance_abs: 1.0,
+        seed: Some(2),
+        ..PrefixConfig::default()
+    };
+    let b = balancer(&["a", "b"], config);
+    // A long prompt to "a" at t=0, and nothing in flight anywhere.
+    let long = prompt(1, 40, 0, 40);
+    let home = pick_at(&b, &long, 0.0);
+    // At once, the holder's queued prefill (4 mean prompts of work, with
+    // the mean at 40 blocks... of one prompt) makes it overloaded.
+    let other = if home == "a" { "b" } else { "a" };
+    assert_eq!(pick_at(&b, &prompt(1, 40, 1, 41), 0.0), other);
+    let q = b.queue_stats((1e9) as u64);
+    let sent = q.iter().find(|s| s.id == home).unwrap().prefill_blocks;
+    assert!((sent - 40.0 * (-1.0f64).exp()).abs() < 1e-6, "{sent}");
+    // Ten time constants later the work is done: the prefix goes home.
+    assert_eq!(pick_at(&b, &prompt(1, 40, 2, 41), 20.0), home);
 }
 
 #[test]
@@ -471,4 +603,145 @@ fn hostile_journals_are_refused_whole_and_name_data() {
         noise.truncate(rng.usize(..=noise.len()));
         let _ = two.merge_journal(&noise);
     }
+}
+
+/// vLLM-style event batches (the array form), for the exact-mode tests.
+mod events {
+    use super::super::kv_events::tests::W;
+
+    /// `BlockStored` of `blocks` blocks of 16 tokens, named `first..` by
+    /// the server, continuing from its block `parent`.
+    pub fn stored(w: &mut W, first: u64, parent: Option<u64>, tokens: &[u32]) {
+        let hashes: Vec<u64> = (0..tokens.len() as u64 / 16).map(|i| first + i).collect();
+        w.array(7).str("BlockStored").uints(&hashes);
+        match parent {
+            Some(p) => w.uint(p),
+            None => w.nil(),
+        };
+        let tokens: Vec<u64> = tokens.iter().map(|&t| u64::from(t)).collect();
+        w.uints(&tokens).uint(16).nil().str("GPU");
+    }
+
+    pub fn batch(events: usize, write: impl FnOnce(&mut W)) -> Vec<u8> {
+        let mut w = W::default();
+        w.array(2).float(1.0).array(events);
+        write(&mut w);
+        w.0
+    }
+}
+
+fn token_depths(b: &PrefixAware<String>, tokens: &[u32]) -> Vec<(String, u32)> {
+    let mut hashes = Vec::new();
+    b.config().hash(Prompt::Tokens(tokens), &mut hashes);
+    b.depths(&hashes)
+}
+
+fn depth_of(b: &PrefixAware<String>, tokens: &[u32], id: &str) -> u32 {
+    token_depths(b, tokens)
+        .into_iter()
+        .find(|(n, _)| n == id)
+        .map_or(0, |(_, d)| d)
+}
+
+#[test]
+fn kv_events_make_the_record_what_the_server_holds() {
+    let b = balancer(&["a", "b"], PrefixConfig::default());
+    let tokens: Vec<u32> = (0..64).collect();
+    // Four blocks stored in two events, the second continuing the first.
+    let one = events::batch(1, |w| events::stored(w, 100, None, &tokens[..32]));
+    let two = events::batch(1, |w| events::stored(w, 102, Some(101), &tokens[32..]));
+    b.apply_kv_events("a", &one).unwrap();
+    let counts = b.apply_kv_events("a", &two).unwrap();
+    assert_eq!((counts.batches, counts.stored), (1, 2));
+    assert_eq!(depth_of(&b, &tokens, "a"), 4);
+    assert_eq!(depth_of(&b, &tokens, "b"), 0);
+    // The server evicts its last block, then clears everything.
+    let removed = events::batch(1, |w| {
+        w.array(3).str("BlockRemoved").uints(&[103]).nil();
+    });
+    b.apply_kv_events("a", &removed).unwrap();
+    assert_eq!(depth_of(&b, &tokens, "a"), 3);
+    let cleared = events::batch(1, |w| {
+        w.array(1).str("AllBlocksCleared");
+    });
+    b.apply_kv_events("a", &cleared).unwrap();
+    assert_eq!(depth_of(&b, &tokens, "a"), 0);
+    assert_eq!(blocks_of(&b, "a"), 0);
+    let s = b.prefix_stats().events;
+    assert_eq!((s.batches, s.stored, s.removed, s.cleared), (4, 4, 1, 1));
+    // After the clear the server's old names mean nothing.
+    b.apply_kv_events("a", &removed).unwrap();
+    assert_eq!(b.prefix_stats().events.unknown_removed, 1);
+}
+
+#[test]
+fn a_pick_matches_what_the_events_recorded() {
+    let b = balancer(&["a", "b", "c"], PrefixConfig::default());
+    let tokens: Vec<u32> = (1000..1000 + 16 * 8).collect();
+    let batch = events::batch(1, |w| events::stored(w, 7, None, &tokens));
+    b.apply_kv_events("c", &batch).unwrap();
+    let mut asked = tokens.clone();
+    asked.extend(5000..5032);
+    let node = b
+        .pick_with(Prompt::Tokens(&asked), |m| m.handle.clone())
+        .unwrap();
+    assert_eq!(node, "c");
+    assert_eq!(b.prefix_stats().matched_blocks, 8);
+}
+
+#[test]
+fn events_a_pick_cannot_match_are_counted_and_skipped() {
+    let b = balancer(&["a"], PrefixConfig::default());
+    let tokens: Vec<u32> = (0..32).collect();
+    // A parent the router never saw, another block size, another medium.
+    let orphan = events::batch(1, |w| events::stored(w, 1, Some(999), &tokens));
+    let mut w = super::kv_events::tests::W::default();
+    w.array(2).float(0.0).array(2);
+    w.array(5)
+        .str("BlockStored")
+        .uints(&[1])
+        .nil()
+        .uints(&(0..8).collect::<Vec<u64>>())
+        .uint(8);
+    w.array(7)
+        .str("BlockStored")
+        .uints(&[2, 3])
+        .nil()
+        .uints(&(0..32).collect::<Vec<u64>>())
+        .uint(16)
+        .nil()
+        .str("CPU");
+    for data in [orphan, w.0] {
+        b.apply_kv_events("a", &data).unwrap();
+    }
+    let s = b.prefix_stats();
+    assert_eq!(s.blocks, 0);
+    assert_eq!((s.events.orphaned, s.events.ignored), (2, 3));
+}
+
+#[test]
+fn a_malformed_batch_is_refused_whole_and_leaves_the_record() {
+    let b = balancer(&["a"], PrefixConfig::default());
+    let tokens: Vec<u32> = (0..32).collect();
+    let good = events::batch(2, |w| {
+        events::stored(w, 1, None, &tokens[..16]);
+        events::stored(w, 2, Some(1), &tokens[16..]);
+    });
+    for cut in 0..good.len() {
+        match b.apply_kv_events("a", &good[..cut]) {
+            Err(Error::InvalidArgument { name, .. }) => assert_eq!(name, "data"),
+            other => panic!("cut at {cut}: {other:?}"),
+        }
+    }
+    let s = b.prefix_stats();
+    assert_eq!(
+        (s.blocks, s.events.refused, s.events.batches),
+        (0, good.len() as u64, 0)
+    );
+    assert!(matches!(
+        b.apply_kv_events("zz", &good),
+        Err(Error::UnknownNode { .. })
+    ));
+    b.apply_kv_events("a", &good).unwrap();
+    assert_eq!(depth_of(&b, &tokens, "a"), 2);
 }
