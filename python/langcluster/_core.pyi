@@ -127,14 +127,20 @@ class PrefixAware(Balancer):
         block_size: int = 64,
         token_block_size: int = 16,
         max_blocks: int = 262144,
+        node_blocks: int | None = None,
         max_prompt_blocks: int = 1024,
         balance_rel: float = 1.5,
         balance_abs: float = 8.0,
-        min_match: float = 0.5,
+        min_match: float = 0.3,
+        prefill_weight: float = 4.0,
+        prefill_decay_s: float = 1.0,
+        choices: int | None = None,
         load: PrefixLoad = "in_flight",
         shards: int = 16,
         decay_s: float = 10.0,
         seed: int | None = None,
+        tokenizer: Any = None,
+        clock: Callable[[], float] | None = None,
     ) -> PrefixAware: ...
     def pick(self, prompt: Prompt | None = None, *, exclude: Iterable[str] | None = None) -> Any:
         """The node for ``prompt``; records that it now holds its blocks."""
@@ -142,7 +148,18 @@ class PrefixAware(Balancer):
     def acquire(self, prompt: Prompt | None = None) -> Lease:
         """A sync and async context manager picking for ``prompt``."""
 
-    def prefix_stats(self) -> dict[str, int | float]: ...
+    def end(
+        self, node_id: str, latency_s: float, ok: bool = True, *, ttft_s: float | None = None
+    ) -> bool: ...
+    def forget(self, node_id: str) -> None:
+        """Forgets what the record holds for ``node_id`` (a cold restart)."""
+
+    def set_node_blocks(self, node_id: str, blocks: int) -> None: ...
+    def depths(self, prompt: Prompt) -> dict[str, int]: ...
+    def apply_kv_events(self, node_id: str, data: bytes) -> dict[str, int]:
+        """Applies one batch of the node's KV cache events (vLLM msgpack)."""
+
+    def prefix_stats(self) -> dict[str, Any]: ...
     def keep_journal(self, max_bytes: int) -> None: ...
     def take_journal(self) -> bytes: ...
     def merge_journal(self, data: bytes) -> int: ...

@@ -321,11 +321,7 @@ pub fn prompt_hashes(
             Prompt::Bytes(int_text("prompt", prompt)?.to_str()?.as_bytes()),
             out,
         );
-    } else if let Ok(list) = prompt.cast::<PyList>() {
-        let tokens = token_ids(config, list.iter())?;
-        config.hash(Prompt::Tokens(&tokens), out);
-    } else if let Ok(tuple) = prompt.cast::<PyTuple>() {
-        let tokens = token_ids(config, tuple.iter())?;
+    } else if let Some(tokens) = token_sequence(config, prompt, "prompt")? {
         config.hash(Prompt::Tokens(&tokens), out);
     } else {
         return Err(Error::expected(
@@ -337,10 +333,27 @@ pub fn prompt_hashes(
     Ok(())
 }
 
+/// The token ids of a list or tuple, as many as the balancer reads; `None`
+/// for any other type. Errors name `name[i]`.
+pub fn token_sequence(
+    config: &PrefixConfig,
+    value: &Bound<'_, PyAny>,
+    name: &str,
+) -> Result<Option<Vec<u32>>> {
+    if let Ok(list) = value.cast::<PyList>() {
+        return token_ids(config, list.iter(), name).map(Some);
+    }
+    if let Ok(tuple) = value.cast::<PyTuple>() {
+        return token_ids(config, tuple.iter(), name).map(Some);
+    }
+    Ok(None)
+}
+
 /// The token ids of a prompt, as many as the balancer reads.
 fn token_ids<'py>(
     config: &PrefixConfig,
     items: impl Iterator<Item = Bound<'py, PyAny>>,
+    name: &str,
 ) -> Result<Vec<u32>> {
     let limit = config.max_prompt_tokens();
     let mut tokens = Vec::new();
@@ -354,13 +367,13 @@ fn token_ids<'py>(
             Some(id) => tokens.push(id),
             None if item.is_instance_of::<PyInt>() && !item.is_instance_of::<PyBool>() => {
                 return Err(Error::Core(langcluster_core::Error::invalid(
-                    format!("prompt[{i}]"),
+                    format!("{name}[{i}]"),
                     format!("must be a token id from 0 to 2**32-1, got {}", item.str()?),
                 )))
             }
             None => {
                 return Err(Error::expected(
-                    format!("prompt[{i}]"),
+                    format!("{name}[{i}]"),
                     "an int (a token id)",
                     &item,
                 ))

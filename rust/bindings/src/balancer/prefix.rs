@@ -3,26 +3,62 @@
 
 use std::sync::Arc;
 
-use langcluster_core::balancer::{self as core, NodeState, PrefixConfig, DEFAULT_DECAY_S};
+use langcluster_core::balancer::{
+    self as core, EventCounts, NodeState, PrefixConfig, DEFAULT_DECAY_S,
+};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyString};
 
 use super::lease::{PickState, Route};
 use super::{stats_dict, Balancer, CoreResult, Handle, Lease};
 use crate::convert::{
-    integer, iterate, node_specs, optional_integer, optional_number, prompt_hashes, text,
+    flag, integer, iterate, node_specs, number, optional_integer, optional_number, prompt_hashes,
+    text, token_sequence,
 };
-use crate::errors::Result;
+use crate::errors::{Error, Result};
 
 type Core = core::PrefixAware<Handle>;
 
-impl PickState for Core {
+/// The core balancer with the caller's clock, as leases pick through it.
+struct Clocked {
+    core: Arc<Core>,
+    /// A callable returning seconds, or None for the process's clock.
+    clock: Option<Py<PyAny>>,
+}
+
+impl Clocked {
+    /// Now, in nanoseconds of the caller's clock (or the process's).
+    fn now(&self, py: Python<'_>) -> Result<u64> {
+        let Some(clock) = &self.clock else {
+            return Ok(langcluster_core::clock::now_ns());
+        };
+        let value = clock.call0(py)?;
+        let seconds = number("clock", value.bind(py))?;
+        if !(seconds.is_finite() && seconds >= 0.0) {
+            return Err(langcluster_core::Error::invalid(
+                "clock",
+                format!("must return a number of seconds from 0, got {seconds:?}"),
+            )
+            .into());
+        }
+        Ok((seconds * 1e9) as u64)
+    }
+}
+
+impl PickState for Clocked {
     fn pick_state(&self, py: Python<'_>, route: &Route) -> CoreResult<(Handle, Arc<NodeState>)> {
         let hashes: &[u64] = match route {
             Route::Blocks(hashes) => hashes,
             Route::Key(_) => &[],
         };
-        self.pick_hashed(hashes, |m| (m.handle.clone_ref(py), Arc::clone(&m.state)))
+        // A clock that fails or lies at enter time falls back to the
+        // process's: the lease was already checked when it was made.
+        let now = self
+            .now(py)
+            .unwrap_or_else(|_| langcluster_core::clock::now_ns());
+        self.core.pick_at(hashes, &[], now, |m| {
+            (m.handle.clone_ref(py), Arc::clone(&m.state))
+        })
     }
 }
 
@@ -31,6 +67,11 @@ impl PickState for Core {
 #[pyclass(extends = Balancer, frozen, module = "langcluster._core")]
 pub struct PrefixAware {
     core: Arc<Core>,
+    clocked: Arc<Clocked>,
+    /// What turns a str prompt into token ids (`encode` of a tokenizer
+    /// object, or the callable itself), or None to read text as bytes.
+    tokenize: Option<Py<PyAny>>,
+    decay_s: f64,
 }
 
 fn size(name: &'static str, value: Option<&Bound<'_, PyAny>>, default: usize) -> Result<usize> {
@@ -50,14 +91,68 @@ fn seed_value(value: &Bound<'_, PyAny>) -> Result<u64> {
     })
 }
 
+/// The token ids a tokenizer returned: a list or tuple of ints, an
+/// encoding with `.ids` (Hugging Face `tokenizers`), or a mapping with
+/// `"input_ids"` (`transformers`).
+fn tokenized(config: &PrefixConfig, out: &Bound<'_, PyAny>) -> Result<Vec<u32>> {
+    const NAME: &str = "tokenizer(prompt)";
+    if let Some(ids) = token_sequence(config, out, NAME)? {
+        return Ok(ids);
+    }
+    let inner = if let Ok(ids) = out.getattr("ids") {
+        Some(ids)
+    } else if out.hasattr("keys").unwrap_or(false) {
+        out.get_item("input_ids").ok()
+    } else {
+        None
+    };
+    if let Some(inner) = inner {
+        if let Some(ids) = token_sequence(config, &inner, NAME)? {
+            return Ok(ids);
+        }
+    }
+    Err(Error::expected(
+        "tokenizer",
+        "to return token ids (a list of ints, or an encoding with .ids)",
+        out,
+    ))
+}
+
 impl PrefixAware {
-    fn hashes(&self, prompt: Option<&Bound<'_, PyAny>>) -> Result<Vec<u64>> {
+    fn hashes(&self, py: Python<'_>, prompt: Option<&Bound<'_, PyAny>>) -> Result<Vec<u64>> {
         let mut out = Vec::new();
-        if let Some(prompt) = prompt.filter(|p| !p.is_none()) {
-            prompt_hashes(self.core.config(), prompt, &mut out)?;
+        let Some(prompt) = prompt.filter(|p| !p.is_none()) else {
+            return Ok(out);
+        };
+        let config = self.core.config();
+        match &self.tokenize {
+            Some(tokenize) if prompt.is_instance_of::<PyString>() => {
+                let ids = tokenized(config, tokenize.bind(py).call1((prompt,))?.as_any())?;
+                config.hash(core::Prompt::Tokens(&ids), &mut out);
+            }
+            _ => prompt_hashes(config, prompt, &mut out)?,
         }
         Ok(out)
     }
+
+    fn node_id<'a>(node_id: &'a Bound<'_, PyAny>) -> Result<&'a str> {
+        text("node_id", node_id)
+    }
+}
+
+/// `EventCounts` as a dict.
+fn event_dict<'py>(py: Python<'py>, c: &EventCounts) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("batches", c.batches)?;
+    d.set_item("refused", c.refused)?;
+    d.set_item("stored", c.stored)?;
+    d.set_item("removed", c.removed)?;
+    d.set_item("cleared", c.cleared)?;
+    d.set_item("ignored", c.ignored)?;
+    d.set_item("orphaned", c.orphaned)?;
+    d.set_item("unknown_removed", c.unknown_removed)?;
+    d.set_item("unmapped", c.unmapped)?;
+    Ok(d)
 }
 
 #[pymethods]
@@ -65,39 +160,72 @@ impl PrefixAware {
     #[new]
     #[pyo3(signature = (
         nodes=None, *, block_size=None, token_block_size=None, max_blocks=None,
-        max_prompt_blocks=None, balance_rel=None, balance_abs=None, min_match=None,
-        load=None, shards=None, decay_s=None, seed=None
+        node_blocks=None, max_prompt_blocks=None, balance_rel=None, balance_abs=None,
+        min_match=None, prefill_weight=None, prefill_decay_s=None, choices=None,
+        load=None, shards=None, decay_s=None, seed=None, tokenizer=None, clock=None
     ))]
     #[pyo3(
         text_signature = "(nodes=None, *, block_size=64, token_block_size=16, \
-        max_blocks=262144, max_prompt_blocks=1024, balance_rel=1.5, balance_abs=8.0, \
-        min_match=0.5, load='in_flight', shards=16, decay_s=10.0, seed=None)"
+        max_blocks=262144, node_blocks=None, max_prompt_blocks=1024, balance_rel=1.5, \
+        balance_abs=8.0, min_match=0.3, prefill_weight=4.0, prefill_decay_s=1.0, \
+        choices=None, load='in_flight', shards=16, decay_s=10.0, seed=None, \
+        tokenizer=None, clock=None)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         nodes: Option<&Bound<'_, PyAny>>,
         block_size: Option<&Bound<'_, PyAny>>,
         token_block_size: Option<&Bound<'_, PyAny>>,
         max_blocks: Option<&Bound<'_, PyAny>>,
+        node_blocks: Option<&Bound<'_, PyAny>>,
         max_prompt_blocks: Option<&Bound<'_, PyAny>>,
         balance_rel: Option<&Bound<'_, PyAny>>,
         balance_abs: Option<&Bound<'_, PyAny>>,
         min_match: Option<&Bound<'_, PyAny>>,
+        prefill_weight: Option<&Bound<'_, PyAny>>,
+        prefill_decay_s: Option<&Bound<'_, PyAny>>,
+        choices: Option<&Bound<'_, PyAny>>,
         load: Option<&Bound<'_, PyAny>>,
         shards: Option<&Bound<'_, PyAny>>,
         decay_s: Option<&Bound<'_, PyAny>>,
         seed: Option<&Bound<'_, PyAny>>,
+        tokenizer: Option<&Bound<'_, PyAny>>,
+        clock: Option<&Bound<'_, PyAny>>,
     ) -> Result<PyClassInitializer<Self>> {
         let d = PrefixConfig::default();
         let config = PrefixConfig {
             block_bytes: size("block_size", block_size, d.block_bytes)?,
             block_tokens: size("token_block_size", token_block_size, d.block_tokens)?,
             max_blocks: size("max_blocks", max_blocks, d.max_blocks)?,
+            node_blocks: match optional_integer("node_blocks", node_blocks)? {
+                None => d.node_blocks,
+                // 0 would mean "a share": a capacity given must be at least 1.
+                Some(v) => usize::try_from(v).ok().filter(|&v| v >= 1).ok_or_else(|| {
+                    langcluster_core::Error::invalid(
+                        "node_blocks",
+                        format!("must be an int from 1 to 2**31, or None, got {v}"),
+                    )
+                })?,
+            },
             max_prompt_blocks: size("max_prompt_blocks", max_prompt_blocks, d.max_prompt_blocks)?,
             shards: size("shards", shards, d.shards)?,
             balance_rel: optional_number("balance_rel", balance_rel)?.unwrap_or(d.balance_rel),
             balance_abs: optional_number("balance_abs", balance_abs)?.unwrap_or(d.balance_abs),
             min_match: optional_number("min_match", min_match)?.unwrap_or(d.min_match),
+            prefill_weight: optional_number("prefill_weight", prefill_weight)?
+                .unwrap_or(d.prefill_weight),
+            prefill_decay_s: optional_number("prefill_decay_s", prefill_decay_s)?
+                .unwrap_or(d.prefill_decay_s),
+            choices: match optional_integer("choices", choices)? {
+                None => d.choices,
+                Some(v) => usize::try_from(v).ok().filter(|&v| v >= 1).ok_or_else(|| {
+                    langcluster_core::Error::invalid(
+                        "choices",
+                        format!("must be an int from 1 to 1024, or None (every node), got {v}"),
+                    )
+                })?,
+            },
             use_latency: match load {
                 Some(v) if !v.is_none() => match text("load", v)? {
                     "in_flight" => false,
@@ -119,16 +247,49 @@ impl PrefixAware {
         };
         let decay_s = optional_number("decay_s", decay_s)?.unwrap_or(DEFAULT_DECAY_S);
         config.check()?;
+        let tokenize = match tokenizer.filter(|t| !t.is_none()) {
+            None => None,
+            Some(t) => {
+                let encode = if t.hasattr("encode")? {
+                    t.getattr("encode")?
+                } else {
+                    t.clone()
+                };
+                if !encode.is_callable() {
+                    return Err(Error::expected(
+                        "tokenizer",
+                        "a callable (text -> token ids) or an object with .encode",
+                        t,
+                    ));
+                }
+                Some(encode.unbind())
+            }
+        };
+        let clock = match clock.filter(|c| !c.is_none()) {
+            None => None,
+            Some(c) if c.is_callable() => Some(c.clone().unbind()),
+            Some(c) => return Err(Error::expected("clock", "a callable returning seconds", c)),
+        };
         let specs = node_specs(nodes)?;
         let core = Arc::new(Core::new(config, specs, decay_s)?);
-        // The base class's methods (begin, end, update, stats...) work on
-        // the node-set half as on any balancer; leases pick by prompt.
+        let clocked = Arc::new(Clocked {
+            core: Arc::clone(&core),
+            clock,
+        });
+        clocked.now(py)?;
+        // The base class's methods (begin, update, stats...) work on the
+        // node-set half as on any balancer; leases pick by prompt.
         let base = Balancer {
             inner: core.balancer().clone(),
-            leases: core.clone(),
+            leases: clocked.clone(),
             routes_by_key: false,
         };
-        Ok(PyClassInitializer::from(base).add_subclass(PrefixAware { core }))
+        Ok(PyClassInitializer::from(base).add_subclass(PrefixAware {
+            core,
+            clocked,
+            tokenize,
+            decay_s,
+        }))
     }
 
     /// Picks the node for `prompt` (a str, bytes, or a list or tuple of
@@ -143,9 +304,12 @@ impl PrefixAware {
         prompt: Option<&Bound<'_, PyAny>>,
         exclude: Option<&Bound<'_, PyAny>>,
     ) -> Result<Handle> {
-        let hashes = self.hashes(prompt)?;
+        let hashes = self.hashes(py, prompt)?;
+        let now = self.clocked.now(py)?;
         let Some(exclude) = exclude.filter(|e| !e.is_none()) else {
-            return Ok(self.core.pick_hashed(&hashes, |m| m.handle.clone_ref(py))?);
+            return Ok(self
+                .core
+                .pick_at(&hashes, &[], now, |m| m.handle.clone_ref(py))?);
         };
         if exclude.is_instance_of::<pyo3::types::PyString>() {
             return Err(crate::errors::Error::expected(
@@ -162,24 +326,113 @@ impl PrefixAware {
             .collect::<Result<_>>()?;
         Ok(self
             .core
-            .pick_excluding(&hashes, &ids, |m| m.handle.clone_ref(py))?)
+            .pick_at(&hashes, &ids, now, |m| m.handle.clone_ref(py))?)
     }
 
     /// A context manager (sync and async) that picks for `prompt` on entry
     /// and holds the request in flight until exit.
     #[pyo3(signature = (prompt=None))]
-    fn acquire(&self, prompt: Option<&Bound<'_, PyAny>>) -> Result<Lease> {
-        let hashes = self.hashes(prompt)?;
-        Ok(Lease::new(self.core.clone(), Route::Blocks(hashes)))
+    fn acquire(&self, py: Python<'_>, prompt: Option<&Bound<'_, PyAny>>) -> Result<Lease> {
+        let hashes = self.hashes(py, prompt)?;
+        Ok(Lease::new(self.clocked.clone(), Route::Blocks(hashes)))
     }
 
-    /// Per-node counters as every balancer has them, plus `"blocks"`: how
-    /// many prompt blocks the record holds for the node.
-    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    /// Ends one request on `node_id` as every balancer's `end` does;
+    /// `ttft_s`, the time to its first token when the caller saw it, is
+    /// kept per node (``stats()[id]["ttft_s"]``, an average).
+    #[pyo3(signature = (node_id, latency_s, ok=None, *, ttft_s=None))]
+    #[pyo3(text_signature = "($self, node_id, latency_s, ok=True, *, ttft_s=None)")]
+    fn end(
+        &self,
+        node_id: &Bound<'_, PyAny>,
+        latency_s: &Bound<'_, PyAny>,
+        ok: Option<&Bound<'_, PyAny>>,
+        ttft_s: Option<&Bound<'_, PyAny>>,
+    ) -> Result<bool> {
+        let node_id = Self::node_id(node_id)?;
+        let latency_s = number("latency_s", latency_s)?;
+        let ok = ok.map(|ok| flag("ok", ok)).transpose()?.unwrap_or(true);
+        let ttft_s = optional_number("ttft_s", ttft_s)?;
+        if let Some(t) = ttft_s {
+            langcluster_core::error::latency_seconds("ttft_s", t)?;
+        }
+        let ended = self.core.balancer().end(node_id, latency_s, ok)?;
+        if let (true, Some(t)) = (ended, ttft_s) {
+            self.core.observe_ttft(node_id, t)?;
+        }
+        Ok(ended)
+    }
+
+    /// Forgets what the record holds for `node_id` and the prefill work
+    /// counted there: for a server known to have restarted cold (or to
+    /// have cleared its cache). Raises ValueError for an unknown node.
+    fn forget(&self, node_id: &Bound<'_, PyAny>) -> Result<()> {
+        Ok(self.core.forget(Self::node_id(node_id)?)?)
+    }
+
+    /// Sets how many blocks `node_id`'s record holds at most: its server's
+    /// KV cache, in this balancer's blocks (``langcluster.kv`` learns it
+    /// from vLLM and SGLang). 0 returns it to the balancer's default.
+    fn set_node_blocks(&self, node_id: &Bound<'_, PyAny>, blocks: &Bound<'_, PyAny>) -> Result<()> {
+        let id = Self::node_id(node_id)?;
+        let n = integer("blocks", blocks)?;
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        Ok(self.core.set_node_blocks(id, n)?)
+    }
+
+    /// How many leading blocks of `prompt` the record holds for each node,
+    /// ``{node_id: blocks}``; nothing is recorded and nothing picked.
+    fn depths<'py>(
+        &self,
+        py: Python<'py>,
+        prompt: &Bound<'py, PyAny>,
+    ) -> Result<Bound<'py, PyDict>> {
+        let hashes = self.hashes(py, Some(prompt))?;
+        let d = PyDict::new(py);
+        for (id, depth) in self.core.depths(&hashes) {
+            d.set_item(id, depth)?;
+        }
+        Ok(d)
+    }
+
+    /// Applies one batch of `node_id`'s KV cache events, the msgpack
+    /// payload vLLM (or SGLang) publishes, to the record: exact mode.
+    /// Returns what it did (``{"stored": ..., "removed": ...}``). Bytes
+    /// that are not one whole batch raise ValueError naming `data` and
+    /// change nothing; an unknown node raises ValueError naming `node_id`.
+    fn apply_kv_events<'py>(
+        &self,
+        py: Python<'py>,
+        node_id: &Bound<'py, PyAny>,
+        data: &Bound<'py, PyAny>,
+    ) -> Result<Bound<'py, PyDict>> {
+        let id = Self::node_id(node_id)?.to_owned();
+        let Ok(bytes) = data.cast::<PyBytes>() else {
+            return Err(Error::expected("data", "bytes", data));
+        };
+        let owned = bytes.as_bytes().to_vec();
+        let core = &self.core;
+        let counts = py.detach(|| core.apply_kv_events(&id, &owned))?;
+        Ok(event_dict(py, &counts)?)
+    }
+
+    /// Per-node counters as every balancer has them, plus `"blocks"` (the
+    /// prompt blocks the record holds for the node), `"capacity"` (the
+    /// most it holds), `"prefill_blocks"` (prefill work sent there and not
+    /// yet taken as done) and `"ttft_s"` (reported time to first token, an
+    /// average; None before any report).
+    fn stats<'py>(&self, py: Python<'py>) -> Result<Bound<'py, PyDict>> {
         let out = stats_dict(py, self.core.balancer().stats())?;
         for (id, blocks) in self.core.prefix_stats().blocks_per_node {
             if let Some(d) = out.get_item(&id)? {
                 d.set_item("blocks", blocks)?;
+            }
+        }
+        for q in self.core.queue_stats(self.clocked.now(py)?) {
+            if let Some(d) = out.get_item(&q.id)? {
+                d.set_item("capacity", q.capacity)?;
+                d.set_item("prefill_blocks", q.prefill_blocks)?;
+                d.set_item("ttft_s", q.ttft_s)?;
             }
         }
         Ok(out)
@@ -188,8 +441,10 @@ impl PrefixAware {
     /// The record as a whole: `blocks`, `max_blocks`, `bytes` (its memory),
     /// `evictions`, `prompts` (picks with at least one block),
     /// `prompt_blocks`, `matched_blocks` (held by the node chosen),
-    /// `match_rate` (their ratio) and `spills` (picks that passed over the
-    /// deepest match because its node was overloaded).
+    /// `match_rate` (their ratio), `spills` (picks that passed over the
+    /// deepest match because its node was overloaded), `placements`
+    /// (picks for prompts no eligible node held), the journal's counts, and
+    /// `events`, what the servers' KV events did (see `apply_kv_events`).
     fn prefix_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.core.prefix_stats();
         let d = PyDict::new(py);
@@ -207,9 +462,11 @@ impl PrefixAware {
         };
         d.set_item("match_rate", rate)?;
         d.set_item("spills", s.spills)?;
+        d.set_item("placements", s.placements)?;
         d.set_item("journal_dropped", s.journal_dropped)?;
         d.set_item("merged", s.merged)?;
         d.set_item("merge_skipped", s.merge_skipped)?;
+        d.set_item("events", event_dict(py, &s.events)?)?;
         Ok(d)
     }
 
@@ -262,10 +519,14 @@ impl PrefixAware {
         d.set_item("block_size", c.block_bytes)?;
         d.set_item("token_block_size", c.block_tokens)?;
         d.set_item("max_blocks", c.max_blocks)?;
+        d.set_item("node_blocks", (c.node_blocks > 0).then_some(c.node_blocks))?;
         d.set_item("max_prompt_blocks", c.max_prompt_blocks)?;
         d.set_item("balance_rel", c.balance_rel)?;
         d.set_item("balance_abs", c.balance_abs)?;
         d.set_item("min_match", c.min_match)?;
+        d.set_item("prefill_weight", c.prefill_weight)?;
+        d.set_item("prefill_decay_s", c.prefill_decay_s)?;
+        d.set_item("choices", (c.choices > 0).then_some(c.choices))?;
         d.set_item(
             "load",
             if c.use_latency {
@@ -275,6 +536,7 @@ impl PrefixAware {
             },
         )?;
         d.set_item("shards", c.shards)?;
+        d.set_item("decay_s", self.decay_s)?;
         d.set_item("seed", c.seed)?;
         Ok(d)
     }
