@@ -39,7 +39,7 @@ mod kv_events;
 mod tests;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use smallvec::SmallVec;
@@ -115,7 +115,7 @@ impl Default for PrefixConfig {
             shards: 16,
             balance_rel: 1.5,
             balance_abs: 8.0,
-            min_match: 0.3,
+            min_match: 0.1,
             prefill_weight: 4.0,
             prefill_decay_s: 1.0,
             choices: 0,
@@ -216,6 +216,11 @@ pub struct NodeQueue {
     ttft_s: AtomicF64,
     /// The node's own capacity in blocks (0: the balancer's default).
     cap: AtomicU64,
+    /// Whether its server's KV events reach the record: then the server's
+    /// evictions are what the record forgets, and picks do not evict for it
+    /// (they would drop blocks the server still holds, by the router's
+    /// guess of its LRU order, and no event would ever restore them).
+    exact: AtomicBool,
 }
 
 impl NodeQueue {
@@ -225,6 +230,7 @@ impl NodeQueue {
             stamp_ns: AtomicU64::new(0),
             ttft_s: AtomicF64::new(f64::NAN),
             cap: AtomicU64::new(0),
+            exact: AtomicBool::new(false),
         }
     }
 
@@ -712,10 +718,12 @@ impl<T: Send + Sync> PrefixAware<T> {
         c.matched_blocks
             .fetch_add(u64::from(depth[pos]), Ordering::Relaxed);
         let member = live[pos];
-        locked.record(hashes, table.slot[member as usize], &table.tally, true);
+        let queue = &table.queue[member as usize];
+        let capped = !queue.exact.load(Ordering::Relaxed);
+        locked.record(hashes, table.slot[member as usize], &table.tally, capped);
         drop(locked);
         let uncached = (hashes.len() as u32).saturating_sub(depth[pos]);
-        table.queue[member as usize].add(f64::from(uncached), now, self.decay_ns);
+        queue.add(f64::from(uncached), now, self.decay_ns);
         if self.journal.is_on() {
             let id = snap.state(member).id();
             self.journal.push(id, hashes, &self.journal_header);
@@ -800,6 +808,9 @@ impl<T: Send + Sync> PrefixAware<T> {
                 .get(id)
                 .ok_or_else(|| Error::UnknownNode { id: id.to_owned() })?;
             let (slot, tally) = (snap.table.slot[member], &snap.table.tally);
+            snap.table.queue[member]
+                .exact
+                .store(true, Ordering::Relaxed);
             let mut delta = EventCounts {
                 batches: 1,
                 ..EventCounts::default()
