@@ -147,11 +147,14 @@ def test_the_comparison_runs_small_and_states_its_verdicts() -> None:
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
-    policies = {"PrefixAware", "oracle", "sglang 0.5/32/1.1", "llm-d prefix+load", "dynamo cost"}
-    assert policies <= {row.split("|")[3].strip() for row in rows}
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| 8 |")]
+    policies = {"PrefixAware", "PrefixAware exact", "oracle", "sglang 0.5/32/1.1", "dynamo cost"}
+    assert policies <= {row.split("|")[4].strip() for row in rows}
+    workloads = {row.split("|")[2].strip() for row in rows}
+    assert {"shared-prefix", "trace conversation", "trace agent"} <= workloads
     verdicts = [line for line in done.stdout.splitlines() if "ours p99" in line]
-    assert len(verdicts) == 6
+    assert len(verdicts) == 12
+    assert "every goal met in" in done.stdout
     assert "Server 0 down" in done.stdout
 
 

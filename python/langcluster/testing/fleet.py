@@ -16,8 +16,12 @@ order: ``pick`` on arrival, ``started`` when the request is sent, and
 A router is any object with ``pick(request, fleet) -> int`` (a server
 index; ``fleet`` is the live view of every server, which only an oracle
 should read), and optionally ``started(server, request)``,
-``finished(server, request, latency_s)`` and ``set_available(server, up)``.
-``BalancerRouter`` adapts any langcluster balancer.
+``first_token(server, request, ttft_s)`` (as a streaming client sees it),
+``finished(server, request, latency_s)``, ``set_available(server, up)`` and
+``kv_events(server, events)``: what the server's cache did, as vLLM's KV
+events say it (``KvEvent``s, in order, at once). ``BalancerRouter`` adapts
+any langcluster balancer, and feeds a ``PrefixAware`` the events when
+asked to (exact mode).
 """
 
 from __future__ import annotations
@@ -34,12 +38,14 @@ from typing import Any, Protocol
 __all__ = [
     "BalancerRouter",
     "Fleet",
+    "KvEvent",
     "Outage",
     "Request",
     "Result",
     "Router",
     "Server",
     "ServerModel",
+    "SimClock",
     "Workload",
     "held_prefix",
     "prompt_bytes",
@@ -74,7 +80,8 @@ class Request:
     server: int = -1
     attempt: int = 0
     hit_blocks: int = 0
-    ttft_s: float = math.nan
+    ttft_s: float = math.nan  # measured requests only (after the warm-up)
+    first_token_s: float = math.nan  # every request, as a client sees it
     done_s: float = math.nan
 
 
@@ -113,8 +120,22 @@ def prompt_text(blocks: Sequence[int]) -> str:
     return "".join(f"{b:016x}" * 4 for b in blocks)
 
 
+@dataclass(frozen=True)
+class KvEvent:
+    """One KV cache event of a simulated server: ``stored`` (``blocks``
+    now cached, in prompt order, after the cached block ``parent``, None at
+    the start of a prompt), ``removed`` (``blocks`` evicted) or
+    ``cleared`` (the whole cache, as at a restart)."""
+
+    kind: str
+    blocks: tuple[int, ...] = ()
+    parent: int | None = None
+
+
 class Server:
-    """One simulated server: its cache, its queues, its counters."""
+    """One simulated server: its cache, its queues, its counters. With
+    ``events`` on, ``admit`` and ``clear`` keep what the cache did in
+    ``events`` until taken."""
 
     def __init__(self, index: int, model: ServerModel) -> None:
         self.index = index
@@ -130,6 +151,7 @@ class Server:
         self.served = 0
         self.prompt_tokens = 0
         self.hit_tokens = 0
+        self.events: list[KvEvent] | None = None
 
     def cached_prefix(self, blocks: Sequence[int]) -> int:
         """How many leading blocks are in the cache (without touching them)."""
@@ -145,14 +167,38 @@ class Server:
         last (as vLLM frees a sequence's blocks from its end)."""
         hit = self.cached_prefix(blocks)
         cache = self.cache
+        new = [b not in cache for b in blocks] if self.events is not None else None
         for b in reversed(blocks):
             if b in cache:
                 cache.move_to_end(b)
             else:
                 cache[b] = None
+        evicted = []
         while len(cache) > self.model.cache_blocks:
-            cache.popitem(last=False)
+            evicted.append(cache.popitem(last=False)[0])
+        if self.events is not None and new is not None:
+            self._stored(blocks, new)
+            if evicted:
+                self.events.append(KvEvent("removed", tuple(evicted)))
         return hit
+
+    def _stored(self, blocks: Sequence[int], new: list[bool]) -> None:
+        """One ``stored`` event per run of newly cached blocks."""
+        assert self.events is not None
+        start = None
+        for i, fresh in enumerate([*new, False]):
+            if fresh and start is None:
+                start = i
+            elif not fresh and start is not None:
+                parent = blocks[start - 1] if start else None
+                self.events.append(KvEvent("stored", tuple(blocks[start:i]), parent))
+                start = None
+
+    def clear(self) -> None:
+        """Empties the cache, as a restart does."""
+        self.cache.clear()
+        if self.events is not None:
+            self.events.append(KvEvent("cleared"))
 
     def queued_prefill_s(self, now_s: float) -> float:
         """Prefill work ahead of a new request, from the real cache."""
@@ -260,6 +306,9 @@ def simulate(
 ) -> Result:
     """Runs the workload to its end through ``router``; see the module doc."""
     fleet = Fleet([Server(i, model) for i in range(servers)])
+    if hasattr(router, "kv_events"):
+        for server in fleet.servers:
+            server.events = []
     events: list[tuple[float, int, int, Any]] = []
     order = itertools.count()
     result = Result([], fleet.servers)
@@ -293,6 +342,9 @@ def simulate(
         if server.prefilling is None and server.prefills:
             request = server.prefills.popleft()
             request.hit_blocks = server.admit(request.blocks)
+            if server.events:
+                done, server.events = server.events, []
+                _call(router, "kv_events", server.index, done)
             server.prefilling = request
             server.prefill_ends_s = fleet.now_s + server.prefill_s(
                 request.blocks, request.hit_blocks
@@ -312,8 +364,10 @@ def simulate(
             server = fleet.servers[request.server]
             server.prefilling = None
             server.decoding.add(request)
+            request.first_token_s = now - request.arrival_s
             if request.arrival_s >= warmup_s:
-                request.ttft_s = now - request.arrival_s
+                request.ttft_s = request.first_token_s
+            _call(router, "first_token", request.server, request, request.first_token_s)
             decode_s = request.output_tokens * model.decode_per_token_s
             push(now + decode_s, _DONE, (request, attempt))
             admit(server)
@@ -350,34 +404,63 @@ def simulate(
             server.prefilling = None
             server.decoding.clear()
             server.running = 0
-            server.cache.clear()
+            server.clear()
             for request in again:
                 _call(router, "finished", payload, request, None)
                 request.hit_blocks = 0
                 route(request)
         elif kind == _UP:
             fleet.servers[payload].up = True
+            back = fleet.servers[payload]
+            if back.events:
+                done, back.events = back.events, []
+                _call(router, "kv_events", payload, done)
             _call(router, "set_available", payload, True)
     return result
+
+
+class SimClock:
+    """The simulation's time as a balancer's ``clock=`` reads it (seconds):
+    a ``BalancerRouter`` given it keeps it at the time of each pick."""
+
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
 
 
 class BalancerRouter:
     """A langcluster balancer as a simulated router: servers are nodes named
     ``s0``, ``s1``...; ``prompt`` turns a request into what ``pick`` takes
-    (None for balancers that take no key)."""
+    (None for balancers that take no key). ``clock`` (the one given to the
+    balancer) follows the simulation's time. With ``exact``, the servers'
+    KV events reach the balancer (a ``PrefixAware`` whose blocks are the
+    prompts' blocks: ``prompt_bytes``' 64 bytes, or 16 token ids, a block)
+    as vLLM would publish them. Each request's time to first token goes
+    back to the balancer with its end when it takes one (``PrefixAware``)."""
 
     def __init__(
         self,
         balancer: Any,
         servers: int,
         prompt: Callable[[Request], object] | None = None,
+        *,
+        clock: SimClock | None = None,
+        exact: bool = False,
     ) -> None:
         self.balancer = balancer
         self.prompt = prompt
+        self.clock = clock
         self.ids = [f"s{i}" for i in range(servers)]
+        self.ttft = hasattr(balancer, "apply_kv_events")
+        if exact:
+            self.kv_events = self._kv_events
         balancer.update([_Node(i) for i in self.ids])
 
     def pick(self, request: Request, fleet: Fleet) -> int:
+        if self.clock is not None:
+            self.clock.now_s = fleet.now_s
         node = (
             self.balancer.pick()
             if self.prompt is None
@@ -391,11 +474,18 @@ class BalancerRouter:
     def finished(self, server: int, request: Request, latency_s: float | None) -> None:
         if latency_s is None:
             self.balancer.release(self.ids[server])
+        elif self.ttft and not math.isnan(request.first_token_s):
+            self.balancer.end(self.ids[server], latency_s, ttft_s=request.first_token_s)
         else:
             self.balancer.end(self.ids[server], latency_s)
 
     def set_available(self, server: int, up: bool) -> None:
         self.balancer.set_available(self.ids[server], up)
+
+    def _kv_events(self, server: int, events: list[KvEvent]) -> None:
+        from langcluster.testing.kv_publisher import encode_events
+
+        self.balancer.apply_kv_events(self.ids[server], encode_events(events))
 
 
 @dataclass(frozen=True)
