@@ -16,24 +16,14 @@ from typing import Any, TypeVar
 
 from langcluster._aio import cancel_and_wait
 from langcluster._checks import seconds, text
-from langcluster._core import (
-    Adaptive,
-    Balancer,
-    ConsistentHash,
-    LeastConnections,
-    MemoryCache,
-    PowerOfTwoChoices,
-    PrefixAware,
-    Random,
-    RoundRobin,
-    WeightedRoundRobin,
-)
+from langcluster._core import Balancer, MemoryCache, PrefixAware
 from langcluster._counters import Counters
 from langcluster._events import Broadcast, weak_callback
 from langcluster._flow import adrive, drive
 from langcluster._observe import Observer, Observers
 from langcluster.breaker import BreakerConfig
 from langcluster.cache import Cache, LayeredCache, RedisCache
+from langcluster.cluster.balancers import BALANCERS, choose_balancer
 from langcluster.cluster.calls import call_flow
 from langcluster.cluster.events import ClusterEvent, ClusterEventSource
 from langcluster.cluster.lifecycle import InFlight, LoopThread, Parts, abandoned
@@ -51,17 +41,6 @@ __all__ = ["BALANCERS", "Cluster"]
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
-
-BALANCERS: dict[BalancerName, type[Balancer]] = {
-    "round_robin": RoundRobin,
-    "weighted_round_robin": WeightedRoundRobin,
-    "least_connections": LeastConnections,
-    "consistent_hash": ConsistentHash,
-    "adaptive": Adaptive,
-    "random": Random,
-    "power_of_two_choices": PowerOfTwoChoices,
-    "prefix_aware": PrefixAware,
-}
 
 
 class Cluster:
@@ -111,6 +90,7 @@ class Cluster:
         close_cache: bool = False,
         register: Node | None = None,
         shared_state: SharedState | None = None,
+        kv_events: bool = False,
     ) -> None:
         text("service", service)
         if discovery is not None and nodes is not None:
@@ -119,23 +99,7 @@ class Cluster:
             discovery = StaticDiscovery(nodes or ())
         if not isinstance(discovery, Discovery):
             raise TypeError(f"discovery: {type(discovery).__name__} is not a Discovery")
-        if isinstance(balancer, str):
-            kind = BALANCERS.get(balancer)
-            if kind is None:
-                raise ValueError(
-                    f"balancer: must be one of {', '.join(BALANCERS)} or a balancer, "
-                    f"got {balancer!r}"
-                )
-            factory: Any = kind
-            chosen: Balancer = factory([], **dict(balancer_options or {}))
-        elif not isinstance(balancer, Balancer):
-            raise TypeError(
-                f"balancer: must be a name or a balancer, got {type(balancer).__name__}"
-            )
-        elif balancer_options:
-            raise ValueError("balancer_options: only with a balancer given by name")
-        else:
-            chosen = balancer
+        chosen = choose_balancer(balancer, balancer_options)
         if health is not None and not isinstance(health, HealthConfig):
             health = HealthConfig(health)
         if failover is None:
@@ -150,8 +114,14 @@ class Cluster:
             raise TypeError(
                 f"shared_state: must be a SharedState, got {type(shared_state).__name__}"
             )
+        if not isinstance(kv_events, bool):
+            raise TypeError(f"kv_events: must be True or False, got {type(kv_events).__name__}")
+        if kv_events and not isinstance(chosen, PrefixAware):
+            raise ValueError("kv_events: needs the prefix_aware balancer")
         self.service = service
         self.discovery = discovery
+        self.kv_events = kv_events
+        self._kv: Any = None
         self.registry = NodeRegistry()
         self.balancer = chosen
         settings = failover.as_dict()
@@ -212,6 +182,11 @@ class Cluster:
                 await self.discovery.register(self.register_node)
                 self._registered = True
             self._parts.follow = self.registry.attach(self.discovery)
+            if self.kv_events:
+                from langcluster.kv import KvEvents
+
+                self._kv = KvEvents(self.balancer)
+                self._parts.kv_follow = await self._kv.follow(self.registry, self.service)
             if self.health is not None:
                 await self.health.start()
         except BaseException:
@@ -273,6 +248,11 @@ class Cluster:
                 await close()
         await cancel_and_wait(self._parts.follow)
         self._parts.follow = None
+        await cancel_and_wait(self._parts.kv_follow)
+        self._parts.kv_follow = None
+        if self._kv is not None:
+            await self._kv.close()
+            self._kv = None
         if self.shared_state is not None:
             await self.shared_state._detach()
         if self._registered and self.register_node is not None:
@@ -424,6 +404,14 @@ class Cluster:
             # successful_active_health_check_uneject_host): its breaker goes
             # half-open, and trial calls tell whether it serves.
             self.failover.revive(event.node.id)
+            if (
+                isinstance(self.balancer, PrefixAware)
+                and event.previous is not None
+                and event.previous.status is NodeStatus.UNHEALTHY
+            ):
+                # Down, then up: most likely restarted, its cache cold.
+                with contextlib.suppress(KeyError):
+                    self.balancer.forget(event.node.id)
         elif event.kind is NodeEventKind.REMOVED:
             self.failover.forget(event.node.id)  # a node that left takes its state along
         detail = f"status {event.node.status.value}"

@@ -140,6 +140,7 @@ class Parts:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.runner: LoopThread | None = None
         self.follow: asyncio.Task[None] | None = None
+        self.kv_follow: asyncio.Task[None] | None = None
 
 
 def abandoned(service: str, parts: Parts) -> None:
@@ -157,7 +158,7 @@ def abandoned(service: str, parts: Parts) -> None:
     loop = parts.loop
     if loop is None or loop.is_closed():
         return
-    tasks = [parts.follow]
+    tasks = [parts.follow, parts.kv_follow]
     if parts.health is not None:
         tasks.append(parts.health._task)
     for task in tasks:

@@ -24,7 +24,16 @@ from typing import Any
 from langcluster.integrations.openai_body import chat_text
 from langcluster.testing.fleet import held_prefix
 
-__all__ = ["BYTES_PER_TOKEN", "PrefixCache", "answer_body", "embeddings_body", "stream_events"]
+__all__ = [
+    "BYTES_PER_TOKEN",
+    "PrefixCache",
+    "answer_body",
+    "embeddings_body",
+    "metrics_text",
+    "server_info",
+    "stream_events",
+    "tokenize",
+]
 
 BYTES_PER_TOKEN = 4
 
@@ -33,15 +42,29 @@ def tokens(text: str) -> int:
     return -(-len(text.encode()) // BYTES_PER_TOKEN)
 
 
+def tokenize(text: str) -> list[int]:
+    """The simulated servers' tokenizer: each four bytes of the text's
+    UTF-8, little-endian, one token id (the last zero-padded). Give it to
+    ``PrefixAware(tokenizer=...)`` and the router's token blocks are the
+    servers' blocks."""
+    data = text.encode()
+    data += b"\0" * (-len(data) % BYTES_PER_TOKEN)
+    return list(struct.unpack(f"<{len(data) // BYTES_PER_TOKEN}I", data))
+
+
 class PrefixCache:
     """A server's KV cache as block ids: ``admit`` looks a prompt up, then
-    holds its full blocks, evicting the least recent."""
+    holds its full blocks, evicting the least recent. With ``events`` on, it
+    keeps what it stored and evicted as vLLM's KV events describe it (a
+    block's id is the server's own hash; its tokens are ``tokenize``'s)."""
 
     def __init__(self, capacity_blocks: int, block_tokens: int) -> None:
         self.capacity_blocks = capacity_blocks
         self.block_bytes = block_tokens * BYTES_PER_TOKEN
         self.block_tokens = block_tokens
         self.blocks: OrderedDict[bytes, None] = OrderedDict()
+        self.events: list[Any] | None = None
+        self._tokens: dict[bytes, list[int]] = {}
 
     def ids(self, text: str) -> list[bytes]:
         data = text.encode()
@@ -57,14 +80,50 @@ class PrefixCache:
         """Cached tokens of the prompt ``text``, which is then cached."""
         ids = self.ids(text)
         hit = held_prefix(ids, self.blocks)
+        new = [b not in self.blocks for b in ids]
         for block in reversed(ids):  # a prompt's first blocks are evicted last
             if block in self.blocks:
                 self.blocks.move_to_end(block)
             else:
                 self.blocks[block] = None
+        evicted = []
         while len(self.blocks) > self.capacity_blocks:
-            self.blocks.popitem(last=False)
+            evicted.append(self.blocks.popitem(last=False)[0])
+        if self.events is not None:
+            self._record(text, ids, new, evicted)
         return hit * self.block_tokens
+
+    def _record(self, text: str, ids: list[bytes], new: list[bool], evicted: list[bytes]) -> None:
+        from langcluster.testing.fleet import KvEvent
+
+        assert self.events is not None
+        ids_of = [int.from_bytes(b, "little") for b in ids]
+        all_tokens = tokenize(text)
+        start = None
+        for i, fresh in enumerate([*new, False]):
+            if fresh and start is None:
+                start = i
+            elif not fresh and start is not None:
+                parent = ids_of[start - 1] if start else None
+                self.events.append(KvEvent("stored", tuple(ids_of[start:i]), parent))
+                for j in range(start, i):
+                    at = j * self.block_tokens
+                    self._tokens[ids[j]] = all_tokens[at : at + self.block_tokens]
+                start = None
+        for block in evicted:
+            self._tokens.pop(block, None)
+        if evicted:
+            gone = tuple(int.from_bytes(b, "little") for b in evicted)
+            self.events.append(KvEvent("removed", gone))
+
+    def block_tokens_of(self, block: int) -> list[int]:
+        """The token ids of the cached block the server names ``block``."""
+        return self._tokens.get(block.to_bytes(8, "little"), [])
+
+    def clear(self) -> None:
+        """Empties the cache, as a restart does."""
+        self.blocks.clear()
+        self._tokens.clear()
 
 
 def prompt_of(path: str, request: dict[str, Any]) -> str:
@@ -76,6 +135,27 @@ def prompt_of(path: str, request: dict[str, Any]) -> str:
     if isinstance(value, list):
         return "\n".join(v if isinstance(v, str) else json.dumps(v) for v in value)
     return value if isinstance(value, str) else json.dumps(value)
+
+
+def server_info(model: str, cache: PrefixCache) -> dict[str, Any]:
+    """What SGLang's server and model info say, as far as routers read it."""
+    return {
+        "model_path": model,
+        "served_model_name": model,
+        "is_generation": True,
+        "max_total_num_tokens": cache.capacity_blocks * cache.block_tokens,
+        "page_size": cache.block_tokens,
+    }
+
+
+def metrics_text(cache: PrefixCache) -> str:
+    """vLLM's ``cache_config_info`` gauge, in Prometheus' text format."""
+    labels = f'block_size="{cache.block_tokens}",num_gpu_blocks="{cache.capacity_blocks}"'
+    return (
+        "# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig\n"
+        "# TYPE vllm:cache_config_info gauge\n"
+        f"vllm:cache_config_info{{{labels}}} 1.0\n"
+    )
 
 
 def reply_pieces(node_id: str, path: str, request: dict[str, Any]) -> list[str]:

@@ -14,12 +14,15 @@ from typing import Any
 
 from langcluster._checks import count, fraction, seconds, text
 from langcluster.node import Node
+from langcluster.testing.kv_publisher import KvPublisher, encode_events
 from langcluster.testing.openai_api import (
     PrefixCache,
     answer_body,
     embeddings_body,
+    metrics_text,
     prompt_of,
     reply_pieces,
+    server_info,
     stream_events,
     tokens,
     usage,
@@ -30,6 +33,7 @@ __all__ = ["SimulatedServer"]
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests"}
 _REASONS[500] = "Internal Server Error"
 _GENERATE = ("/v1/chat/completions", "/v1/completions")
+_INFO = ("/get_server_info", "/server_info", "/get_model_info", "/model_info")
 Answer = tuple[int, dict[str, str], Any]  # status, extra headers, JSON body or an event stream
 
 
@@ -80,8 +84,17 @@ class SimulatedServer:
       base64 (``encoding_format``).
     - ``kill()`` closes the listening socket and every open connection, as a
       crashed process would, mid-stream too; ``start()`` listens again on
-      the same port. ``gate``, when set to an ``asyncio.Event``, holds every
+      the same port; ``restart()`` is both, with an empty cache (a new
+      process). ``gate``, when set to an ``asyncio.Event``, holds every
       streamed answer after its first event until the event is set.
+    - It reports its cache as vLLM does (``GET /metrics``:
+      ``vllm:cache_config_info``) and as SGLang does (``GET
+      /get_server_info``, ``/server_info``: ``max_total_num_tokens``).
+    - With ``kv_events``, it publishes its cache's KV events as vLLM does
+      (``langcluster.testing.kv_publisher``), and ``node()`` names the
+      publisher in the node's metadata (``kv_events``, ``kv_events_replay``)
+      for ``Cluster(kv_events=True)``. Its blocks are ``tokenize``'s token
+      ids: a router given that tokenizer hashes the server's blocks.
     """
 
     def __init__(
@@ -100,6 +113,7 @@ class SimulatedServer:
         max_running: int = 64,
         max_queue: int = 256,
         retry_after_s: float | None = 1.0,
+        kv_events: bool = False,
     ) -> None:
         text("node_id", node_id)
         text("model", model)
@@ -136,6 +150,10 @@ class SimulatedServer:
         self._waiting = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self.publisher: KvPublisher | None = None
+        if kv_events:
+            self.publisher = KvPublisher()
+            self.cache.events = []
 
     @property
     def running(self) -> bool:
@@ -147,6 +165,11 @@ class SimulatedServer:
         return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
     def node(self, **kwargs: Any) -> Node:
+        if self.publisher is not None:
+            meta = {"kv_events": self.publisher.endpoint}
+            if self.publisher.replay_endpoint is not None:
+                meta["kv_events_replay"] = self.publisher.replay_endpoint
+            kwargs["metadata"] = {**meta, **kwargs.get("metadata", {})}
         return Node(self.node_id, "127.0.0.1", self.port, **kwargs)
 
     async def start(self) -> SimulatedServer:
@@ -155,6 +178,8 @@ class SimulatedServer:
                 self._serve, "127.0.0.1", self.port, reuse_address=True
             )
             self.port = self._server.sockets[0].getsockname()[1]
+            if self.publisher is not None:
+                await self.publisher.start()
         return self
 
     async def kill(self) -> None:
@@ -165,9 +190,20 @@ class SimulatedServer:
         for writer in list(self._writers):
             writer.transport.abort()
         self._writers.clear()
+        if self.publisher is not None:
+            await self.publisher.close()
         if server is not None:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
+
+    async def restart(self) -> None:
+        """Kills the server and starts it again cold: a new process, its
+        cache empty, its KV event publisher counting from 0 again."""
+        await self.kill()
+        self.cache.clear()
+        if self.publisher is not None:
+            self.publisher.restart_sequence()
+        await self.start()
 
     # ------------------------------------------------------------- HTTP/1.1
 
@@ -218,8 +254,12 @@ class SimulatedServer:
         headers = {"x-served-by": self.node_id, **headers}
         headers["Connection"] = "keep-alive" if keep_alive else "close"
         if not isinstance(payload, AsyncIterator):
-            data = json.dumps(payload).encode()
-            headers.update({"Content-Type": "application/json", "Content-Length": str(len(data))})
+            if isinstance(payload, str) and "Content-Type" in headers:
+                data = payload.encode()  # a text answer (metrics)
+            else:
+                data = json.dumps(payload).encode()
+                headers["Content-Type"] = "application/json"
+            headers["Content-Length"] = str(len(data))
             writer.write(_head(head, headers) + data)
             await writer.drain()
             return
@@ -243,6 +283,10 @@ class SimulatedServer:
         if method == "GET" and path == "/v1/models":
             listed = {"id": self.model, "object": "model", "created": 0, "owned_by": "langcluster"}
             return 200, {}, {"object": "list", "data": [listed]}
+        if method == "GET" and path in _INFO:
+            return 200, {}, server_info(self.model, self.cache)
+        if method == "GET" and path == "/metrics":
+            return 200, {"Content-Type": "text/plain; version=0.0.4"}, metrics_text(self.cache)
         if method != "POST" or path not in (*_GENERATE, "/v1/embeddings"):
             return 404, {}, _error(f"no route {method} {path}", "not_found_error")
         self.requests += 1
@@ -281,6 +325,9 @@ class SimulatedServer:
         prompt = prompt_of(path, request)
         prompt_tokens = tokens(prompt)
         cached = min(self.cache.admit(prompt), prompt_tokens)
+        if self.publisher is not None and self.cache.events:
+            done, self.cache.events = self.cache.events, []
+            await self.publisher.publish(encode_events(done, tokens=self.cache.block_tokens_of))
         self.prompt_tokens += prompt_tokens
         self.cached_tokens += cached
         prefill = self.prefill_per_token_s * (prompt_tokens - cached)
