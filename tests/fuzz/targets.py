@@ -41,7 +41,7 @@ from tests.fuzz.inputs import (
     fields,
     keywords,
 )
-from tests.fuzz.wire import journals, transport
+from tests.fuzz.wire import journals, kv_batches, transport
 
 # ----------------------------------------------------------------- targets
 
@@ -416,6 +416,7 @@ TARGETS: dict[str, Callable[[], None]] = {
     "metrics": metrics,
     "transport": transport,
     "journals": journals,
+    "kv_batches": kv_batches,
 }
 
 

@@ -1,6 +1,6 @@
 """The fuzz targets of what comes over the wire: request bodies routed by
-the httpx transports, and the journals of picks routers share. Run through
-``targets.py`` (see there)."""
+the httpx transports, the journals of picks routers share, and the KV
+event batches servers publish. Run through ``targets.py`` (see there)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import langcluster as lc
+from langcluster.testing.fleet import KvEvent
+from langcluster.testing.kv_publisher import encode_events
 from tests.fuzz.inputs import EXTREME, GOOD_NODES, NUMBERS, TEXT, call, keywords
 
 TRANSPORT_OPTIONS = keywords(lc.AsyncClusterTransport, skip={"cluster"})
@@ -99,3 +101,45 @@ def journals(
     router.pick("group 0. " * 20)
     assert isinstance(router.take_journal(), bytes)
     router.prefix_stats()
+
+
+def _batches() -> list[bytes]:
+    """Well-formed batches of both encodings, for the mutations of ``kv_batches``."""
+    events = [
+        KvEvent("stored", (1, 2, 3), None),
+        KvEvent("stored", (4,), 3),
+        KvEvent("removed", (2, 9)),
+        KvEvent("cleared"),
+    ]
+    return [encode_events(events, ts=1.0, array=array) for array in (False, True)]
+
+
+BATCHES = _batches()
+MSGPACK_BYTES = st.sampled_from([0xC0, 0x90, 0x80, 0xDC, 0xDD, 0xDE, 0xDF, 0xC4, 0xD9, 0xCF, 0xD3])
+
+
+@given(
+    which=st.sampled_from(BATCHES),
+    flips=st.lists(st.tuples(st.integers(0, 10_000), st.one_of(MSGPACK_BYTES, st.integers(0, 255))),
+                   max_size=6),
+    cut=st.integers(0, 10_000),
+    tail=st.binary(max_size=32),
+    node_id=st.one_of(st.sampled_from(["n0", "n1", "zz"]), EXTREME),
+    data=EXTREME,
+)  # fmt: skip
+def kv_batches(
+    which: bytes, flips: list[tuple[int, int]], cut: int, tail: bytes, node_id: Any, data: Any
+) -> None:
+    router = lc.PrefixAware(GOOD_NODES, seed=3)
+    before = router.prefix_stats()["blocks"]
+    mutated = bytearray(which)
+    for at, byte in flips:
+        mutated[at % len(mutated)] = byte
+    payload = bytes(mutated[: cut % (len(mutated) + 1)]) + tail
+    done = call(router.apply_kv_events, ["node_id", "data"], "n0", payload)
+    if done is None:
+        assert router.prefix_stats()["blocks"] == before, "a refused batch changed the record"
+    call(router.apply_kv_events, ["node_id", "data"], node_id, data)
+    router.pick("after " * 40)
+    stats = router.prefix_stats()
+    assert stats["blocks"] <= stats["max_blocks"]
