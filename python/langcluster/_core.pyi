@@ -131,7 +131,7 @@ class PrefixAware(Balancer):
         max_prompt_blocks: int = 1024,
         balance_rel: float = 1.5,
         balance_abs: float = 8.0,
-        min_match: float = 0.3,
+        min_match: float = 0.1,
         prefill_weight: float = 4.0,
         prefill_decay_s: float = 1.0,
         choices: int | None = None,

@@ -167,7 +167,7 @@ impl PrefixAware {
     #[pyo3(
         text_signature = "(nodes=None, *, block_size=64, token_block_size=16, \
         max_blocks=262144, node_blocks=None, max_prompt_blocks=1024, balance_rel=1.5, \
-        balance_abs=8.0, min_match=0.3, prefill_weight=4.0, prefill_decay_s=1.0, \
+        balance_abs=8.0, min_match=0.1, prefill_weight=4.0, prefill_decay_s=1.0, \
         choices=None, load='in_flight', shards=16, decay_s=10.0, seed=None, \
         tokenizer=None, clock=None)"
     )]
@@ -365,7 +365,7 @@ impl PrefixAware {
 
     /// Forgets what the record holds for `node_id` and the prefill work
     /// counted there: for a server known to have restarted cold (or to
-    /// have cleared its cache). Raises ValueError for an unknown node.
+    /// have cleared its cache). Raises KeyError for an unknown node.
     fn forget(&self, node_id: &Bound<'_, PyAny>) -> Result<()> {
         Ok(self.core.forget(Self::node_id(node_id)?)?)
     }
@@ -399,7 +399,7 @@ impl PrefixAware {
     /// payload vLLM (or SGLang) publishes, to the record: exact mode.
     /// Returns what it did (``{"stored": ..., "removed": ...}``). Bytes
     /// that are not one whole batch raise ValueError naming `data` and
-    /// change nothing; an unknown node raises ValueError naming `node_id`.
+    /// change nothing; an unknown node raises KeyError.
     fn apply_kv_events<'py>(
         &self,
         py: Python<'py>,
@@ -537,6 +537,7 @@ impl PrefixAware {
         )?;
         d.set_item("shards", c.shards)?;
         d.set_item("decay_s", self.decay_s)?;
+        d.set_item("tokenizer", self.tokenize.is_some())?;
         d.set_item("seed", c.seed)?;
         Ok(d)
     }
