@@ -55,6 +55,7 @@ from langcluster.health import (
     TcpCheck,
 )
 from langcluster.integrations.transport import AsyncClusterTransport, ClusterTransport
+from langcluster.kv import KvEvents, KvEventSubscriber
 from langcluster.node import Node, NodeStatus
 from langcluster.registry import NodeEvent, NodeEventKind, NodeRegistry
 from langcluster.shared import SharedState
@@ -91,6 +92,8 @@ __all__ = [
     "HealthMonitor",
     "HttpCheck",
     "Key",
+    "KvEventSubscriber",
+    "KvEvents",
     "LangClusterError",
     "LayeredCache",
     "Lease",

@@ -21,6 +21,9 @@ from typing import Any
 
 import httpx
 
+from langcluster._core import Balancer
+from langcluster.node import Node
+
 __all__ = ["balancer_blocks", "kv_tokens", "read_metrics_tokens", "read_server_info_tokens"]
 
 _log = logging.getLogger(__name__)
@@ -54,7 +57,7 @@ def read_server_info_tokens(body: bytes) -> int | None:
     return None
 
 
-async def kv_tokens(node: Any, client: httpx.AsyncClient, *, scheme: str = "http") -> int | None:
+async def kv_tokens(node: Node, client: httpx.AsyncClient, *, scheme: str = "http") -> int | None:
     """The tokens node ``node``'s KV cache holds: its ``metadata["kv_tokens"]``,
     else what vLLM's metrics or SGLang's server info report; None when
     nothing says (errors are logged, never raised)."""
@@ -79,9 +82,9 @@ async def kv_tokens(node: Any, client: httpx.AsyncClient, *, scheme: str = "http
     return None
 
 
-def balancer_blocks(balancer: Any, tokens: int) -> int:
+def balancer_blocks(balancer: Balancer, tokens: int) -> int:
     """``tokens`` of a server's cache in ``balancer``'s blocks (at least 1)."""
-    settings = balancer.settings
+    settings: Any = getattr(balancer, "settings", {})
     if settings.get("tokenizer"):
         per_block = int(settings["token_block_size"])
     else:

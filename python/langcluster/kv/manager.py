@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -15,12 +15,17 @@ from langcluster._checks import seconds
 from langcluster.kv.capacity import balancer_blocks, kv_tokens
 from langcluster.kv.subscriber import KvEventSubscriber
 
+if TYPE_CHECKING:
+    from langcluster._core import Balancer
+    from langcluster.node import Node
+    from langcluster.registry import NodeRegistry
+
 __all__ = ["KvEvents"]
 
 _log = logging.getLogger(__name__)
 
 
-def _endpoints(node: Any) -> tuple[str, str | None, str] | None:
+def _endpoints(node: Node) -> tuple[str, str | None, str] | None:
     meta = node.metadata
     endpoint = meta.get("kv_events")
     if not isinstance(endpoint, str) or not endpoint:
@@ -48,7 +53,7 @@ class KvEvents:
 
     def __init__(
         self,
-        balancer: Any,
+        balancer: Balancer,
         *,
         learn_capacity: bool = True,
         probe_timeout_s: float = 2.0,
@@ -58,7 +63,7 @@ class KvEvents:
             raise TypeError(
                 f"balancer: KV events need a PrefixAware balancer, got {type(balancer).__name__}"
             )
-        self.balancer = balancer
+        self.balancer: Any = balancer
         self.learn_capacity = learn_capacity
         self.probe_timeout_s = seconds("probe_timeout_s", probe_timeout_s)
         self.replay_timeout_s = seconds("replay_timeout_s", replay_timeout_s)
@@ -67,10 +72,10 @@ class KvEvents:
         self._probed: set[str] = set()
         self._probes: set[asyncio.Task[None]] = set()
 
-    async def sync(self, nodes: Iterable[Any]) -> None:
+    async def sync(self, nodes: Iterable[Node]) -> None:
         """Starts a subscriber for each node that names a publisher (again
         when the address changed) and stops those of nodes gone."""
-        present = {}
+        present: dict[str, Node] = {}
         for node in nodes:
             present[node.id] = node
             where = _endpoints(node)
@@ -94,7 +99,7 @@ class KvEvents:
             await self._stop(gone)
         self._probed &= set(present)
 
-    async def _probe(self, node: Any) -> None:
+    async def _probe(self, node: Node) -> None:
         async with httpx.AsyncClient(timeout=self.probe_timeout_s) as client:
             tokens = await kv_tokens(node, client)
         if tokens is None:
@@ -109,7 +114,7 @@ class KvEvents:
         if subscriber is not None:
             await subscriber.close()
 
-    async def follow(self, registry: Any, name: str) -> asyncio.Task[None]:
+    async def follow(self, registry: NodeRegistry, name: str) -> asyncio.Task[None]:
         """Syncs with ``registry``'s nodes now and at every change after,
         from a task (returned; cancel it to stop)."""
         await self.sync(registry.nodes())

@@ -46,6 +46,7 @@ from typing import Any
 
 from langcluster._aio import cancel_and_wait
 from langcluster._checks import count, seconds, text
+from langcluster._core import Balancer
 from langcluster._counters import Counters
 
 __all__ = ["KvEventSubscriber"]
@@ -76,7 +77,7 @@ class KvEventSubscriber:
 
     def __init__(
         self,
-        balancer: Any,
+        balancer: Balancer,
         node_id: str,
         endpoint: str,
         *,
@@ -87,7 +88,7 @@ class KvEventSubscriber:
     ) -> None:
         if not hasattr(balancer, "apply_kv_events"):
             raise TypeError(f"balancer: must be a PrefixAware, got {type(balancer).__name__}")
-        self.balancer = balancer
+        self.balancer: Any = balancer
         self.node_id = text("node_id", node_id)
         self.endpoint = text("endpoint", endpoint)
         self.replay_endpoint = (

@@ -33,6 +33,7 @@ __all__ = [
     "server_info",
     "stream_events",
     "tokenize",
+    "tokenize_answer",
 ]
 
 BYTES_PER_TOKEN = 4
@@ -146,6 +147,24 @@ def server_info(model: str, cache: PrefixCache) -> dict[str, Any]:
         "max_total_num_tokens": cache.capacity_blocks * cache.block_tokens,
         "page_size": cache.block_tokens,
     }
+
+
+def tokenize_answer(path: str, body: bytes, model: str) -> tuple[int, dict[str, str], Any]:
+    """vLLM's ``/tokenize`` and ``/v1/(chat/)completions/render``: the
+    prompt's token ids (``tokenize``), which routers that route by tokens
+    ask for."""
+    try:
+        request = json.loads(body or b"{}")
+    except (ValueError, RecursionError):
+        request = None
+    if not isinstance(request, dict):
+        return 400, {}, {"error": {"message": "the body is not a JSON object", "type": "invalid"}}
+    chat = "messages" in request
+    ids = tokenize(prompt_of("/chat/completions" if chat else "/completions", request))
+    if path == "/tokenize":
+        answer = {"count": len(ids), "max_model_len": 1 << 20, "tokens": ids, "token_strs": None}
+        return 200, {}, answer
+    return 200, {}, {"model": request.get("model", model), "token_ids": ids, "features": None}
 
 
 def metrics_text(cache: PrefixCache) -> str:

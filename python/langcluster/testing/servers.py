@@ -24,6 +24,7 @@ from langcluster.testing.openai_api import (
     reply_pieces,
     server_info,
     stream_events,
+    tokenize_answer,
     tokens,
     usage,
 )
@@ -34,6 +35,7 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requ
 _REASONS[500] = "Internal Server Error"
 _GENERATE = ("/v1/chat/completions", "/v1/completions")
 _INFO = ("/get_server_info", "/server_info", "/get_model_info", "/model_info")
+_TOKENIZE = ("/tokenize", "/v1/chat/completions/render", "/v1/completions/render")
 Answer = tuple[int, dict[str, str], Any]  # status, extra headers, JSON body or an event stream
 
 
@@ -287,6 +289,8 @@ class SimulatedServer:
             return 200, {}, server_info(self.model, self.cache)
         if method == "GET" and path == "/metrics":
             return 200, {"Content-Type": "text/plain; version=0.0.4"}, metrics_text(self.cache)
+        if method == "POST" and path in _TOKENIZE:
+            return tokenize_answer(path, body, self.model)
         if method != "POST" or path not in (*_GENERATE, "/v1/embeddings"):
             return 404, {}, _error(f"no route {method} {path}", "not_found_error")
         self.requests += 1
