@@ -112,7 +112,7 @@ async def test_ten_thousand_nodes_come_and_go_and_nothing_stays_behind() -> None
             final = sizes(cluster)
     finally:
         tracemalloc.stop()
-    assert calls > CHURNED  # calls flowed all along
+    assert calls >= CHURNED // STEP  # calls flowed all along: some after every change
     assert final["registry"] == final["balancer"] == STABLE
     assert all(size <= STABLE for size in final.values()), final
     growth = memory[1] - memory[0]

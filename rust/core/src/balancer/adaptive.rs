@@ -141,7 +141,9 @@ mod tests {
 
     #[test]
     fn a_new_node_is_tried_at_once_but_gets_one_request_until_it_answers() {
-        let b = Balancer::new(Adaptive, specs(&["a", "b", "c"])).unwrap();
+        let b = Balancer::new(Adaptive, specs(&["a", "b", "c"]))
+            .unwrap()
+            .seeded(3);
         drive(&b, 60, |_| 0.010);
         b.update(specs(&["a", "b", "c", "fresh"])).unwrap();
         let mut fresh_picks = Vec::new();
@@ -165,7 +167,9 @@ mod tests {
 
     #[test]
     fn a_slow_node_loses_traffic_within_a_few_requests() {
-        let b = Balancer::new(Adaptive, specs(&["a", "b", "c", "slow"])).unwrap();
+        let b = Balancer::new(Adaptive, specs(&["a", "b", "c", "slow"]))
+            .unwrap()
+            .seeded(3);
         drive(&b, 100, |_| 0.010);
         let counts = drive(&b, 400, |id| if id == "slow" { 0.500 } else { 0.010 });
         assert!(counts.get("slow").copied().unwrap_or(0) <= 3, "{counts:?}");
@@ -173,7 +177,9 @@ mod tests {
 
     #[test]
     fn a_recovered_node_wins_its_traffic_back_after_the_decay_time() {
-        let b = Balancer::with_decay(Adaptive, specs(&["a", "b", "c", "slow"]), 0.02).unwrap();
+        let b = Balancer::with_decay(Adaptive, specs(&["a", "b", "c", "slow"]), 0.02)
+            .unwrap()
+            .seeded(3);
         drive(&b, 100, |id| if id == "slow" { 0.500 } else { 0.010 });
         // Its cost decays by e^-20 in 0.4 s of 20 ms decay time.
         std::thread::sleep(std::time::Duration::from_millis(400));
@@ -183,7 +189,9 @@ mod tests {
 
     #[test]
     fn a_node_failing_fast_does_not_attract_traffic() {
-        let b = Balancer::new(Adaptive, specs(&["a", "b", "bad"])).unwrap();
+        let b = Balancer::new(Adaptive, specs(&["a", "b", "bad"]))
+            .unwrap()
+            .seeded(3);
         drive(&b, 60, |_| 0.050);
         let mut bad = 0;
         for _ in 0..300 {
@@ -211,7 +219,9 @@ mod tests {
 
     #[test]
     fn load_multiplies_latency() {
-        let b = Balancer::new(Adaptive, specs(&["a", "b"])).unwrap();
+        let b = Balancer::new(Adaptive, specs(&["a", "b"]))
+            .unwrap()
+            .seeded(3);
         drive(&b, 20, |_| 0.010);
         for _ in 0..3 {
             b.begin("a").unwrap();

@@ -62,7 +62,9 @@ mod tests {
 
     #[test]
     fn uniform_weights_spread_evenly() {
-        let b = Balancer::new(Random, specs(&["a", "b", "c", "d"])).unwrap();
+        let b = Balancer::new(Random, specs(&["a", "b", "c", "d"]))
+            .unwrap()
+            .seeded(3);
         for (id, c) in shares(&b, 80_000) {
             assert!((18_500..21_500).contains(&c), "{id}: {c}");
         }
@@ -70,7 +72,9 @@ mod tests {
 
     #[test]
     fn weights_set_the_shares() {
-        let b = Balancer::new(Random, weighted(&[("a", 1.0), ("b", 3.0)])).unwrap();
+        let b = Balancer::new(Random, weighted(&[("a", 1.0), ("b", 3.0)]))
+            .unwrap()
+            .seeded(3);
         let counts = shares(&b, 80_000);
         assert!((18_500..21_500).contains(&counts["a"]), "{counts:?}");
         assert!((58_500..61_500).contains(&counts["b"]), "{counts:?}");
