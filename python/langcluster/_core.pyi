@@ -151,6 +151,7 @@ class PrefixAware(Balancer):
     def end(
         self, node_id: str, latency_s: float, ok: bool = True, *, ttft_s: float | None = None
     ) -> bool: ...
+    def observe_ttft(self, node_id: str, ttft_s: float) -> bool: ...
     def forget(self, node_id: str) -> None:
         """Forgets what the record holds for ``node_id`` (a cold restart)."""
 

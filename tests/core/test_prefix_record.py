@@ -156,6 +156,21 @@ def test_a_tokenizer_maps_text_to_the_servers_token_blocks(tokenizer: Any) -> No
     assert b.depths(("other " * 40).encode())[home] == 0
 
 
+def test_a_hugging_face_tokenizer_works_as_it_is() -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"[UNK]": 0, **{f"w{i}": i + 1 for i in range(64)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    b = lc.PrefixAware(nodes(3), tokenizer=tokenizer, token_block_size=4)
+    shared = " ".join(f"w{i}" for i in range(32))
+    home = b.pick(shared + " w40 w41 w42 w43").id
+    assert b.pick(shared + " w50 w51 w52 w53").id == home
+    ids = tokenizer.encode(shared).ids
+    assert b.depths(ids)[home] == 8  # 32 tokens, 4 a block: the same blocks
+    assert b.prefix_stats()["matched_blocks"] == 8
+
+
 def test_a_tokenizer_that_returns_no_token_ids_is_named() -> None:
     b = lc.PrefixAware(nodes(1), tokenizer=lambda text: 42)
     with pytest.raises(TypeError, match=r"^tokenizer: must be to return token ids"):
@@ -223,3 +238,25 @@ def test_settings_name_every_option() -> None:
     assert (s["choices"], s["decay_s"], s["tokenizer"]) == (2, 3.0, False)
     d = lc.PrefixAware().settings
     assert (d["node_blocks"], d["choices"], d["min_match"]) == (None, None, 0.1)
+
+
+@pytest.mark.asyncio
+async def test_a_cluster_forgets_a_node_its_health_checks_saw_go_down_and_come_back() -> None:
+    cluster = lc.Cluster(
+        service="chat", nodes=nodes(2), balancer="prefix_aware",
+        # Checks that never run in the test: the statuses are set by hand.
+        health=lc.HealthConfig(lc.CallableCheck(lambda node: True), interval_s=3600),
+    )  # fmt: skip
+    async with cluster:
+        balancer: Any = cluster.balancer
+        for g in range(8):
+            balancer.pick(group(g))
+        held = {n: s["blocks"] for n, s in balancer.stats().items()}
+        assert all(held.values())
+        cluster.registry.set_status("n0", lc.NodeStatus.HEALTHY)
+        assert balancer.stats()["n0"]["blocks"] == held["n0"], "healthy all along: kept"
+        cluster.registry.set_status("n0", lc.NodeStatus.UNHEALTHY)
+        assert balancer.stats()["n0"]["blocks"] == held["n0"], "down: kept, it may come back warm"
+        cluster.registry.set_status("n0", lc.NodeStatus.HEALTHY)
+        assert balancer.stats()["n0"]["blocks"] == 0, "back after being down: restarted cold"
+        assert balancer.stats()["n1"]["blocks"] == held["n1"]

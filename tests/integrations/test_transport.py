@@ -252,6 +252,25 @@ async def test_a_whole_stream_ends_with_done_and_frees_the_node() -> None:
     await server.kill()
 
 
+@pytest.mark.asyncio
+async def test_a_stream_reports_its_time_to_first_token_to_a_prefix_aware_balancer() -> None:
+    (server,) = await servers(1, latency_s=0.05)
+    async with lc.Cluster(
+        service="chat", nodes=[server.node()], balancer="prefix_aware"
+    ) as cluster:
+        async with httpx.AsyncClient(transport=lc.AsyncClusterTransport(cluster)) as client:
+            await client.post(f"http://chat{CHAT}", json=chat("whole"))
+            assert cluster.balancer.stats()["s0"]["ttft_s"] is None, "a JSON answer has none"
+            body = {**chat("hi"), "stream": True}
+            async with client.stream("POST", f"http://chat{CHAT}", json=body) as response:
+                async for _ in response.aiter_lines():
+                    pass
+        ttft = cluster.balancer.stats()["s0"]["ttft_s"]
+        assert ttft is not None
+        assert 0.025 <= ttft < 30, "the server holds the first token at least 25 ms"
+    await server.kill()
+
+
 # ------------------------------------------------------------------ keys
 
 

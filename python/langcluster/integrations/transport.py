@@ -180,6 +180,19 @@ class _Router:
                 return _Busy(response, min(wait, self.max_retry_after_s))
         return _Refused(response, node)
 
+    def first_chunk(self, node: Any, started: float) -> Callable[[], None] | None:
+        """What to call when the first chunk of ``node``'s answer arrives:
+        its time to first token goes to a balancer that keeps it
+        (``PrefixAware``); None for one that does not."""
+        observe = getattr(self.cluster.failover.balancer, "observe_ttft", None)
+        if observe is None:
+            return None
+
+        def first() -> None:
+            observe(node.id, time.perf_counter() - started)
+
+        return first
+
     def settle(self, node: Any, started: float) -> Callable[[BaseException | None], None]:
         """The body of an answer from ``node`` is being read: the node holds
         one more request in flight until the body ends; a body that breaks
@@ -217,6 +230,13 @@ class _Router:
         return None
 
 
+def _streamed(response: httpx.Response) -> bool:
+    """Whether an answer is an event stream, whose first chunk is its first
+    token (a JSON answer's first chunk comes at its end)."""
+    kind: str = response.headers.get("content-type", "")
+    return kind.startswith("text/event-stream")
+
+
 def _inner(given: Any, kind: type[T], default: Callable[[], T]) -> T:
     """The transport that sends: ``given``, checked, or httpx's own."""
     if given is None:
@@ -227,13 +247,22 @@ def _inner(given: Any, kind: type[T], default: Callable[[], T]) -> T:
 
 
 class _AsyncBody(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.AsyncByteStream, end: Callable[[BaseException | None], None]):
+    def __init__(
+        self,
+        inner: httpx.AsyncByteStream,
+        end: Callable[[BaseException | None], None],
+        first: Callable[[], None] | None = None,
+    ):
         self._inner = inner
         self._end = end
+        self._first = first
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._inner:
+                if self._first is not None and chunk:
+                    first, self._first = self._first, None
+                    first()
                 yield chunk
         except BaseException as error:
             self._end(error)
@@ -247,13 +276,23 @@ class _AsyncBody(httpx.AsyncByteStream):
 
 
 class _SyncBody(httpx.SyncByteStream):
-    def __init__(self, inner: httpx.SyncByteStream, end: Callable[[BaseException | None], None]):
+    def __init__(
+        self,
+        inner: httpx.SyncByteStream,
+        end: Callable[[BaseException | None], None],
+        first: Callable[[], None] | None = None,
+    ):
         self._inner = inner
         self._end = end
+        self._first = first
 
     def __iter__(self) -> Iterator[bytes]:
         try:
-            yield from self._inner
+            for chunk in self._inner:
+                if self._first is not None and chunk:
+                    first, self._first = self._first, None
+                    first()
+                yield chunk
         except BaseException as error:
             self._end(error)
             raise
@@ -322,7 +361,11 @@ class AsyncClusterTransport(httpx.AsyncBaseTransport):
                 if response.status_code in router.retry_statuses:
                     await response.aread()
                     raise router.refusal(response, node)
-                response.stream = _AsyncBody(response.stream, router.settle(node, started))  # type: ignore[arg-type]
+                response.stream = _AsyncBody(
+                    response.stream,  # type: ignore[arg-type]
+                    router.settle(node, started),
+                    router.first_chunk(node, started) if _streamed(response) else None,
+                )
             except BaseException:
                 await response.aclose()
                 raise
@@ -370,7 +413,11 @@ class ClusterTransport(httpx.BaseTransport):
                 if response.status_code in router.retry_statuses:
                     response.read()
                     raise router.refusal(response, node)
-                response.stream = _SyncBody(response.stream, router.settle(node, started))  # type: ignore[arg-type]
+                response.stream = _SyncBody(
+                    response.stream,  # type: ignore[arg-type]
+                    router.settle(node, started),
+                    router.first_chunk(node, started) if _streamed(response) else None,
+                )
             except BaseException:
                 response.close()
                 raise

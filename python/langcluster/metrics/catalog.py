@@ -83,6 +83,25 @@ METRICS: dict[str, Metric] = {
         _m("prefix_record_blocks", "gauge", "service node",
            "Prompt blocks a PrefixAware balancer records as held by each node.",
            "langcluster.prefix.record.blocks", "{block}"),
+        _m("prefix_record_capacity_blocks", "gauge", "service node",
+           "The most prompt blocks a PrefixAware balancer records for each node (its server's "
+           "cache, given or learned).",
+           "langcluster.prefix.record.capacity", "{block}"),
+        _m("prefix_prefill_blocks", "gauge", "service node",
+           "Prefill work a PrefixAware balancer sent each node (uncached blocks) and does not "
+           "yet count as done: its estimate of the node's prefill queue.",
+           "langcluster.prefix.prefill", "{block}"),
+        _m("prefix_ttft_seconds", "gauge", "service node",
+           "Each node's time to first token as callers reported it, a moving average.",
+           "langcluster.prefix.ttft", "s"),
+        _m("prefix_kv_event_blocks", "counter", "service result",
+           "Blocks the servers' KV events told a PrefixAware balancer about, by result: stored, "
+           "removed, ignored (not matchable by tokens), orphaned (parent unknown), unknown "
+           "(removed, never known).",
+           "langcluster.prefix.kv_event_blocks", "{block}"),
+        _m("prefix_kv_event_batches", "counter", "service result",
+           "KV event batches applied, or refused (malformed, truncated or hostile).",
+           "langcluster.prefix.kv_event_batches", "{batch}"),
         _m("prefix_record_bytes", "gauge", "service",
            "Memory of a PrefixAware balancer's record.", "langcluster.prefix.record.bytes", "By"),
         _m("prefix_prompt_blocks", "counter", "service result",
@@ -220,7 +239,17 @@ def _balancer(balancer: Balancer, service: str) -> Iterator[Reading]:
         prefix = balancer.prefix_stats()
         for node_id, node in stats.items():
             yield _r("prefix_record_blocks", node["blocks"], service, node_id)
+            yield _r("prefix_record_capacity_blocks", node["capacity"], service, node_id)
+            yield _r("prefix_prefill_blocks", node["prefill_blocks"], service, node_id)
+            if node["ttft_s"] is not None:
+                yield _r("prefix_ttft_seconds", node["ttft_s"], service, node_id)
         yield _r("prefix_record_bytes", prefix["bytes"], service)
+        events = prefix["events"]
+        for result, key in (("stored", "stored"), ("removed", "removed"), ("ignored", "ignored"),
+                            ("orphaned", "orphaned"), ("unknown", "unknown_removed")):  # fmt: skip
+            yield _r("prefix_kv_event_blocks", events[key], service, result)
+        yield _r("prefix_kv_event_batches", events["batches"], service, "applied")
+        yield _r("prefix_kv_event_batches", events["refused"], service, "refused")
         matched = prefix["matched_blocks"]
         yield _r("prefix_prompt_blocks", matched, service, "matched")
         yield _r("prefix_prompt_blocks", prefix["prompt_blocks"] - matched, service, "unmatched")

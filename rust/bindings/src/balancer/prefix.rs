@@ -363,6 +363,16 @@ impl PrefixAware {
         Ok(ended)
     }
 
+    /// Records a time to first token seen for a request on `node_id`
+    /// (`end(..., ttft_s=)` does the same at a request's end; a stream's
+    /// reader reports it when the first chunk arrives). Returns False when
+    /// the node has been removed meanwhile.
+    fn observe_ttft(&self, node_id: &Bound<'_, PyAny>, ttft_s: &Bound<'_, PyAny>) -> Result<bool> {
+        let id = Self::node_id(node_id)?;
+        let ttft_s = number("ttft_s", ttft_s)?;
+        Ok(self.core.observe_ttft(id, ttft_s)?)
+    }
+
     /// Forgets what the record holds for `node_id` and the prefill work
     /// counted there: for a server known to have restarted cold (or to
     /// have cleared its cache). Raises KeyError for an unknown node.
