@@ -51,6 +51,7 @@ __all__ = [
     "prompt_bytes",
     "prompt_text",
     "simulate",
+    "stored_events",
 ]
 
 
@@ -132,6 +133,20 @@ class KvEvent:
     parent: int | None = None
 
 
+def stored_events(blocks: Sequence[int], new: Sequence[bool]) -> list[KvEvent]:
+    """The ``stored`` events of a prompt's ``blocks`` that were not cached
+    (``new``): one per run, each after the block before it."""
+    out, start = [], None
+    for i, fresh in enumerate([*new, False]):
+        if fresh and start is None:
+            start = i
+        elif not fresh and start is not None:
+            parent = blocks[start - 1] if start else None
+            out.append(KvEvent("stored", tuple(blocks[start:i]), parent))
+            start = None
+    return out
+
+
 class Server:
     """One simulated server: its cache, its queues, its counters. With
     ``events`` on, ``admit`` and ``clear`` keep what the cache did in
@@ -177,22 +192,11 @@ class Server:
         while len(cache) > self.model.cache_blocks:
             evicted.append(cache.popitem(last=False)[0])
         if self.events is not None and new is not None:
-            self._stored(blocks, new)
+            self.events += stored_events(blocks, new)
             if evicted:
                 self.events.append(KvEvent("removed", tuple(evicted)))
         return hit
 
-    def _stored(self, blocks: Sequence[int], new: list[bool]) -> None:
-        """One ``stored`` event per run of newly cached blocks."""
-        assert self.events is not None
-        start = None
-        for i, fresh in enumerate([*new, False]):
-            if fresh and start is None:
-                start = i
-            elif not fresh and start is not None:
-                parent = blocks[start - 1] if start else None
-                self.events.append(KvEvent("stored", tuple(blocks[start:i]), parent))
-                start = None
 
     def clear(self) -> None:
         """Empties the cache, as a restart does."""

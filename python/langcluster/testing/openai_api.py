@@ -95,22 +95,17 @@ class PrefixCache:
         return hit * self.block_tokens
 
     def _record(self, text: str, ids: list[bytes], new: list[bool], evicted: list[bytes]) -> None:
-        from langcluster.testing.fleet import KvEvent
+        from langcluster.testing.fleet import KvEvent, stored_events
 
         assert self.events is not None
-        ids_of = [int.from_bytes(b, "little") for b in ids]
-        all_tokens = tokenize(text)
-        start = None
-        for i, fresh in enumerate([*new, False]):
-            if fresh and start is None:
-                start = i
-            elif not fresh and start is not None:
-                parent = ids_of[start - 1] if start else None
-                self.events.append(KvEvent("stored", tuple(ids_of[start:i]), parent))
-                for j in range(start, i):
-                    at = j * self.block_tokens
-                    self._tokens[ids[j]] = all_tokens[at : at + self.block_tokens]
-                start = None
+        stored = stored_events([int.from_bytes(b, "little") for b in ids], new)
+        self.events += stored
+        if stored:
+            all_tokens = tokenize(text)
+            size = self.block_tokens
+            for j, block in enumerate(ids):
+                if new[j]:
+                    self._tokens[block] = all_tokens[j * size : (j + 1) * size]
         for block in evicted:
             self._tokens.pop(block, None)
         if evicted:

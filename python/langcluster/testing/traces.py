@@ -224,11 +224,20 @@ def _zipf(rng: random.Random, n: int, s: float) -> int:
     return rng.choices(range(n), weights)[0]
 
 
+def _prefixes(
+    rng: random.Random, ids: _Ids, n: int, low: int, high: int
+) -> list[tuple[list[int], int]]:
+    """``n`` shared prefixes (system prompts, tool definitions, templates)
+    of ``low`` to ``high`` tokens, cut to whole blocks: their ids and tokens."""
+    out = []
+    for _ in range(n):
+        tokens = rng.randrange(low, high + 1)
+        out.append((ids.fresh(tokens // BLOCK_TOKENS), tokens - tokens % BLOCK_TOKENS))
+    return out
+
+
 def _conversation(rng: random.Random, ids: _Ids, rate: float, sessions: int) -> list[TraceRecord]:
-    systems = []
-    for _ in range(16):
-        tokens = rng.randrange(1024, 4097)
-        systems.append((ids.fresh(tokens // BLOCK_TOKENS), tokens - tokens % BLOCK_TOKENS))
+    systems = _prefixes(rng, ids, 16, 1024, 4096)
     out = []
     now = 0.0
     for _ in range(sessions):
@@ -246,10 +255,7 @@ def _conversation(rng: random.Random, ids: _Ids, rate: float, sessions: int) -> 
 
 
 def _agent(rng: random.Random, ids: _Ids, rate: float, sessions: int) -> list[TraceRecord]:
-    kinds = []
-    for _ in range(6):
-        tokens = rng.randrange(4096, 8193)
-        kinds.append((ids.fresh(tokens // BLOCK_TOKENS), tokens - tokens % BLOCK_TOKENS))
+    kinds = _prefixes(rng, ids, 6, 4096, 8192)
     out = []
     now = 0.0
     for _ in range(sessions):
@@ -267,10 +273,7 @@ def _agent(rng: random.Random, ids: _Ids, rate: float, sessions: int) -> list[Tr
 
 
 def _hot_template(rng: random.Random, ids: _Ids, rate: float, sessions: int) -> list[TraceRecord]:
-    templates = []
-    for k in range(202):
-        tokens = rng.randrange(2048, 4097) if k < 2 else rng.randrange(512, 3073)
-        templates.append((ids.fresh(tokens // BLOCK_TOKENS), tokens - tokens % BLOCK_TOKENS))
+    templates = _prefixes(rng, ids, 2, 2048, 4096) + _prefixes(rng, ids, 200, 512, 3072)
     out = []
     now = 0.0
     for _ in range(sessions):

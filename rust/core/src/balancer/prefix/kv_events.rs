@@ -112,42 +112,29 @@ impl<'a> Reader<'a> {
             .ok_or_else(|| bad("a length longer than the message"))
     }
 
-    fn array_len(&mut self) -> Result<Option<usize>, Error> {
-        let n = match self.peek()? {
-            m @ 0x90..=0x9f => {
-                self.at += 1;
-                u64::from(m & 0x0f)
-            }
-            0xdc => {
-                self.at += 1;
-                self.be(2)?
-            }
-            0xdd => {
-                self.at += 1;
-                self.be(4)?
-            }
-            _ => return Ok(None),
+    /// The length of an array (`map` false) or a map here, or `None`
+    /// (nothing read) for another type; checked against what is left.
+    fn container_len(&mut self, map: bool) -> Result<Option<usize>, Error> {
+        let (fix, wide) = if map { (0x80, 0xde) } else { (0x90, 0xdc) };
+        let m = self.peek()?;
+        let n = if m & 0xf0 == fix {
+            self.at += 1;
+            u64::from(m & 0x0f)
+        } else if m == wide || m == wide + 1 {
+            self.at += 1;
+            self.be(if m == wide { 2 } else { 4 })?
+        } else {
+            return Ok(None);
         };
-        self.count(n, 1).map(Some)
+        self.count(n, if map { 2 } else { 1 }).map(Some)
+    }
+
+    fn array_len(&mut self) -> Result<Option<usize>, Error> {
+        self.container_len(false)
     }
 
     fn map_len(&mut self) -> Result<Option<usize>, Error> {
-        let n = match self.peek()? {
-            m @ 0x80..=0x8f => {
-                self.at += 1;
-                u64::from(m & 0x0f)
-            }
-            0xde => {
-                self.at += 1;
-                self.be(2)?
-            }
-            0xdf => {
-                self.at += 1;
-                self.be(4)?
-            }
-            _ => return Ok(None),
-        };
-        self.count(n, 2).map(Some)
+        self.container_len(true)
     }
 
     fn nil(&mut self) -> Result<bool, Error> {

@@ -443,37 +443,16 @@ fn cheapest_of_sample(
     let mut pool: SmallVec<[usize; 16]> = (0..loads.len())
         .filter(|&p| allowed(p) && loads[p] <= limit)
         .collect();
-    if pool.is_empty() {
-        pool = (0..loads.len()).filter(|&p| allowed(p)).collect();
+    if choices == 0 || choices >= pool.len() {
+        return least(loads, limit, allowed, cost, rng);
     }
-    let n = match choices {
-        0 => pool.len(),
-        k => k.min(pool.len()),
-    };
-    // A partial Fisher-Yates shuffle: the first `n` are a uniform sample.
-    for i in 0..n {
+    // A partial Fisher-Yates shuffle: the first `choices` are a uniform sample.
+    for i in 0..choices {
         let j = rng.usize(i..pool.len());
         pool.swap(i, j);
     }
-    let mut best: Option<(usize, f64)> = None;
-    let mut ties = 0usize;
-    for &pos in &pool[..n] {
-        let c = cost(pos);
-        match best {
-            Some((_, b)) if c > b => {}
-            Some((_, b)) if c == b => {
-                ties += 1;
-                if rng.usize(..ties) == 0 {
-                    best = Some((pos, c));
-                }
-            }
-            _ => {
-                best = Some((pos, c));
-                ties = 1;
-            }
-        }
-    }
-    best.map(|(pos, _)| pos)
+    let drawn = &pool[..choices];
+    least(loads, f64::INFINITY, &|p| drawn.contains(&p), cost, rng)
 }
 
 /// What a [`PrefixAware`] balancer's record holds, and how it matched.
