@@ -31,13 +31,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from langcluster.cli.demo_view import Run, render, report, summary
-from langcluster.cli.demo_worker import BALANCE_ABS, SERVICE, WorkerSettings, run
+from langcluster.cli.demo_worker import SERVICE, WorkerSettings, run
 from langcluster.testing import SimulatedServer
 from langcluster.testing.fleet import (
     BalancerRouter,
     Outage,
     Request,
     ServerModel,
+    SimClock,
     prompt_text,
     simulate,
 )
@@ -101,12 +102,14 @@ def simulated(duration_s: float, seed: int) -> dict[str, dict[str, float]]:
     def text(request: Request) -> bytes:
         return prompt_text(request.blocks).encode()
 
+    clock = SimClock()  # the prefill work PrefixAware counts fades in simulated time
     routers = {
         "round_robin": BalancerRouter(lc.RoundRobin(), len(SERVERS)),
         "prefix_aware": BalancerRouter(
-            lc.PrefixAware(seed=seed, balance_abs=BALANCE_ABS), len(SERVERS), text
+            lc.PrefixAware(seed=seed, clock=clock, node_blocks=CACHE_BLOCKS),
+            len(SERVERS), text, clock=clock,
         ),
-    }
+    }  # fmt: skip
     out = {}
     for name, router in routers.items():
         result = simulate(

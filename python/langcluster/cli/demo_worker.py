@@ -35,9 +35,6 @@ from langcluster.shared import SharedState
 
 SERVICE = "langcluster-demo"
 # The kinds of cluster events the front counts.
-# A node is passed over for a prompt it holds once its load is 2 above the
-# mean (the default, 8, suits servers that batch many more requests).
-BALANCE_ABS = 0.5
 COUNTED = ("breaker_opened", "status_changed", "retry", "failover", "node_busy")
 
 
@@ -66,7 +63,9 @@ def build(settings: WorkerSettings) -> Cluster:
         service=SERVICE,
         discovery=discovery,
         balancer="prefix_aware",
-        balancer_options={"balance_abs": BALANCE_ABS},
+        # Each server's cache size, asked of it (vLLM's /metrics, which the
+        # simulated servers answer): the record forgets what they evict.
+        kv_events=True,
         # Health checks every second, three misses to fall: the breakers,
         # judging every call, react first, as they do in production.
         health=HealthConfig(

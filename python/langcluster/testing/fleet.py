@@ -197,7 +197,6 @@ class Server:
                 self.events.append(KvEvent("removed", tuple(evicted)))
         return hit
 
-
     def clear(self) -> None:
         """Empties the cache, as a restart does."""
         self.cache.clear()
@@ -438,7 +437,9 @@ class BalancerRouter:
     """A langcluster balancer as a simulated router: servers are nodes named
     ``s0``, ``s1``...; ``prompt`` turns a request into what ``pick`` takes
     (None for balancers that take no key). ``clock`` (the one given to the
-    balancer) follows the simulation's time. With ``exact``, the servers'
+    balancer) follows the simulation's time: give one to a ``PrefixAware``
+    (``PrefixAware(clock=clock)``), whose prefill load fades with time, or it
+    reads the wall clock while the simulation runs hours in seconds. With ``exact``, the servers'
     KV events reach the balancer (a ``PrefixAware`` whose blocks are the
     prompts' blocks: ``prompt_bytes``' 64 bytes, or 16 token ids, a block)
     as vLLM would publish them. Each request's time to first token goes
