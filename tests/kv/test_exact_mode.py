@@ -6,7 +6,6 @@ restarts cold in the middle."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
@@ -149,4 +148,3 @@ async def test_a_node_without_a_publisher_is_left_alone_and_a_removed_one_is_sto
     finally:
         await kv.close()
         await server.kill()
-    await asyncio.sleep(0)
