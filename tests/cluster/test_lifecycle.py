@@ -34,6 +34,7 @@ async def node_id(node: Any) -> str:
 
 
 def test_eight_threads_starting_and_closing_at_once_make_one_loop_and_leave_none() -> None:
+    before = set(threading.enumerate())
     c = cluster("eight")
     barrier = threading.Barrier(8)
 
@@ -55,6 +56,18 @@ def test_eight_threads_starting_and_closing_at_once_make_one_loop_and_leave_none
                 thread.join(10)
             assert not any(thread.is_alive() for thread in threads)
     assert loop_threads("eight") == []
+    # Nor any other: the loop's executor threads are joined before close returns.
+    assert [t.name for t in threading.enumerate() if t not in before] == []
+
+
+@pytest.mark.asyncio
+async def test_the_sync_start_in_async_code_says_to_use_astart() -> None:
+    c = cluster("async-start")
+    with pytest.raises(RuntimeError, match=r"^start: .*use `await cluster.astart\(\)`"):
+        await c.start()  # type: ignore[misc]
+    assert loop_threads("async-start") == []
+    async with c:
+        assert await c.call(node_id) == "a"
 
 
 def test_calls_before_start_and_after_close_say_so() -> None:

@@ -368,3 +368,14 @@ def test_floor_itertools_cycle_matches_round_robin_order():
     nodes = make_nodes(5)
     b = lc.RoundRobin(nodes)
     assert [b.pick() for _ in range(12)] == list(itertools.islice(itertools.cycle(nodes), 12))
+
+
+@pytest.mark.parametrize("cls", [*ALL, lc.PrefixAware])
+def test_an_end_without_a_begin_records_its_outcome_and_in_flight_stays_at_zero(cls):
+    b = cls(make_nodes(2))
+    node = b.nodes[0].id
+    assert b.end(node, 0.1) is True
+    assert b.end(node, 0.1, False) is True
+    stats = b.stats()[node]
+    assert (stats["in_flight"], stats["successes"], stats["failures"]) == (0, 1, 1)
+    assert b.end("gone", 0.1) is False

@@ -409,3 +409,11 @@ async def test_a_retry_after_a_connection_never_made_is_not_charged_to_the_budge
     outcomes = await asyncio.gather(*(fm.call(work) for _ in range(30)), return_exceptions=True)
     assert sum(isinstance(o, Exception) for o in outcomes) == refused
     assert fm.stats()["budget_exhausted"] == refused
+
+
+def test_stats_list_only_the_nodes_in_the_balancer() -> None:
+    m, _ = manager(3)
+    for node in m.balancer.nodes:
+        m.breaker(node.id)
+    m.balancer.update(nodes(1))
+    assert set(m.stats()["nodes"]) == {"n0"}, "departed nodes are not listed, pruned or not"

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from pathlib import Path
 from typing import Any, TypeVar
 
-from langcluster._aio import cancel_and_wait
+from langcluster._aio import cancel_and_wait, running_loop
 from langcluster._checks import seconds, text
 from langcluster._core import Balancer, MemoryCache, PrefixAware
 from langcluster._counters import Counters
@@ -283,7 +283,13 @@ class Cluster:
         """For sync applications: runs the cluster's tasks on an event loop
         in a thread of its own. Idempotent and thread-safe. A cluster
         dropped without ``close()`` warns (``ResourceWarning``) and stops
-        its thread when collected, or at exit."""
+        its thread when collected, or at exit. In async code (a running
+        event loop here), RuntimeError: use ``await cluster.astart()``."""
+        if running_loop() is not None:
+            raise RuntimeError(
+                "start: this is the sync start, and an event loop is running here; "
+                "use `await cluster.astart()` or `async with cluster`"
+            )
         with self._lifecycle:
             if self._state is _State.RUNNING:
                 return self

@@ -80,7 +80,11 @@ async def _cancel_the_rest() -> None:
         task.cancel()
     if rest:
         await asyncio.wait(rest, timeout=5.0)
-    await asyncio.get_running_loop().shutdown_asyncgens()
+    loop = asyncio.get_running_loop()
+    await loop.shutdown_asyncgens()
+    # The threads of the loop's default executor (close waits for the calls
+    # in flight in one) end here, not seconds after close has returned.
+    await loop.shutdown_default_executor()
 
 
 class State(str, enum.Enum):

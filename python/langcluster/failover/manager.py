@@ -426,13 +426,16 @@ class FailoverManager:
         return drive(self._call(fn, key))  # type: ignore[no-any-return]
 
     def stats(self) -> dict[str, Any]:
-        """Counters, and each node's breaker state and availability."""
+        """Counters, and each live node's breaker state and availability (a
+        node that has left the balancer is not listed, even before its
+        breaker is pruned)."""
         out: dict[str, Any] = self._stats.snapshot()
         with self._lock:
             out["levels_in_use"] = self._levels_in_use
             out["nodes"] = {
                 node_id: {"breaker": breaker.state, "taken_out": node_id in self._taken_out}
                 for node_id, breaker in self._breakers.items()
+                if node_id in self.balancer
             }
         return out
 

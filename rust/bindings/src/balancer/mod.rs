@@ -171,6 +171,9 @@ impl Balancer {
 
     /// Ends one request on `node_id` with its latency and outcome. Returns
     /// False, changing nothing, when the node has been removed meanwhile.
+    /// An `end` with no `begin` before it still records the outcome (a
+    /// caller may report requests it did not count in flight); the count in
+    /// flight never drops below zero.
     #[pyo3(signature = (node_id, latency_s, ok=None))]
     #[pyo3(text_signature = "($self, node_id, latency_s, ok=True)")]
     fn end(
