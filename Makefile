@@ -89,7 +89,9 @@ fuzz: dev ## Fuzz with fresh seeds: the core's properties (20x the cases), then 
 test-all: test test-versions ## make test, then the Python suite on every other supported CPython
 
 .PHONY: demo
-demo: dev ## Run the main demo on embedded defaults (no Redis or Consul needed)
+demo: $(VENV)/.deps ## Run the main demo on embedded defaults (no Redis or Consul needed)
+	@echo "building langcluster (release) with the demo's extra into $(VENV): a minute the first time"
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[demo]'
 	$(PY) -m langcluster demo
 
 .PHONY: lint

@@ -1,6 +1,6 @@
 """Balancers in action: seven algorithms over simulated model servers.
 
-Run with `make demo` (or `python examples/balancer_demo.py`). No server is
+Run with `python examples/balancer_demo.py` (after `make dev`). No server is
 needed: each "model server" is a coroutine with its own latency. Midway one
 node turns slow, and the table shows how each balancer's traffic moves.
 """

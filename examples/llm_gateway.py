@@ -17,13 +17,20 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import httpx
-import openai
-import uvicorn
-from starlette.applications import Starlette
-from starlette.background import BackgroundTask
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+
+try:
+    import openai
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+except ImportError as missing:  # pragma: no cover - the extra is not installed
+    raise SystemExit(
+        f"the gateway needs {missing.name}: pip install 'langcluster[gateway]' "
+        "(from a clone: pip install '.[gateway]')"
+    ) from None
 
 import langcluster as lc
 from langcluster.testing import SimulatedServer

@@ -208,7 +208,7 @@ def table(rows: list[tuple[str, str, float | None]]) -> str:
         ours = next((ns for name, ns in entries if name.startswith("langcluster")), None)
         for name, ns in entries:
             if ns is None:
-                lines.append(f"| {group} | {name} | not installed | | |")
+                lines.append(f"| {group} | {name} | not installed: langcluster[bench] | | |")
                 continue
             vs_base = f"{ns / base:.2f}" if base else ""
             vs_ours = f"{ns / ours:.2f}" if ours else ""
