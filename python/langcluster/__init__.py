@@ -36,6 +36,7 @@ from langcluster.errors import (
     LangClusterError,
     NoAvailableNode,
     NodeBusy,
+    Overloaded,
 )
 from langcluster.failover import (
     Backoff,
@@ -108,6 +109,7 @@ __all__ = [
     "NodeLike",
     "NodeRegistry",
     "NodeStatus",
+    "Overloaded",
     "PowerOfTwoChoices",
     "PrefixAware",
     "Prompt",

@@ -7,6 +7,8 @@ or ``TypeError``, with a message that starts with the argument's name.
 
 from __future__ import annotations
 
+import httpx
+
 __all__ = [
     "CacheError",
     "CircuitOpenError",
@@ -15,6 +17,7 @@ __all__ = [
     "LangClusterError",
     "NoAvailableNode",
     "NodeBusy",
+    "Overloaded",
 ]
 
 
@@ -36,6 +39,13 @@ class NodeBusy(LangClusterError):
     def __init__(self, message: str, *, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class Overloaded(LangClusterError, httpx.TransportError):
+    """A cluster transport refused a request at once: as many are in flight
+    and waiting as it lets through (or none made room within the request's
+    pool timeout). An httpx transport error too, so the clients that catch
+    those (the OpenAI SDK: ``APIConnectionError``) see it as one."""
 
 
 class CircuitOpenError(LangClusterError):

@@ -8,19 +8,30 @@ The decisions (which key, which URL, which statuses to retry, what a
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import hashlib
 import itertools
 import re
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
 from langcluster._checks import seconds, text
 from langcluster._core import ConsistentHash, PrefixAware
 from langcluster.errors import NoAvailableNode, NodeBusy
+from langcluster.integrations.admission import (
+    AsyncAdmission,
+    NodePools,
+    SyncAdmission,
+    given_transport,
+    pool_limits,
+    wait_limit_s,
+)
+from langcluster.integrations.bodies import AsyncBody, AsyncLeave, SyncBody, SyncLeave, streamed
 from langcluster.integrations.openai_body import read_prompt
 from langcluster.types import Key
 
@@ -30,7 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["AsyncClusterTransport", "ClusterTransport"]
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP header name (RFC 9110 token)
-T = TypeVar("T")
 KeyFunction = Callable[[httpx.Request], Key | None]
 
 
@@ -115,6 +125,12 @@ class _Router:
         self.max_retry_after_s = float(max_retry_after_s)
         self._spread = itertools.count()  # keys for a hashing balancer when a request has none
         self._urls: dict[tuple[str, str, str, int | None], tuple[httpx.URL, str]] = {}
+
+    def nodes_available(self) -> int:
+        return int(self.cluster.balancer.available_count)
+
+    def addresses(self) -> set[tuple[str, int | None]]:
+        return {(n.address, n.port) for n in self.cluster.registry.nodes()}
 
     # ------------------------------------------------------------ routing
 
@@ -230,80 +246,6 @@ class _Router:
         return None
 
 
-def _streamed(response: httpx.Response) -> bool:
-    """Whether an answer is an event stream, whose first chunk is its first
-    token (a JSON answer's first chunk comes at its end)."""
-    kind: str = response.headers.get("content-type", "")
-    return kind.startswith("text/event-stream")
-
-
-def _inner(given: Any, kind: type[T], default: Callable[[], T]) -> T:
-    """The transport that sends: ``given``, checked, or httpx's own."""
-    if given is None:
-        return default()
-    if not isinstance(given, kind):
-        raise TypeError(f"transport: must be an httpx.{kind.__name__}, got {type(given).__name__}")
-    return given
-
-
-class _AsyncBody(httpx.AsyncByteStream):
-    def __init__(
-        self,
-        inner: httpx.AsyncByteStream,
-        end: Callable[[BaseException | None], None],
-        first: Callable[[], None] | None = None,
-    ):
-        self._inner = inner
-        self._end = end
-        self._first = first
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._inner:
-                if self._first is not None and chunk:
-                    first, self._first = self._first, None
-                    first()
-                yield chunk
-        except BaseException as error:
-            self._end(error)
-            raise
-
-    async def aclose(self) -> None:
-        try:
-            await self._inner.aclose()
-        finally:
-            self._end(None)
-
-
-class _SyncBody(httpx.SyncByteStream):
-    def __init__(
-        self,
-        inner: httpx.SyncByteStream,
-        end: Callable[[BaseException | None], None],
-        first: Callable[[], None] | None = None,
-    ):
-        self._inner = inner
-        self._end = end
-        self._first = first
-
-    def __iter__(self) -> Iterator[bytes]:
-        try:
-            for chunk in self._inner:
-                if self._first is not None and chunk:
-                    first, self._first = self._first, None
-                    first()
-                yield chunk
-        except BaseException as error:
-            self._end(error)
-            raise
-
-    def close(self) -> None:
-        try:
-            self._inner.close()
-        finally:
-            self._end(None)
-
-
 class AsyncClusterTransport(httpx.AsyncBaseTransport):
     """An httpx transport that sends each request to a node ``cluster``
     picks, through its failover:
@@ -315,8 +257,18 @@ class AsyncClusterTransport(httpx.AsyncBaseTransport):
 
     - The node's address and port (and ``metadata["scheme"]``, if set)
       replace the URL's; path, query, headers and body are kept, and the
-      ``Host`` header names the node. One connection pool serves every node:
-      ``transport``'s, or a new ``httpx.AsyncHTTPTransport``'s.
+      ``Host`` header names the node. Each node has a connection pool of its
+      own, of ``limits`` (by default as many connections as it may have
+      requests in flight, all kept alive); httpx ignores a client's
+      ``limits=`` once it is given a transport, so give them here. A
+      ``transport`` given serves every node with its own pool instead.
+    - At most ``max_in_flight_per_node`` requests per available node are in
+      flight at once; up to ``max_queued`` more wait their turn (in order,
+      each for at most its pool timeout), and the rest are refused at once
+      with ``Overloaded`` (an ``httpx.TransportError``). A service whose
+      event loop fell behind (a blocked second, a busy host) then catches
+      up instead of piling requests into a pool that grows slower as it
+      grows. ``stats()`` counts it.
     - A connection error, a timeout before the response headers, or a status
       in ``retry_statuses`` is retried on another node within the cluster's
       failover budget and counts against the node's breaker; a 429 or 503
@@ -345,26 +297,70 @@ class AsyncClusterTransport(httpx.AsyncBaseTransport):
         transport: httpx.AsyncBaseTransport | None = None,
         session_header: str | None = "x-session-id",
         max_retry_after_s: float = 60.0,
+        max_in_flight_per_node: int = 128,
+        max_queued: int = 1024,
+        limits: httpx.Limits | None = None,
     ) -> None:
-        self._router = _Router(cluster, key, retry_statuses, session_header, max_retry_after_s)
-        self._transport = _inner(transport, httpx.AsyncBaseTransport, httpx.AsyncHTTPTransport)
+        self._router = router = _Router(
+            cluster, key, retry_statuses, session_header, max_retry_after_s
+        )
+        self._transport = given_transport(transport, httpx.AsyncBaseTransport, limits)
+        self._admission = AsyncAdmission(max_in_flight_per_node, max_queued, router.nodes_available)
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._pools = NodePools(
+            lambda limits: httpx.AsyncHTTPTransport(limits=limits),
+            pool_limits(limits, max_in_flight_per_node), router.addresses, self._retire,
+        )  # fmt: skip
+
+    def _retire(self, pool: httpx.AsyncBaseTransport) -> None:
+        task = asyncio.get_running_loop().create_task(pool.aclose())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    @property
+    def service(self) -> str:
+        """The cluster's service: the label of the transport's metrics."""
+        return self._router.cluster.service
+
+    def stats(self) -> dict[str, int]:
+        """Requests ``in_flight`` and ``waiting`` now, the ``capacity``;
+        ``admitted`` in all, ``waited`` of them first, ``refused_full`` and
+        ``refused_timeout``."""
+        return self._admission.stats()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        router = self._router
         body = await request.aread()
-        send = self._transport.handle_async_request
+        admission = self._admission
+        await admission.enter(wait_limit_s(request))
+        try:
+            response = await self._send(request, body)
+        except BaseException:
+            admission.leave()
+            raise
+        if response.is_closed:  # read already (a refusal handed over): nothing in flight
+            admission.leave()
+        else:
+            response.stream = AsyncLeave(response.stream, admission.leave)  # type: ignore[arg-type]
+        return response
+
+    async def _send(self, request: httpx.Request, body: bytes) -> httpx.Response:
+        router = self._router
+        given = self._transport
+        pools = self._pools
 
         async def attempt(node: Any) -> httpx.Response:
             started = time.perf_counter()
-            response = await send(router.outgoing(request, node, body))
+            out = router.outgoing(request, node, body)
+            sender = given if given is not None else pools.for_url(out.url)
+            response = await sender.handle_async_request(out)
             try:
                 if response.status_code in router.retry_statuses:
                     await response.aread()
                     raise router.refusal(response, node)
-                response.stream = _AsyncBody(
+                response.stream = AsyncBody(
                     response.stream,  # type: ignore[arg-type]
                     router.settle(node, started),
-                    router.first_chunk(node, started) if _streamed(response) else None,
+                    router.first_chunk(node, started) if streamed(response) else None,
                 )
             except BaseException:
                 await response.aclose()
@@ -380,13 +376,19 @@ class AsyncClusterTransport(httpx.AsyncBaseTransport):
             return answer
 
     async def aclose(self) -> None:
-        await self._transport.aclose()
+        if self._transport is not None:
+            await self._transport.aclose()
+        for pool in self._pools.take_all():
+            await pool.aclose()
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
 
 
 class ClusterTransport(httpx.BaseTransport):
     """The blocking twin of ``AsyncClusterTransport``, for ``httpx.Client``
     (``openai.OpenAI``, LangChain's ``http_client``); ``transport`` is an
-    ``httpx.BaseTransport``."""
+    ``httpx.BaseTransport``. Threads past ``max_queued`` are refused; those
+    waiting are let through as room comes."""
 
     def __init__(
         self,
@@ -397,26 +399,68 @@ class ClusterTransport(httpx.BaseTransport):
         transport: httpx.BaseTransport | None = None,
         session_header: str | None = "x-session-id",
         max_retry_after_s: float = 60.0,
+        max_in_flight_per_node: int = 128,
+        max_queued: int = 1024,
+        limits: httpx.Limits | None = None,
     ) -> None:
-        self._router = _Router(cluster, key, retry_statuses, session_header, max_retry_after_s)
-        self._transport = _inner(transport, httpx.BaseTransport, httpx.HTTPTransport)
+        self._router = router = _Router(
+            cluster, key, retry_statuses, session_header, max_retry_after_s
+        )
+        self._transport = given_transport(transport, httpx.BaseTransport, limits)
+        self._admission = SyncAdmission(max_in_flight_per_node, max_queued, router.nodes_available)
+        self._pools = NodePools(
+            lambda limits: httpx.HTTPTransport(limits=limits),
+            pool_limits(limits, max_in_flight_per_node),
+            router.addresses,
+            lambda pool: pool.close(),
+        )
+        self._lock = threading.Lock()  # the pools' table, from many threads
+
+    @property
+    def service(self) -> str:
+        return self._router.cluster.service
+
+    def stats(self) -> dict[str, int]:
+        """As ``AsyncClusterTransport.stats``."""
+        return self._admission.stats()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        router = self._router
         body = request.read()
-        send = self._transport.handle_request
+        admission = self._admission
+        admission.enter(wait_limit_s(request))
+        try:
+            response = self._send(request, body)
+        except BaseException:
+            admission.leave()
+            raise
+        if response.is_closed:  # read already (a refusal handed over): nothing in flight
+            admission.leave()
+        else:
+            response.stream = SyncLeave(response.stream, admission.leave)  # type: ignore[arg-type]
+        return response
+
+    def _pool(self, url: httpx.URL) -> httpx.BaseTransport:
+        with self._lock:
+            pool: httpx.BaseTransport = self._pools.for_url(url)
+            return pool
+
+    def _send(self, request: httpx.Request, body: bytes) -> httpx.Response:
+        router = self._router
+        given = self._transport
 
         def attempt(node: Any) -> httpx.Response:
             started = time.perf_counter()
-            response = send(router.outgoing(request, node, body))
+            out = router.outgoing(request, node, body)
+            sender = given if given is not None else self._pool(out.url)
+            response = sender.handle_request(out)
             try:
                 if response.status_code in router.retry_statuses:
                     response.read()
                     raise router.refusal(response, node)
-                response.stream = _SyncBody(
+                response.stream = SyncBody(
                     response.stream,  # type: ignore[arg-type]
                     router.settle(node, started),
-                    router.first_chunk(node, started) if _streamed(response) else None,
+                    router.first_chunk(node, started) if streamed(response) else None,
                 )
             except BaseException:
                 response.close()
@@ -432,4 +476,9 @@ class ClusterTransport(httpx.BaseTransport):
             return answer
 
     def close(self) -> None:
-        self._transport.close()
+        if self._transport is not None:
+            self._transport.close()
+        with self._lock:
+            pools = self._pools.take_all()
+        for pool in pools:
+            pool.close()

@@ -118,6 +118,19 @@ METRICS: dict[str, Metric] = {
         _m("prefix_journal_dropped", "counter", "service",
            "Picks left out of a full journal, so not shared with the other routers.",
            "langcluster.prefix.journal_dropped", "{pick}"),
+        _m("transport_requests", "counter", "service result",
+           "Requests a cluster transport let through (admitted) or refused: full (as many in "
+           "flight and waiting as allowed) or timeout (no room within the pool timeout).",
+           "langcluster.transport.requests", "{request}"),
+        _m("transport_in_flight", "gauge", "service",
+           "Requests a cluster transport has let through and not yet seen end.",
+           "langcluster.transport.in_flight", "{request}"),
+        _m("transport_waiting", "gauge", "service",
+           "Requests waiting for a cluster transport to let them through.",
+           "langcluster.transport.waiting", "{request}"),
+        _m("transport_capacity", "gauge", "service",
+           "Requests a cluster transport lets be in flight at once (per node x available nodes).",
+           "langcluster.transport.capacity", "{request}"),
         _m("shared_connected", "gauge", "service",
            "1 while SharedState is connected to Redis, else 0 (each process on its own).",
            "langcluster.shared.connected"),
@@ -173,7 +186,8 @@ class Reading:
 def read(target: Any, name: str) -> list[Reading]:
     """Every reading of ``target`` now: a ``Cluster`` (labelled
     ``service=name``), a ``FailoverManager``, a balancer, a
-    ``CircuitBreaker`` (``service=name``) or a cache (``cache=name``)."""
+    ``CircuitBreaker`` (``service=name``), a cache (``cache=name``) or a
+    cluster transport (``service=name``)."""
     from langcluster.cluster import Cluster
 
     if isinstance(target, Cluster):
@@ -186,10 +200,23 @@ def read(target: Any, name: str) -> list[Reading]:
         return list(_breaker(target, name, target.name or name))
     if isinstance(target, MemoryCache | RedisCache | LayeredCache):
         return list(_cache(target, name))
+    from langcluster.integrations.transport import AsyncClusterTransport, ClusterTransport
+
+    if isinstance(target, AsyncClusterTransport | ClusterTransport):
+        return list(_transport(target.stats(), name))
     raise TypeError(
-        "target: must be a Cluster, FailoverManager, balancer, CircuitBreaker or cache, "
-        f"got {type(target).__name__}"
+        "target: must be a Cluster, FailoverManager, balancer, CircuitBreaker, cache or "
+        f"cluster transport, got {type(target).__name__}"
     )
+
+
+def _transport(stats: dict[str, int], service: str) -> Iterator[Reading]:
+    yield _r("transport_requests", stats["admitted"], service, "admitted")
+    yield _r("transport_requests", stats["refused_full"], service, "refused_full")
+    yield _r("transport_requests", stats["refused_timeout"], service, "refused_timeout")
+    yield _r("transport_in_flight", stats["in_flight"], service)
+    yield _r("transport_waiting", stats["waiting"], service)
+    yield _r("transport_capacity", stats["capacity"], service)
 
 
 def _r(name: str, value: float, *labels: str) -> Reading:
