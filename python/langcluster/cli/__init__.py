@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--etcd", metavar="URL", help="discover the servers through this etcd")
     demo.add_argument("--seed", type=int, default=7, help="seed of the workload and the chaos")
     demo.add_argument(
+        "--stall-s", type=float, metavar="S",
+        help="block worker 0's event loop for S seconds midway (a soak test of recovery)",
+    )  # fmt: skip
+    demo.add_argument(
         "--metrics-port", type=int, metavar="N", help="serve Prometheus metrics on 127.0.0.1:N"
     )
     bench = commands.add_parser(
@@ -43,10 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--repeat", type=int, default=5, help="measurements (the best counts)")
     args = parser.parse_args(argv)
     if args.command == "demo":
-        if not 1 <= args.duration <= 600:
-            parser.error("--duration: must be between 1 and 600 seconds")
+        if not 1 <= args.duration <= 3600:
+            parser.error("--duration: must be between 1 and 3600 seconds")
         if not 1 <= args.workers <= 16:
             parser.error("--workers: must be between 1 and 16")
+        if args.stall_s is not None and not 0 < args.stall_s <= 300:
+            parser.error("--stall-s: must be above 0 and at most 300 seconds")
         if args.metrics_port is not None:
             if not 0 <= args.metrics_port <= 65535:
                 parser.error("--metrics-port: must be a port number, 0 to 65535")

@@ -133,6 +133,7 @@ async def main(
     seed: int = 7,
     quiet: bool = False,
     metrics_port: int | None = None,
+    stall_s: float | None = None,
 ) -> dict[str, Any]:
     servers = {
         name: SimulatedServer(
@@ -203,12 +204,14 @@ async def main(
                 run_.failures.append(f"worker {worker}: {message[2]}")
         elif kind == "stats":
             run_.views[worker] = message[2]
+            run_.sample(worker, message[2])
         elif kind == "end":
             run_.views[worker] = message[2]
             ended.put_nowait(worker)
         elif kind == "done":
-            request, _ = waiting.pop(message[2])
+            request, dealt = waiting.pop(message[2])
             run_.record(message[3])
+            run_.answered(worker, dealt - t0)
             follow = shape.follow_up(request, loop.time() - t0)
             if follow is not None and follow.arrival_s < duration_s:
                 loop.call_at(t0 + follow.arrival_s, dispatch, follow)
@@ -242,6 +245,14 @@ async def main(
         first = next(arrivals)
         loop.call_at(t0 + first.arrival_s, arrive, first)
         chaos_task = asyncio.create_task(chaos(servers, run_, t0, duration_s, live, quiet))
+        if stall_s:
+
+            def stall() -> None:
+                run_.stalled = (time.monotonic() - run_.started, stall_s)
+                run_.note(f"[bold magenta]stall[/]: worker 0's loop blocked for {stall_s:g} s")
+                inboxes[0].put(("stall", stall_s))
+
+            loop.call_at(t0 + 0.5 * duration_s, stall)
         await show(run_, t0 + duration_s, live, quiet)
         await chaos_task
         # The last answers, then each worker's last view.
@@ -250,8 +261,12 @@ async def main(
             await asyncio.sleep(0.05)
         for inbox in inboxes:
             inbox.put(None)
-        for _ in procs:
-            await asyncio.wait_for(ended.get(), 30)
+        gone: set[int] = set()
+        end_by = loop.time() + 30
+        while len(gone) < len(procs) and loop.time() < end_by:
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                gone.add(await asyncio.wait_for(ended.get(), end_by - loop.time()))
+        run_.unfinished = sorted(set(range(workers)) - gone)
         run_.lost = len(waiting)
         result = summary(run_, time.monotonic() - run_.started, await sim)
     finally:
@@ -348,6 +363,7 @@ def cli(args: Any) -> int:
                 seed=args.seed,
                 quiet=args.json,
                 metrics_port=args.metrics_port,
+                stall_s=args.stall_s,
             )
         )
     except DemoError as error:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 WINDOW_S = 2.0  # the live view's figures are over the last two seconds
+MEMORY_EVERY_S = 5.0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -39,6 +40,27 @@ class Run:
     views: dict[int, dict[str, Any]] = field(default_factory=dict)  # each worker's last
     log: deque[str] = field(default_factory=lambda: deque(maxlen=10))
     failures: list[str] = field(default_factory=list)  # workers that could not start
+    unfinished: list[int] = field(default_factory=list)  # workers that did not end in time
+    # Each worker's memory, every MEMORY_EVERY_S: (seconds into the run, MB).
+    memory: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
+    # Worker 0's answers' latency as the front sees it (from dealing the
+    # request to its answer), by second of the run: what a stall did.
+    by_second: dict[int, list[float]] = field(default_factory=dict)
+    stalled: tuple[float, float] | None = None  # when worker 0's loop was blocked, how long
+
+    def sample(self, worker: int, view: dict[str, Any]) -> None:
+        """Keeps a worker's memory now and then."""
+        at = time.monotonic() - self.started
+        trace = self.memory.setdefault(worker, [])
+        if view.get("rss_mb") and (not trace or at - trace[-1][0] >= MEMORY_EVERY_S):
+            trace.append((round(at, 1), float(view["rss_mb"])))
+
+    def answered(self, worker: int, dealt_s: float) -> None:
+        """Worker ``worker`` answered a request dealt ``dealt_s`` seconds
+        into the run."""
+        if worker == 0:
+            now = time.monotonic() - self.started
+            self.by_second.setdefault(int(now), []).append(now - dealt_s)
 
     def note(self, text: str) -> None:
         self.log.append(f"{time.monotonic() - self.started:5.1f}s  {text}")
@@ -180,8 +202,44 @@ def summary(run: Run, elapsed: float, simulated: dict[str, Any]) -> dict[str, An
         "per_node": dict(sorted(run.per_node.items())),
         "breakers_at_end": {n: run.states(n)[1] for n in run.nodes()},
         "shared": run.shared() if run.sharing else None,
+        "unfinished_workers": run.unfinished,
+        "memory_mb": memory(run),
+        "stall": stall(run),
         "simulator": simulated,
     }
+
+
+def memory(run: Run) -> dict[int, dict[str, float]]:
+    """Each worker's memory after the first tenth of the run (warm), at its
+    highest, and last."""
+    out = {}
+    for worker, trace in sorted(run.memory.items()):
+        if not trace:
+            continue
+        warm = trace[len(trace) // 10]
+        out[worker] = {"warm": warm[1], "max": max(mb for _, mb in trace), "end": trace[-1][1]}
+    return out
+
+
+def stall(run: Run) -> dict[str, Any] | None:
+    """When the front blocked worker 0's loop: its answers' latency p50 (as
+    the front sees it) over the minute before, and how long after the loop
+    ran again until a second's p50 was back within twice that."""
+    if run.stalled is None:
+        return None
+    at, length = run.stalled
+    before = [t for s, ts in run.by_second.items() if at - 60 <= s < at for t in ts]
+    normal = percentile(before, 0.5)
+    again = at + length
+    back = next(
+        (s + 1 - again for s in sorted(run.by_second) if s >= again
+         and percentile(run.by_second[s], 0.5) <= 2 * normal),
+        None,
+    )  # fmt: skip
+    return {
+        "at_s": round(at, 1), "stall_s": length, "latency_p50_before_ms": round(normal * 1000, 1),
+        "back_after_s": None if back is None else round(back, 1),
+    }  # fmt: skip
 
 
 def report(result: dict[str, Any]) -> str:
@@ -212,6 +270,15 @@ def report(result: dict[str, Any]) -> str:
         "  per node        " + ", ".join(f"{n} {c}" for n, c in result["per_node"].items()),
         "  breakers at end " + ", ".join(f"{n} {b}" for n, b in result["breakers_at_end"].items()),
         sharing,
+        *([f"  not ended       worker(s) {result['unfinished_workers']} did not end within 30 s"]
+          if result["unfinished_workers"] else []),
+        *(["  memory (MB)     " + ", ".join(
+            f"worker {w}: {m['warm']:.0f} warm, {m['max']:.0f} max, {m['end']:.0f} at the end"
+            for w, m in result["memory_mb"].items())] if result["memory_mb"] else []),
+        *([f"  stall           worker 0's loop blocked {result['stall']['stall_s']:g} s at "
+           f"{result['stall']['at_s']} s; its answers' latency p50 back within twice its "
+           f"{result['stall']['latency_p50_before_ms']} ms {result['stall']['back_after_s']} s "
+           "after it ran again"] if result["stall"] else []),
         "the same workload (and gpu-1's outage):",
         line("this run (PrefixAware)", {
             k: result[k] for k in ("token_hit_rate", "ttft_p50_ms", "ttft_p99_ms")}),

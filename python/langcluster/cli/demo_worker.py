@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 from collections import Counter
@@ -84,12 +85,27 @@ def build(settings: WorkerSettings) -> Cluster:
     )
 
 
-def view(cluster: Cluster, events: Counter[str]) -> dict[str, Any]:
+def rss_mb() -> float:
+    """This process's resident memory, in MB (0 where /proc is not there)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def view(cluster: Cluster, events: Counter[str], transport: Any = None) -> dict[str, Any]:
     """What the front shows of this worker: each node's health and breaker,
-    the events counted, the shared state's counters."""
+    the events counted, the shared state's counters, its memory and its
+    transport's admission."""
     stats = cluster.stats()
     nodes = {n: (s["status"], s["breaker"]) for n, s in stats["nodes"].items()}
-    return {"nodes": nodes, "events": dict(events), "shared": stats.get("shared")}
+    return {
+        "nodes": nodes, "events": dict(events), "shared": stats.get("shared"),
+        "rss_mb": round(rss_mb(), 1),
+        "transport": transport.stats() if transport is not None else None,
+    }  # fmt: skip
 
 
 def serve_metrics(cluster: Cluster, port: int) -> Callable[[], None]:
@@ -133,7 +149,11 @@ async def _run(settings: WorkerSettings, inbox: Any, outbox: Any) -> None:
             cluster.registry.set_status(node.id, "healthy")
         if settings.metrics_port is not None:
             stop_metrics = serve_metrics(cluster, settings.metrics_port)
-        http = httpx.AsyncClient(transport=AsyncClusterTransport(cluster), timeout=5.0)
+        # A bound on what this worker has in flight (the servers run 8 at
+        # once each): a loop that falls behind catches up instead of piling
+        # requests up.
+        transport = AsyncClusterTransport(cluster, max_in_flight_per_node=16, max_queued=256)
+        http = httpx.AsyncClient(transport=transport, timeout=5.0)
         # The SDK's types name httpx2's client; it takes an httpx one as well.
         client = openai.AsyncOpenAI(
             base_url=f"http://{SERVICE}/v1",
@@ -177,6 +197,9 @@ async def _run(settings: WorkerSettings, inbox: Any, outbox: Any) -> None:
                 if not stopped.done():
                     stopped.set_result(None)
                 return
+            if item[0] == "stall":  # the front asks this loop to block, as a stuck call would
+                time.sleep(item[1])
+                return
             task = loop.create_task(answer(*item))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -196,7 +219,7 @@ async def _run(settings: WorkerSettings, inbox: Any, outbox: Any) -> None:
 
         async def report() -> None:
             while True:
-                outbox.put(("stats", settings.worker, view(cluster, events)))
+                outbox.put(("stats", settings.worker, view(cluster, events, transport)))
                 await asyncio.sleep(0.25)
 
         threading.Thread(target=read, daemon=True).start()
@@ -208,7 +231,7 @@ async def _run(settings: WorkerSettings, inbox: Any, outbox: Any) -> None:
         for task in side:
             task.cancel()
         await asyncio.gather(*side, return_exceptions=True)
-        outbox.put(("end", settings.worker, view(cluster, events)))
+        outbox.put(("end", settings.worker, view(cluster, events, transport)))
         await client.close()
         if stop_metrics is not None:
             stop_metrics()
