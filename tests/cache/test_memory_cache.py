@@ -253,6 +253,22 @@ def test_properties_and_repr() -> None:
     assert cache.memory_usage() > 0
 
 
+@pytest.mark.parametrize("policy", ["tinylfu", "lfu", "lru", "fifo"])
+def test_memory_follows_the_entries_held_not_the_capacity(policy: str) -> None:
+    # A capacity is often a bound never reached: an empty cache of 100
+    # million entries costs what an empty cache of a thousand does.
+    small = MemoryCache(1_000, policy=policy, shards=8).memory_usage()
+    huge = MemoryCache(10**8, policy=policy, shards=8)
+    assert huge.memory_usage() < max(2 * small, 64 * 1024)
+    huge.set_many({i: i for i in range(50_000)})
+    grown = huge.memory_usage()
+    assert 50_000 * 16 < grown < 50_000 * 200, grown
+    # Full, a cache sized for what it holds costs about as much.
+    full = MemoryCache(50_000, policy=policy, shards=8)
+    full.set_many({i: i for i in range(60_000)})
+    assert grown < 2 * full.memory_usage()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "names"),
     [

@@ -141,9 +141,9 @@ pub struct Stats {
 pub const MAX_CAPACITY: usize = u32::MAX as usize / 2;
 /// The largest capacity a cache counted in weight accepts.
 pub const MAX_WEIGHT: u64 = 1 << 62;
-/// How many entries the frequency sketch of a weighted shard is sized for at
-/// first; it grows with the entries stored.
-const WEIGHTED_SKETCH_START: usize = 256;
+/// How many entries a shard's frequency sketch is sized for at first; it
+/// grows with the entries stored, so memory follows use, not the bound.
+const SKETCH_START: usize = 256;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
@@ -269,19 +269,24 @@ struct Shard<K, V> {
 
 impl<K, V> Shard<K, V> {
     fn new(capacity: u64, kind: PolicyKind, weighted: bool) -> Result<Self, Error> {
-        // A shard counted in entries sizes its policy for its capacity; one
-        // counted in weight cannot know how many entries it will hold, so it
-        // starts small and grows with them.
-        let keys = if weighted {
-            WEIGHTED_SKETCH_START.min(capacity as usize)
+        // The sketch starts small and grows with the entries stored (a
+        // capacity is often a bound never reached). LFU's aging period is a
+        // number, not memory: a shard counted in entries sets it from the
+        // capacity; one counted in weight cannot know how many entries it will
+        // hold, so it starts small and grows with them.
+        let aging_keys = if weighted {
+            SKETCH_START.min(capacity as usize)
         } else {
             capacity as usize
         };
         let policy = match kind {
             PolicyKind::Lru => Policy::Lru(Lru::new()),
             PolicyKind::Fifo => Policy::Fifo(Fifo::new()),
-            PolicyKind::Lfu => Policy::Lfu(Box::new(Lfu::new(keys))),
-            PolicyKind::TinyLfu => Policy::TinyLfu(Box::new(TinyLfu::new(capacity, keys)?)),
+            PolicyKind::Lfu => Policy::Lfu(Box::new(Lfu::new(aging_keys))),
+            PolicyKind::TinyLfu => Policy::TinyLfu(Box::new(TinyLfu::new(
+                capacity,
+                SKETCH_START.min(capacity as usize),
+            )?)),
         };
         Ok(Shard {
             store: Store::new(),
@@ -374,9 +379,7 @@ impl<K, V> Shard<K, V> {
 
     fn link(&mut self, index: u32) {
         self.settle();
-        if self.weighted {
-            self.fit_policy();
-        }
+        self.fit_policy();
         let slots = &mut self.store.slots;
         match &mut self.policy {
             Policy::Lru(p) => p.on_insert(slots, index),
@@ -386,9 +389,10 @@ impl<K, V> Shard<K, V> {
         }
     }
 
-    /// Sizes the policy's sketch or aging for the entries a weighted shard
-    /// holds now. A sketch that cannot grow (no memory) keeps its size.
-    #[cold]
+    /// Sizes the policy's sketch (or, counted in weight, LFU's aging) for the
+    /// entries the shard holds now. A sketch that cannot grow (no memory)
+    /// keeps its size.
+    #[inline]
     fn fit_policy(&mut self) {
         let keys = self.store.len();
         match &mut self.policy {
@@ -398,8 +402,8 @@ impl<K, V> Shard<K, V> {
                     // never wrong about what is stored.
                 }
             }
-            Policy::Lfu(p) => p.ensure_capacity(keys),
-            Policy::Lru(_) | Policy::Fifo(_) => {}
+            Policy::Lfu(p) if self.weighted => p.ensure_capacity(keys),
+            Policy::Lfu(_) | Policy::Lru(_) | Policy::Fifo(_) => {}
         }
     }
 

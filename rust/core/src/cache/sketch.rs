@@ -7,8 +7,9 @@
 //!   (depth 4) live in one block: a lookup or an increment touches one cache
 //!   line, not four (the layout of Caffeine's block sketch). Depth `i` uses
 //!   word `2 i` or `2 i + 1` of the block, so no two depths share a counter.
-//! - The table has a power-of-two number of words, at least the capacity:
-//!   about 16 counters per entry.
+//! - The table has a power-of-two number of words, at least the entries it
+//!   is sized for: about 16 counters per entry. It is sized for the entries
+//!   held, not for the cache's bound, and grows as the cache fills.
 //! - The doorkeeper absorbs the first sighting of a key: one-hit wonders, most
 //!   keys of a long-tailed workload, never reach the counters, which keeps
 //!   them accurate for keys that recur. It is a blocked Bloom filter (two bits
@@ -56,13 +57,30 @@ impl Sketch {
     }
 
     /// Once more than the keys the table is sized for are stored, resizes it
-    /// for twice as many (for caches bounded by weight, whose entry count is
-    /// not known in advance). The counts start over, as in Caffeine: a
-    /// count-min sketch cannot be rehashed.
-    pub fn ensure_capacity(&mut self, keys: usize) -> Result<(), Error> {
+    /// for twice as many, but not past `most` (the entries the cache can
+    /// hold): the sketch follows the entries held, not the cache's bound.
+    /// The counts start over, as in Caffeine: a count-min sketch cannot be
+    /// rehashed. A cache filling to its bound resizes about log2(bound / 256)
+    /// times, the last time at half full, before its first eviction.
+    #[inline]
+    pub fn ensure_capacity(&mut self, keys: usize, most: usize) -> Result<(), Error> {
         if keys > self.sized_for {
-            *self = Sketch::new(keys.saturating_mul(2))?;
+            let twice = keys.saturating_mul(2);
+            // Past `most` (entries of weight zero in a cache counted in
+            // weight) it keeps doubling, so growth stays amortised.
+            let target = if self.sized_for < most {
+                twice.min(most).max(keys)
+            } else {
+                twice
+            };
+            self.grow(target)?;
         }
+        Ok(())
+    }
+
+    #[cold]
+    fn grow(&mut self, keys: usize) -> Result<(), Error> {
+        *self = Sketch::new(keys)?;
         Ok(())
     }
 
@@ -223,6 +241,24 @@ mod tests {
         // The 160th access completes the sample: counters halve, the doorkeeper clears.
         s.increment(mix(7));
         assert_eq!(s.frequency(mix(7)), 7);
+    }
+
+    #[test]
+    fn grows_with_the_keys_held_up_to_the_bound() {
+        let mut s = Sketch::new(256).unwrap();
+        let small = s.heap_bytes();
+        s.ensure_capacity(256, 1 << 20).unwrap();
+        assert_eq!(s.heap_bytes(), small, "not past its size yet");
+        s.ensure_capacity(257, 1 << 20).unwrap();
+        assert_eq!(s.sized_for, 514);
+        s.ensure_capacity(600_000, 1 << 20).unwrap();
+        assert_eq!(s.sized_for, 1 << 20, "never past the bound");
+        let full = s.heap_bytes();
+        s.ensure_capacity(1 << 20, 1 << 20).unwrap();
+        assert_eq!(s.heap_bytes(), full);
+        // Past the bound (weightless entries) it doubles, not creeps.
+        s.ensure_capacity((1 << 20) + 1, 1 << 20).unwrap();
+        assert_eq!(s.sized_for, (1 << 21) + 2);
     }
 
     #[test]

@@ -76,9 +76,12 @@ impl TinyLfu {
         })
     }
 
-    /// Sizes the sketch for `keys` entries if it is sized for fewer.
+    /// Sizes the sketch for `keys` entries if it is sized for fewer, with
+    /// room to grow up to the capacity.
+    #[inline]
     pub fn ensure_capacity(&mut self, keys: usize) -> Result<(), Error> {
-        self.sketch.ensure_capacity(keys)
+        let most = usize::try_from(self.capacity).unwrap_or(usize::MAX);
+        self.sketch.ensure_capacity(keys, most)
     }
 
     fn list(&mut self, queue: u8) -> &mut List {
