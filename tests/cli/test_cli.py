@@ -26,6 +26,7 @@ def test_the_demo_runs_and_reports_in_json() -> None:
     assert result["requests"] > 200
     assert result["workers"] == 3
     assert result["success_rate"] >= 0.97  # streams cut by the killed server fail
+    assert 0 <= result["no_answer"] <= result["failed"]
     assert result["breaker_opens"] + result["health_flips"] >= 1  # the chaos was seen
     assert set(result["per_node"]) <= {f"gpu-{i}" for i in range(5)}
     assert len(result["per_node"]) >= 4
@@ -53,6 +54,9 @@ def test_the_demo_in_plain_logs() -> None:
     assert done.returncode == 0, done.stderr
     assert "embedded mode: the workers share nothing" in done.stdout
     assert "chaos: gpu-1 is killed" in done.stdout
+    assert "answer 500 to a few requests on purpose" in done.stdout
+    assert "in flight" in done.stdout
+    assert "last 2 s:" in done.stdout
     assert "success rate" in done.stdout
     assert "simulator, round robin" in done.stdout
 

@@ -138,12 +138,31 @@ async def test_the_caller_gets_the_last_refusal_when_no_node_does_better() -> No
 
 @pytest.mark.asyncio
 async def test_a_status_not_listed_is_handed_over_untouched() -> None:
-    recorder = Recorder(lambda request: httpx.Response(500, json={"error": "bug"}))
+    recorder = Recorder(lambda request: httpx.Response(501, json={"error": "no such thing"}))
     async with cluster_of() as cluster:
         transport = lc.AsyncClusterTransport(cluster, transport=recorder.transport())
         async with httpx.AsyncClient(transport=transport) as client:
             response = await client.get("http://chat/")
-    assert (response.status_code, len(recorder.seen)) == (500, 1)
+    assert (response.status_code, len(recorder.seen)) == (501, 1)
+
+
+@pytest.mark.asyncio
+async def test_a_server_error_is_tried_again_on_another_node_by_default() -> None:
+    # A 500 says the server failed (an engine that died, out of memory), as
+    # the OpenAI SDK reads it: another node answers instead.
+    def answer(request: httpx.Request) -> httpx.Response:
+        if len(recorder.seen) == 1:
+            return httpx.Response(500, json={"error": "engine dead"})
+        return httpx.Response(200, json={"ok": True})
+
+    recorder = Recorder(answer)
+    async with cluster_of() as cluster:
+        transport = lc.AsyncClusterTransport(cluster, transport=recorder.transport())
+        async with httpx.AsyncClient(transport=transport) as client:
+            response = await client.get("http://chat/")
+    assert response.status_code == 200
+    assert len(recorder.seen) == 2
+    assert recorder.hosts[0] != recorder.hosts[1]
 
 
 @pytest.mark.asyncio

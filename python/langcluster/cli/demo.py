@@ -181,6 +181,14 @@ async def main(
     for proc in procs:
         proc.start()
     run_ = Run(workers=workers, sharing=redis_url is not None)
+    flaky = [f"{name} {rate:.1%}" for name, _, rate in SERVERS if rate]
+    told = (
+        f"servers answer 500 to a few requests on purpose ({', '.join(flaky)}); "
+        "the transport tries those again on another node"
+    )
+    run_.note(told)
+    if not live and not quiet:
+        print(told, flush=True)
     ready: asyncio.Queue[int] = asyncio.Queue()
     ended: asyncio.Queue[int] = asyncio.Queue()
     shape = workload(duration_s, seed)

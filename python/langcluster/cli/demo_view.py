@@ -144,9 +144,10 @@ class Run:
             answers, rate, _, _ = self.node_figures(node)
             health, breaker = self.states(node)
             parts.append(f"{node}:{answers}/{rate:.0%}/{health[:4]}/{breaker[:4]}")
-        return f"{time.monotonic() - self.started:5.1f}s  requests {self.requests}  " + "  ".join(
-            parts
-        )
+        flight = self.requests - self.ok - self.failed
+        head = f"{time.monotonic() - self.started:5.1f}s  requests {self.requests} "
+        head += f"(ok {self.ok}, failed {self.failed}, in flight {flight})  last {WINDOW_S:g} s: "
+        return head + "  ".join(parts)
 
 
 def render(run: Run, title: str) -> Any:
@@ -154,7 +155,10 @@ def render(run: Run, title: str) -> Any:
     from rich.panel import Panel
     from rich.table import Table
 
-    table = Table(title=title, expand=True)
+    table = Table(
+        title=title, expand=True,
+        caption=f"per node: answers of the last {WINDOW_S:g} s; below: the whole run",
+    )  # fmt: skip
     for column in ("node", "answers", "cached tokens", "TTFT p50 ms", "TTFT p99 ms",
                    "health", "breaker"):  # fmt: skip
         table.add_column(column, justify="left" if column in ("node", "health") else "right")
@@ -172,6 +176,7 @@ def render(run: Run, title: str) -> Any:
     events = run.events()
     line = (
         f"requests {run.requests}   ok {run.ok}   failed {run.failed}   "
+        f"in flight {run.requests - run.ok - run.failed}   "
         f"cached tokens {rate:.1%}   TTFT p50 {percentile(run.ttfts, 0.5) * 1000:.0f} ms "
         f"p99 {percentile(run.ttfts, 0.99) * 1000:.0f} ms   retries {events['retry']}   "
         f"breaker opens {events['breaker_opened']}\n{run.sharing_line()}"
@@ -189,6 +194,7 @@ def summary(run: Run, elapsed: float, simulated: dict[str, Any]) -> dict[str, An
         "requests": run.requests,
         "success_rate": round(run.ok / done, 4) if done else 0.0,
         "failed": run.failed + run.lost,
+        "no_answer": run.lost,  # of the failed: dealt, never answered by the end
         "errors": dict(run.errors),
         "token_hit_rate": round(run.cached_tokens / run.prompt_tokens, 3)
         if run.prompt_tokens
@@ -264,7 +270,9 @@ def report(result: dict[str, Any]) -> str:
         "summary",
         f"  requests        {result['requests']} in {result['duration_s']} s, "
         f"over {result['workers']} worker processes",
-        f"  success rate    {result['success_rate']:.2%} ({result['failed']} failed)",
+        f"  success rate    {result['success_rate']:.2%} ({result['failed']} failed"
+        + (f", {result['no_answer']} of them never answered" if result["no_answer"] else "")
+        + ")",
         f"  failover        {result['retries']} retries, {result['breaker_opens']} breaker "
         f"openings, {result['health_flips']} health changes (over all workers)",
         "  per node        " + ", ".join(f"{n} {c}" for n, c in result["per_node"].items()),
