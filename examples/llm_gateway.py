@@ -8,12 +8,18 @@ Run `python examples/llm_gateway.py`: it starts three simulated backends
 and the gateway on loopback, talks to it with the `openai` client, kills the
 backend one conversation sticks to, and shows the move. `gateway(cluster)`
 is the app, for `uvicorn` with backends of your own.
+
+`GET /health` is 503 while no backend is available. Overloaded (as many
+requests in flight and waiting as the transport admits) it answers 503 with
+`Retry-After` at once, and logs it, rather than hold what it cannot serve.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -36,11 +42,17 @@ import langcluster as lc
 from langcluster.testing import SimulatedServer
 
 HOP_BY_HOP = {"host", "connection", "keep-alive", "transfer-encoding", "content-length"}
+log = logging.getLogger("llm_gateway")
 
 
-def gateway(cluster: lc.Cluster) -> Starlette:
-    transport = lc.AsyncClusterTransport(cluster)
+def gateway(
+    cluster: lc.Cluster, *, max_in_flight_per_node: int = 128, max_queued: int = 1024
+) -> Starlette:
+    transport = lc.AsyncClusterTransport(
+        cluster, max_in_flight_per_node=max_in_flight_per_node, max_queued=max_queued
+    )
     upstream = httpx.AsyncClient(base_url="http://backends", transport=transport, timeout=60)
+    refused = {"total": 0, "unlogged": 0, "logged_at": 0.0}  # logged at most once a second
 
     async def forward(request: Request) -> Response:
         outgoing = upstream.build_request(
@@ -50,8 +62,17 @@ def gateway(cluster: lc.Cluster) -> Starlette:
         )  # fmt: skip
         try:
             answer = await upstream.send(outgoing, stream=True)
+        except lc.Overloaded:  # too much in flight: come back in a second
+            refused["total"] += 1
+            refused["unlogged"] += 1
+            if time.monotonic() - refused["logged_at"] >= 1:
+                log.warning("overloaded: %d request(s) answered 503", refused["unlogged"])
+                refused.update(unlogged=0, logged_at=time.monotonic())
+            body = {"error": {"message": "the gateway is overloaded", "type": "overloaded"}}
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
         except Exception as error:  # no backend answered: a 502, as a proxy says
             message = f"no backend answered ({type(error).__name__})"
+            log.warning("502: %s: %s", message, error)
             return JSONResponse({"error": {"message": message}}, status_code=502)
         return StreamingResponse(  # each chunk leaves as it arrives
             answer.aiter_raw(), status_code=answer.status_code,
@@ -59,12 +80,23 @@ def gateway(cluster: lc.Cluster) -> Starlette:
             background=BackgroundTask(answer.aclose),
         )  # fmt: skip
 
+    async def health(request: Request) -> Response:  # for the load balancer in front
+        available, admission = cluster.balancer.available_count, transport.stats()
+        return JSONResponse({
+            "status": "ok" if available else "no backend available",
+            "backends_available": available, "in_flight": admission["in_flight"],
+            "waiting": admission["waiting"], "refused": refused["total"],
+        }, status_code=200 if available else 503)  # fmt: skip
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await upstream.aclose()
 
-    routes = [Route("/v1/{path:path}", forward, methods=["GET", "POST"])]
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/v1/{path:path}", forward, methods=["GET", "POST"]),
+    ]
     return Starlette(routes=routes, lifespan=lifespan)
 
 
