@@ -35,6 +35,7 @@ from langcluster.health import HealthCheck, HealthConfig, HealthMonitor
 from langcluster.node import Node, NodeStatus
 from langcluster.registry import NodeEvent, NodeEventKind, NodeRegistry
 from langcluster.shared import SharedState
+from langcluster.shared.parts import SharedParts
 from langcluster.types import BalancerName, Key
 
 __all__ = ["BALANCERS", "Cluster"]
@@ -177,7 +178,7 @@ class Cluster:
             self._unsubscribe.append(self.failover.subscribe(self._on_failover))
             self.registry.sync(await self.discovery.nodes())
             if self.shared_state is not None:
-                await self.shared_state._attach(self)
+                await self.shared_state._attach(self._shared_parts())
             if self.register_node is not None:
                 await self.discovery.register(self.register_node)
                 self._registered = True
@@ -470,6 +471,15 @@ class Cluster:
         if self.shared_state is not None:
             out["shared"] = self.shared_state.stats()
         return out
+
+    def _shared_parts(self) -> SharedParts:
+        """What the shared state works on: these parts, not the cluster."""
+        campaign = getattr(self.discovery, "campaign", None)
+        return SharedParts(
+            service=self.service, failover=self.failover, registry=self.registry,
+            balancer=self.balancer, health=self.health,
+            campaign=campaign if callable(campaign) else None,
+        )  # fmt: skip
 
     # --------------------------------------------------------------- config
 

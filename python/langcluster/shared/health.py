@@ -28,8 +28,8 @@ from langcluster.registry import NodeEvent, NodeEventKind
 from langcluster.shared.messages import Kind, Message
 
 if TYPE_CHECKING:
-    from langcluster.cluster import Cluster
     from langcluster.health import HealthMonitor
+    from langcluster.shared.parts import SharedParts
     from langcluster.shared.state import SharedState
 
 __all__ = ["CODES", "HealthLease"]
@@ -54,7 +54,7 @@ return 0
 class HealthLease:
     """The lease loop of one process, and what it does as holder or not."""
 
-    def __init__(self, state: SharedState, cluster: Cluster, monitor: HealthMonitor) -> None:
+    def __init__(self, state: SharedState, cluster: SharedParts, monitor: HealthMonitor) -> None:
         self.state = state
         self.cluster = cluster
         self.monitor = monitor
@@ -63,8 +63,7 @@ class HealthLease:
         self.synced = False
         self.prefix = f"{state._prefix()}:health"
         self._script: Any = None
-        campaign = getattr(cluster.discovery, "campaign", None)
-        self._campaign: Any = campaign if callable(campaign) else None
+        self._campaign = cluster.campaign
         self._unsubscribe = cluster.registry.subscribe(self._on_node)
 
     def close(self) -> None:

@@ -37,7 +37,7 @@ from langcluster.shared.messages import MAX_NODE_ID, Kind, Message, decode, enco
 from langcluster.shared.prefixes import PrefixSharing
 
 if TYPE_CHECKING:
-    from langcluster.cluster import Cluster
+    from langcluster.shared.parts import SharedParts
 
 __all__ = ["SharedState"]
 
@@ -126,7 +126,7 @@ class SharedState:
         self.prefix_history_s = prefix_history_s
         self._key = signing_key
         self._origin = os.urandom(8)
-        self._cluster: Cluster | None = None
+        self._cluster: SharedParts | None = None
         self._client: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -153,8 +153,9 @@ class SharedState:
 
     # ---------------------------------------------------------- lifecycle
 
-    async def _attach(self, cluster: Cluster) -> None:
-        """Starts sharing for ``cluster`` (``Cluster.astart`` calls this)."""
+    async def _attach(self, cluster: SharedParts) -> None:
+        """Starts sharing for the parts of a cluster (``Cluster.astart``
+        hands them over)."""
         if self._cluster is not None:
             raise ValueError("shared_state: this SharedState already serves a cluster")
         self._cluster = cluster
