@@ -12,6 +12,8 @@ redis-server this script starts on a free loopback port.
   Redis) and time, against 1,000 single GETs.
 - Write throughput: write-back ``set`` against write-through ``set`` on the
   same local Redis (target: at least 20x).
+- Invalidation: how long after one cache's ``set`` returns another's L1
+  copy is gone (pub/sub), median and p99 of 200 (target: p99 under 100 ms).
 
 Each ns figure is the best of R repeats of N calls; ratios are taken
 within the run.
@@ -201,6 +203,35 @@ def write_throughput(url: str) -> None:
     cache.close()
 
 
+def invalidation(url: str) -> None:
+    """Two caches on one Redis, as two processes would have."""
+    one, two = layered(url, "bench-inval"), layered(url, "bench-inval")
+
+    def gone(deadline_s: float = 5.0) -> float:
+        started = time.perf_counter()
+        while two.l1.get("k") is not None:
+            if time.perf_counter() - started > deadline_s:
+                raise SystemExit("an L1 copy was never invalidated")
+            time.sleep(0.0001)
+        return time.perf_counter() - started
+
+    delays = []
+    for i in range(200):
+        one.set("k", i)
+        gone()  # the invalidation of this write has passed
+        assert two.get("k") == i  # two holds it in L1 now
+        one.set("k", -i)
+        delays.append(gone())
+    delays.sort()
+    print("\n### invalidation of another cache's L1 copy\n")
+    print("| median ms | p99 ms |\n|---:|---:|")
+    median, p99 = delays[len(delays) // 2], delays[int(0.99 * len(delays))]
+    print(f"| {median * 1e3:.3f} | {p99 * 1e3:.3f} |")
+    print("\n0 ms: the copy was gone by the time `set` returned.")
+    one.close()
+    two.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--number", type=int, default=200_000)
@@ -215,6 +246,7 @@ def main() -> None:
         asyncio.run(async_hits(url, opts.number // 4, opts.repeat))
         many_from_l2(url)
         write_throughput(url)
+        invalidation(url)
     sys.stdout.flush()
 
 

@@ -207,16 +207,22 @@ def test_forced_open_and_disabled() -> None:
 
 
 def test_concurrent_callers_never_queue_on_the_breaker() -> None:
+    # Eight calls meet inside the breaker at once: were calls serialised,
+    # the first would wait at the barrier for ever (and time out).
     breaker = CircuitBreaker()
-    started = time.perf_counter()
-    threads = [threading.Thread(target=breaker.call, args=(time.sleep, 0.05)) for _ in range(8)]
+    inside = threading.Barrier(8, timeout=30)
+    met: list[int] = []
+
+    def meet() -> None:
+        met.append(inside.wait())
+
+    threads = [threading.Thread(target=breaker.call, args=(meet,)) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - started
-    # Serialised calls would take 0.4 s; parallel ones take one call's time.
-    assert elapsed < 0.2, elapsed
+    assert sorted(met) == list(range(8))
+    assert breaker.metrics()["calls"] == 8
 
 
 def test_half_open_admits_exactly_its_permits_across_threads() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from typing import Any
 
 import pytest
@@ -195,17 +194,20 @@ async def test_low_traffic_never_starves_a_retry() -> None:
 @pytest.mark.asyncio
 async def test_all_nodes_down_raises_no_available_node_quickly() -> None:
     fm, events = manager(n=2)
+    attempts: list[str] = []
 
     async def work(node: lc.Node) -> None:
+        attempts.append(node.id)
         raise ConnectionError
 
     for _ in range(6):
         with contextlib.suppress(ConnectionError, lc.NoAvailableNode):
             await fm.call(work)
-    started = time.perf_counter()
+    before, retries = len(attempts), fm.stats()["retries"]
     with pytest.raises(lc.NoAvailableNode) as raised:
         await fm.call(work)
-    assert time.perf_counter() - started < 0.05
+    # At once: no attempt made, no retry (nor its backoff) waited for.
+    assert (len(attempts), fm.stats()["retries"]) == (before, retries)
     assert "all_nodes_down" in kinds(events)
     assert raised.value.__cause__ is None or isinstance(raised.value.__cause__, Exception)
 
@@ -249,9 +251,7 @@ async def test_hedging_answers_from_the_faster_node_and_cancels_the_other() -> N
             raise
         return node.id
 
-    started = time.perf_counter()
-    assert await fm.call(work) == "n1"
-    assert time.perf_counter() - started < 0.5
+    assert await fm.call(work) == "n1"  # not n0's answer, a second later
     assert cancelled == ["n0"]
     assert all(s["in_flight"] == 0 for s in balancer.stats().values())
     assert fm.stats()["hedges"] == 1

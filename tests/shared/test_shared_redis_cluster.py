@@ -19,7 +19,9 @@ def worker(fleet: list[SimulatedServer], client: Any) -> lc.Cluster:
     return lc.Cluster(
         service="chat", nodes=[s.node() for s in fleet], balancer="prefix_aware",
         breaker=lc.BreakerConfig(open_timeout_s=60.0),
-        health=lc.HealthConfig(lc.HttpCheck("/health"), interval_s=0.2, timeout_s=0.1),
+        # Checks that a busy host does not fail: a flap (down, then up) would
+        # rightly revive the ejected node this test watches.
+        health=lc.HealthConfig(lc.HttpCheck("/health"), interval_s=0.2, timeout_s=0.15, fall=10),
         shared_state=lc.SharedState(client, namespace="rc", signing_key=b"k"),
     )  # fmt: skip
 

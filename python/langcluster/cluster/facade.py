@@ -406,16 +406,16 @@ class Cluster:
             self.health is not None
             and event.kind is NodeEventKind.STATUS_CHANGED
             and event.node.status is NodeStatus.HEALTHY
+            and event.previous is not None
+            and event.previous.status is NodeStatus.UNHEALTHY
         ):
             # A node whose checks pass again leaves ejection (Envoy's
             # successful_active_health_check_uneject_host): its breaker goes
-            # half-open, and trial calls tell whether it serves.
+            # half-open, and trial calls tell whether it serves. A first
+            # passing check (from unknown) is no recovery: an ejection made
+            # before it, here or by another process, stands.
             self.failover.revive(event.node.id)
-            if (
-                isinstance(self.balancer, PrefixAware)
-                and event.previous is not None
-                and event.previous.status is NodeStatus.UNHEALTHY
-            ):
+            if isinstance(self.balancer, PrefixAware):
                 # Down, then up: most likely restarted, its cache cold.
                 with contextlib.suppress(KeyError):
                     self.balancer.forget(event.node.id)
