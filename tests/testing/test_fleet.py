@@ -168,3 +168,17 @@ def test_a_seeded_run_replays_exactly() -> None:
     first = run()
     assert len(first) == 72
     assert run() == first
+
+
+def test_a_shared_system_prompt_never_starves_the_node_that_lacks_it() -> None:
+    # The demo's workload for two simulated minutes: every chat shares one
+    # system prompt, a server dies and comes back cold. A node that missed
+    # the shared prefix once must take work when the others queue, or the
+    # rest queue without end (seconds to first token, and no more hits).
+    from langcluster.cli.demo import simulated
+
+    result = simulated(120.0, 7)
+    ours, rr = result["prefix_aware"], result["round_robin"]
+    assert ours["token_hit_rate"] > rr["token_hit_rate"] + 0.2
+    assert ours["ttft_p99_ms"] < rr["ttft_p99_ms"]
+    assert ours["ttft_p50_ms"] < 2 * rr["ttft_p50_ms"]

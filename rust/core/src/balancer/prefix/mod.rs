@@ -9,7 +9,8 @@
 //! ([`blocks`]), finds how many leading blocks each live node holds, and
 //! chooses:
 //! - among the nodes that are not overloaded (load at most
-//!   `max(balance_rel × mean, mean + balance_abs)`), the one holding the most
+//!   `max(balance_rel × least, least + balance_abs)`, where `least` is the
+//!   load of the least loaded node), the one holding the most
 //!   leading blocks (a match under `min_match` of the prompt counts as none);
 //!   among equals, the least loaded; among those, one at random;
 //! - a prompt none of them holds goes to the cheapest of them (or of
@@ -84,9 +85,9 @@ pub struct PrefixConfig {
     pub max_prompt_blocks: usize,
     /// Shards of the record (prompts are spread by their first block).
     pub shards: usize,
-    /// A node is overloaded above `balance_rel` × the mean load ...
+    /// A node is overloaded above `balance_rel` × the least node load ...
     pub balance_rel: f64,
-    /// ... and above the mean load + `balance_abs`.
+    /// ... and above the least node load + `balance_abs`.
     pub balance_abs: f64,
     /// A match of less than this fraction of the prompt counts as none.
     pub min_match: f64,
@@ -635,13 +636,21 @@ impl<T: Send + Sync> PrefixAware<T> {
         }
         self.mean_blocks(hashes.len());
         let loads = self.loads(snap, now);
-        let mean = loads.iter().sum::<f64>() / loads.len() as f64;
+        // Overload is judged against the least loaded node, not the mean: a
+        // node that holds nothing (new, restarted, or missed by a prefix all
+        // prompts share) takes work once the holders are `balance_abs`
+        // ahead of it. Against the mean it never would: with one idle node
+        // of n > 3, equally loaded holders never reach 1.5 x the mean.
+        let floor = (0..loads.len())
+            .filter(|&p| allowed(p))
+            .map(|p| loads[p])
+            .fold(f64::INFINITY, f64::min);
         let mut depth: Depths = live.iter().map(|_| 0).collect();
         let mut locked = self.index.lock(hashes[0]);
         locked
             .shard
             .match_depths(hashes, &snap.table.pos_of, &mut depth);
-        let limit = (mean * self.config.balance_rel).max(mean + self.config.balance_abs);
+        let limit = (floor * self.config.balance_rel).max(floor + self.config.balance_abs);
         let min_depth = ((self.config.min_match * hashes.len() as f64).ceil() as u32).max(1);
         let table = &snap.table;
         let held = |pos: usize| {
