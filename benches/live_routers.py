@@ -5,7 +5,7 @@ per request.
 
     pip install sglang-router vllm-router          # their PyPI wheels carry the binaries
     python benches/live_routers.py                 # about two minutes
-    ../shared/tools/under-load python benches/live_routers.py --only ours,sglang
+    python benches/live_routers.py --only ours,sglang   # again with every core busy
 
 Routers (each in front of the same servers, restarted cold between runs):
 - ``vllm-router`` ``round_robin``, ``cache_aware`` (its defaults; it asks the
