@@ -72,7 +72,10 @@ def test_the_demo_on_real_redis_and_etcd(redis_server: Any, etcd_server: Any) ->
     assert result["success_rate"] >= 0.97
     assert result["sharing"] == "redis"
     assert result["shared"]["routes_merged"] > 0  # the workers merged each other's picks
-    assert len(result["per_node"]) >= 4  # found through etcd
+    # Found through etcd: the nodes the workers' clusters know (in 4 s the
+    # prefix-aware workers may not have needed all of them yet).
+    assert len(result["breakers_at_end"]) >= 4
+    assert set(result["per_node"]) <= set(result["breakers_at_end"])
 
 
 def test_a_bad_worker_count_is_refused_by_name() -> None:
