@@ -122,7 +122,13 @@ def test_config_objects_carry_their_components_defaults() -> None:
         assert getattr(health, name) == core_defaults[name].default
     manager = inspect.signature(lc.FailoverManager).parameters
     failover = lc.FailoverConfig()
-    for name in ("max_attempts", "retry_budget", "min_retries", "overprovisioning"):
+    for name in (
+        "max_attempts",
+        "retry_budget",
+        "min_retries_per_s",
+        "retry_window_s",
+        "overprovisioning",
+    ):
         assert getattr(failover, name) == manager[name].default
 
 

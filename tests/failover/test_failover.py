@@ -147,37 +147,85 @@ async def test_max_attempts_and_the_last_error() -> None:
 
 @pytest.mark.asyncio
 async def test_the_retry_budget_stops_retry_storms_under_load() -> None:
+    # Every node fails every call, 50 calls a second for 30 s of a manual
+    # clock: over any 10 s window the attempts stay within 1.2 x the calls
+    # plus the minimum (1 retry a second, 10 a window), not the 3 x that
+    # max_attempts would allow.
+    now = [0.0]
     fm, events = manager(
         n=4,
         retry_budget=0.2,
-        min_retries=3,
-        breaker=BreakerConfig(minimum_calls=100, window_size=100),
+        min_retries_per_s=1,
+        breaker=BreakerConfig(minimum_calls=1000, window_size=1000),
+        backoff=Backoff(base_s=0.0, max_s=0.0),
+        clock=lambda: now[0],
     )
-    started = asyncio.Event()
+    attempts: list[float] = []
+    calls: list[float] = []
 
     async def work(node: lc.Node) -> None:
-        await started.wait()  # every first attempt is in flight before any fails
+        attempts.append(now[0])
         raise ConnectionError
 
-    calls = [asyncio.ensure_future(fm.call(work)) for _ in range(50)]
-    while fm.stats()["attempts"] < 50:
-        await asyncio.sleep(0)
-    started.set()
-    results = await asyncio.gather(*calls, return_exceptions=True)
-    assert all(isinstance(r, ConnectionError) for r in results)
+    for i in range(1500):
+        now[0] = i / 50
+        calls.append(now[0])
+        with pytest.raises(ConnectionError):
+            await fm.call(work)
+    for start in range(0, 21):
+        inside = [t for t in attempts if start <= t < start + 10]
+        made = [t for t in calls if start <= t < start + 10]
+        assert len(inside) <= 1.2 * len(made) + 10, f"window from {start} s"
     stats = fm.stats()
-    # At most a fifth of the 50 calls in progress retry at once: the cluster
-    # sees far fewer than the 100 retries that max_attempts=3 would allow.
-    assert 10 <= stats["retries"] <= 20
-    assert stats["budget_exhausted"] >= 30
+    assert stats["retries"] <= 0.2 * 1500 + 30
+    assert stats["budget_exhausted"] >= 1500 - stats["retries"] - 10
     assert "budget_exhausted" in kinds(events)
+
+
+@pytest.mark.asyncio
+async def test_the_retries_of_a_dying_nodes_calls_are_paid_for_by_earlier_traffic() -> None:
+    # 32 calls in progress on 3 nodes when one dies: its ~11 calls in flight
+    # fail at once and all are retried, paid for by the calls of the
+    # seconds before (the budget of Envoy's kind, 20 % of the calls in
+    # progress at the instant, refused some of them).
+    now = [0.0]
+    fm, _ = manager(
+        n=3,
+        min_retries_per_s=0,
+        breaker=BreakerConfig(minimum_calls=1000, window_size=1000),
+        clock=lambda: now[0],
+    )
+
+    async def ok(node: lc.Node) -> str:
+        return node.id
+
+    for i in range(200):  # 20 calls a second for the 10 s before
+        now[0] = i / 20
+        await fm.call(ok)
+    everyone = asyncio.Event()
+    started = 0
+
+    async def work(node: lc.Node) -> str:
+        nonlocal started
+        started += 1
+        if started == 32:
+            everyone.set()
+        await everyone.wait()  # every call is in flight before the node dies
+        if node.id == "n0":
+            raise ConnectionResetError("n0 died")
+        return node.id
+
+    outcomes = await asyncio.gather(*(fm.call(work) for _ in range(32)), return_exceptions=True)
+    assert not [o for o in outcomes if isinstance(o, BaseException)]
+    assert fm.stats()["retries"] >= 10
+    assert fm.stats()["budget_exhausted"] == 0
 
 
 @pytest.mark.asyncio
 async def test_low_traffic_never_starves_a_retry() -> None:
     # One refusing node in three, calls made one at a time: every call that
     # lands on it is retried on another node, none fails.
-    fm, _ = manager(n=3, max_attempts=2, retry_budget=0.2, min_retries=3,
+    fm, _ = manager(n=3, max_attempts=2, retry_budget=0.2,
                     breaker=BreakerConfig(minimum_calls=100, window_size=100))  # fmt: skip
 
     async def work(node: lc.Node) -> str:
@@ -384,11 +432,13 @@ def test_backoff_never_overflows_and_refuses_absurd_growth() -> None:
 async def test_a_retry_after_a_connection_never_made_is_not_charged_to_the_budget(
     error: type[Exception], refused: int
 ) -> None:
-    # 30 calls in progress, a third on a node that fails them at once: 10
-    # retries together, where the budget (20 %) allows 6.
+    # 30 calls, a third on a node that fails them at once: 10 retries, where
+    # the budget (20 % of the calls, no minimum) allows 6.
     balancer = lc.RoundRobin(nodes(3))
     breaker = BreakerConfig(window_size=100, minimum_calls=100)  # the budget alone is tested
-    fm = FailoverManager(balancer, breaker=breaker, backoff=FAST, retry_budget=0.2, min_retries=3)
+    fm = FailoverManager(
+        balancer, breaker=breaker, backoff=FAST, retry_budget=0.2, min_retries_per_s=0
+    )
     release, everyone = asyncio.Event(), asyncio.Event()
     failed = started = 0
 

@@ -52,12 +52,14 @@ class FailoverManager:
       closes the breaker (back in rotation for good) or reopens it.
     - **Retries on another node**, for exceptions in ``retry_on``, after a
       ``Backoff`` delay with full jitter, at most ``max_attempts`` attempts
-      in all, and only within the **retry budget** (Envoy's): the retries in
-      progress may be ``retry_budget`` of the calls in progress, and
-      ``min_retries`` at once are always allowed. A call made alone may
-      always retry; a failing cluster under load is not hammered. A retry
-      after an attempt no server took (a refused connection, a connect
-      timeout) is not charged: it adds no load.
+      in all, and only within the **retry budget** (Finagle's): over the
+      last ``retry_window_s`` the retries may be ``retry_budget`` of the
+      calls made, plus ``min_retries_per_s`` a second. The budget is earned
+      by traffic, so the calls a dying node had in flight are all retried,
+      while a failing cluster sees at most a fifth more attempts than calls
+      (plus the minimum), not a multiple. A retry after an attempt no
+      server took (a refused connection, a connect timeout) is not charged:
+      it adds no load.
     - **Priority groups.** With ``priority`` (a function of the node, or a
       mapping of node ids, to a level; 0 is the primary level), nodes of a
       level are in rotation only while the levels before it are not healthy
@@ -87,7 +89,8 @@ class FailoverManager:
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
         backoff: Backoff | None = None,
         retry_budget: float | None = 0.2,
-        min_retries: int = 3,
+        min_retries_per_s: float = 10.0,
+        retry_window_s: float = 10.0,
         hedge_after_s: float | None = None,
         priority: Callable[[Any], int] | Mapping[str, int] | None = None,
         overprovisioning: float = 1.4,
@@ -111,7 +114,9 @@ class FailoverManager:
         self._clock = clock
         self._now = clock or time.monotonic
         self._rng = random.Random(seed)
-        self._budget = RetryBudget(retry_budget, config.min_retries)
+        self._budget = RetryBudget(
+            retry_budget, config.min_retries_per_s, config.retry_window_s, self._now
+        )
         self._lock = threading.RLock()
         self._breakers: dict[str, CircuitBreaker] = {}
         self._cooling: dict[str, float] = {}  # node id -> when to put it back
@@ -393,28 +398,25 @@ class FailoverManager:
 
     def _call(self, fn: Callable[[Any], Any], key: Key | None) -> Flow[Any]:
         plan = Plan(self, key)
-        try:
-            while (delay := plan.next_delay()) is not None:
-                if delay:
-                    yield Sleep(delay)
-                    self._revive_due()
-                node = plan.next_node()
-                reason = "retry" if len(plan.tried) - plan.refusals > 1 else "first"
-                try:
-                    if self.hedge_after_s is None:
-                        result = yield from self._attempt(node, fn, reason)
-                    else:
-                        result = yield Hedged(self, node, fn, plan, reason)
-                except CircuitOpenError as error:
-                    plan.refused(error)
-                    continue
-                except BaseException as error:
-                    plan.failed(node, error)
-                    continue
-                return plan.succeeded(result)
-            raise plan.give_up()
-        finally:
-            plan.close()
+        while (delay := plan.next_delay()) is not None:
+            if delay:
+                yield Sleep(delay)
+                self._revive_due()
+            node = plan.next_node()
+            reason = "retry" if len(plan.tried) - plan.refusals > 1 else "first"
+            try:
+                if self.hedge_after_s is None:
+                    result = yield from self._attempt(node, fn, reason)
+                else:
+                    result = yield Hedged(self, node, fn, plan, reason)
+            except CircuitOpenError as error:
+                plan.refused(error)
+                continue
+            except BaseException as error:
+                plan.failed(node, error)
+                continue
+            return plan.succeeded(result)
+        raise plan.give_up()
 
     async def call(self, fn: Callable[[Any], Awaitable[T]], *, key: Key | None = None) -> T:
         """Awaits ``fn(node)`` on a picked node, failing over as configured
@@ -453,7 +455,12 @@ def _check(given: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(breaker, BreakerConfig):
         raise TypeError(f"breaker: must be a BreakerConfig, got {type(breaker).__name__}")
     count("max_attempts", values["max_attempts"])
-    count("min_retries", values["min_retries"])
+    rate = values["min_retries_per_s"]
+    if isinstance(rate, bool) or not isinstance(rate, int | float):
+        raise TypeError(f"min_retries_per_s: must be a number, got {type(rate).__name__}")
+    if not (math.isfinite(rate) and 0 <= rate <= 1e6):
+        raise ValueError(f"min_retries_per_s: must be a number from 0 to 1e6, got {rate!r}")
+    seconds("retry_window_s", values["retry_window_s"])
     retry_on = values["retry_on"]
     retry_on = tuple(retry_on) if isinstance(retry_on, tuple | list) else (retry_on,)
     if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):

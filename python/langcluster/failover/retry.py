@@ -1,5 +1,5 @@
 """When a failed call may be retried, and after how long: ``Backoff``, the
-retry budget (Envoy's: retries in progress against calls in progress), and
+retry budget (Finagle's: retries against the calls of the last seconds), and
 ``Plan``, the bookkeeping of one call's attempts."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -65,44 +66,60 @@ UNSENT: tuple[type[BaseException], ...] = (
 
 
 class RetryBudget:
-    """Envoy's retry budget: the retries in progress at once may be
-    ``ratio`` of the calls in progress (``None``: no limit), and
-    ``min_retries`` are always allowed. A retry holds its place until its
-    attempt ends. So low traffic never starves a retry (a lone call may
-    always retry), while a failing cluster under load sees at most a fifth
-    more attempts than calls, not a multiple. A retry after an attempt that
-    never reached a server (``UNSENT``: a refused connection, a connect
-    timeout) is not charged: the failed attempt loaded no server, so the
-    retry is no amplification; a dead node's callers move on at once."""
+    """Finagle's retry budget: each call deposits, each retry withdraws, and
+    both expire after ``window_s``. Within a window the retries may be
+    ``ratio`` of the calls made plus ``min_per_s`` a second (``ratio``
+    ``None``: no limit). The budget is what the traffic has earned, not what
+    is in flight at the instant: when a node dies with many calls on it,
+    their retries are paid for by the calls of the seconds before, so a
+    node's death costs no call; when every node fails, the attempts in a
+    window stay within ``(1 + ratio)`` x the calls plus ``min_per_s`` x
+    ``window_s``. A retry after an attempt that never reached a server
+    (``UNSENT``: a refused connection, a connect timeout) is not charged:
+    it loaded no server, so it is no amplification."""
 
-    def __init__(self, ratio: float | None, min_retries: int) -> None:
+    SLOTS = 10
+
+    def __init__(
+        self, ratio: float | None, min_per_s: float, window_s: float, clock: Callable[[], float]
+    ) -> None:
         self.ratio = ratio
-        self.min_retries = min_retries
-        self.calls = 0  # in progress
-        self.retries = 0  # in progress
-        self.lock = threading.Lock()
+        self.reserve = min_per_s * window_s
+        self._now = clock
+        self._width = window_s / self.SLOTS
+        self._ticks = [-(1 << 62)] * self.SLOTS  # the time slot each count is of
+        self._calls = [0] * self.SLOTS
+        self._retries = [0] * self.SLOTS
+        self._lock = threading.Lock()
+
+    def _slot(self) -> tuple[int, int]:
+        """The current slot (cleared when it was of an earlier window) and
+        its tick."""
+        tick = math.floor(self._now() / self._width)
+        at = tick % self.SLOTS
+        if self._ticks[at] != tick:
+            self._ticks[at], self._calls[at], self._retries[at] = tick, 0, 0
+        return at, tick
+
+    def _in_window(self, counts: list[int], tick: int) -> int:
+        return sum(n for t, n in zip(self._ticks, counts, strict=True) if t > tick - self.SLOTS)
 
     def call_started(self) -> None:
-        with self.lock:
-            self.calls += 1
-
-    def call_ended(self) -> None:
-        with self.lock:
-            self.calls -= 1
+        with self._lock:
+            at, _ = self._slot()
+            self._calls[at] += 1
 
     def try_retry(self) -> bool:
-        """Takes a place for one retry, or says there is none."""
-        with self.lock:
-            if self.ratio is not None and self.retries >= max(
-                self.min_retries, self.ratio * self.calls
-            ):
-                return False
-            self.retries += 1
+        """Withdraws one retry, or says the window's budget is spent."""
+        if self.ratio is None:
             return True
-
-    def retry_ended(self) -> None:
-        with self.lock:
-            self.retries -= 1
+        with self._lock:
+            at, tick = self._slot()
+            earned = self.ratio * self._in_window(self._calls, tick) + self.reserve
+            if self._in_window(self._retries, tick) + 1 > earned:
+                return False
+            self._retries[at] += 1
+            return True
 
 
 class Plan:
@@ -116,20 +133,9 @@ class Plan:
         self.tried: set[str] = set()
         self.refusals = 0
         self.last_error: BaseException | None = None
-        self.retrying = False  # holds a place in the retry budget
         manager._count("calls")
         manager._budget.call_started()
         manager._revive_due()
-
-    def close(self) -> None:
-        """The call is over, however it ended: its places in the budget go back."""
-        self._retry_over()
-        self.manager._budget.call_ended()
-
-    def _retry_over(self) -> None:
-        if self.retrying:
-            self.retrying = False
-            self.manager._budget.retry_ended()
 
     def next_delay(self) -> float | None:
         """0 for the first attempt and after a refusal; a backoff delay
@@ -138,15 +144,13 @@ class Plan:
         if not attempts or isinstance(self.last_error, CircuitOpenError):
             return 0.0
         m = self.manager
-        self._retry_over()  # the retry before this one, if any, has ended
         if attempts >= m.max_attempts:
             return None
-        if not isinstance(self.last_error, UNSENT):  # else no server took it: free
-            if not m._budget.try_retry():
-                m._count("budget_exhausted")
-                m._emit(Kind.BUDGET_EXHAUSTED, error=self.last_error)
-                return None
-            self.retrying = True
+        # A retry after an attempt no server took is free.
+        if not isinstance(self.last_error, UNSENT) and not m._budget.try_retry():
+            m._count("budget_exhausted")
+            m._emit(Kind.BUDGET_EXHAUSTED, error=self.last_error)
+            return None
         m._count("retries")
         detail = f"retry {attempts} of {m.max_attempts - 1}"
         m._emit(Kind.RETRY, error=self.last_error, detail=detail)
