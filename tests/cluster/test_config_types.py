@@ -33,7 +33,7 @@ SECTIONS: list[tuple[str, list[str], dict[str, Any]]] = [
     ("cache", ["kind", "capacity", "policy", "shards", "ttl"], {"kind": "memory"}),
     ("shared_state", ["redis", "namespace", "signing_key", "timeout_s", "trial_s",
                       "consecutive_failures", "share_ejections", "share_health",
-                      "share_prefixes", "prefix_flush_s", "prefix_history_s"],
+                      "share_prefixes", "prefix_flush_s", "prefix_history_s", "max_ejected"],
      {"redis": "redis://127.0.0.1:1"}),
     ("cache", ["url", "namespace", "serializer", "signing_key", "ttl", "ttl_jitter",
                "socket_timeout_s", "cluster"], {"kind": "redis"}),

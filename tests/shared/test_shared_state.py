@@ -206,11 +206,33 @@ async def test_without_redis_every_call_goes_on_and_the_ejection_is_told_on_retu
         await client_a.aclose()
 
 
+@pytest.mark.asyncio
+@pytest.mark.services
+async def test_one_worker_that_blames_every_node_empties_no_other_workers_rotation(
+    fleet: list[SimulatedServer], redis_server: Any
+) -> None:
+    # A worker whose loop stalled sees every call time out and opens every
+    # breaker; the others take at most max_ejected (half) of the nodes out on
+    # its word (one of three here), count the rest as capped, and go on.
+    url = redis_url(redis_server)
+    a, b = worker(fleet, url), worker(fleet, url)
+    async with a, b:
+        await connected(a, b)
+        for node in ("s0", "s1", "s2"):
+            a.failover.breaker(node).open_for(30.0)
+        await eventually(lambda: b.stats()["shared"]["ejections_capped"] >= 2)
+        assert len(b.failover.taken_out()) == 1
+        client_b = httpx.AsyncClient(transport=lc.AsyncClusterTransport(b))
+        await ask(client_b, 6)  # b's calls all answer
+        await client_b.aclose()
+
+
 @pytest.mark.parametrize(
     ("redis_arg", "options", "named"),
     [(3, {}, "redis"), ("redis://x", {"namespace": ""}, "namespace"),
      ("redis://x", {"signing_key": 5}, "signing_key"),
-     ("redis://x", {"timeout_s": 0}, "timeout_s"), ("redis://x", {"trial_s": -1}, "trial_s")],
+     ("redis://x", {"timeout_s": 0}, "timeout_s"), ("redis://x", {"trial_s": -1}, "trial_s"),
+     ("redis://x", {"max_ejected": 1.5}, "max_ejected")],
 )  # fmt: skip
 def test_bad_settings_are_refused_by_name(
     redis_arg: Any, options: dict[str, Any], named: str

@@ -117,8 +117,9 @@ INTERVAL_S = 0.25
 
 
 def checks_and_handover(fleet: ServersInThread, url: str | None) -> tuple[int, float | None]:
-    """Health checks server s1 received in 2 s of four workers; with
-    Redis, the longest pause in its checks once the lease holder is killed."""
+    """The workers whose health checks server s1 received, over 24 checks
+    after the first 4; with Redis, the longest pause in its checks once the
+    lease holder is killed."""
     ready, go, stop = workers.SPAWN.Queue(), workers.SPAWN.Event(), workers.SPAWN.Event()
     ports = [s.port for s in fleet.servers]
     pause = None
@@ -127,9 +128,9 @@ def checks_and_handover(fleet: ServersInThread, url: str | None) -> tuple[int, f
         started = dict(ready.get(timeout=60)[1] for _ in procs)  # origin -> pid
         go.set()
         server = fleet.servers[1]
-        before, since = server.health_checks, time.monotonic()
-        assert wait_until(lambda: server.health_checks >= before + 9, timeout_s=30)
-        checks = round(9 * 2.0 / (time.monotonic() - since))  # in 2 s, at this rate
+        before = server.health_checks
+        assert wait_until(lambda: server.health_checks >= before + 28, timeout_s=60)
+        checkers = set(list(server.health_queries)[-24:])
         if url is not None:
             lease = redis.Redis.from_url(url)
             holder = lease.get("workers:shared:chat:health:lease")
@@ -148,7 +149,7 @@ def checks_and_handover(fleet: ServersInThread, url: str | None) -> tuple[int, f
         for proc in procs:  # a worker ends once its report is read
             if proc.exitcode is None:
                 ready.get(timeout=60)
-    return checks, pause
+    return checkers, pause
 
 
 @pytest.mark.services
@@ -159,10 +160,9 @@ def test_four_workers_check_each_node_once_an_interval_and_the_lease_passes_on(
         shared, pause = checks_and_handover(fleet, redis_url(redis_server))
     with ServersInThread(3, latency_s=0.0) as fleet:
         alone, _ = checks_and_handover(fleet, None)
-    expected = 2.0 / INTERVAL_S  # one checker
-    print(f"health checks of one node in 2 s: {shared} shared, {alone} alone; "
+    print(f"checkers of one node over 24 checks: {len(shared)} shared, {len(alone)} alone; "
           f"longest pause after the checker died: {pause:.2f} s")  # fmt: skip
-    assert shared <= 1.5 * expected
-    assert alone >= 3 * expected
+    assert len(shared) == 1, "one checker for the service"
+    assert len(alone) == WORKERS, "every worker checks on its own"
     assert pause is not None
     assert pause <= 2 * INTERVAL_S + 0.25  # two intervals, and a margin for a loaded machine

@@ -59,7 +59,10 @@ def work(
     )
     nodes = [lc.Node(f"s{i}", "127.0.0.1", port) for i, port in enumerate(ports)]
     health = (
-        lc.HealthConfig(lc.HttpCheck("/health"), interval_s=health_interval_s, timeout_s=0.2)
+        # The query names the checker, so that a test counts who checked.
+        lc.HealthConfig(
+            lc.HttpCheck(f"/health?by={os.getpid()}"), interval_s=health_interval_s, timeout_s=0.2
+        )
         if health_interval_s
         else None
     )

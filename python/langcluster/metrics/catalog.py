@@ -136,8 +136,9 @@ METRICS: dict[str, Metric] = {
            "langcluster.shared.connected"),
         _m("shared_messages", "counter", "service result",
            "SharedState messages: published, applied (from another process), refused "
-           "(unsigned, forged or malformed), failed (not published: Redis out of reach) and "
-           "dropped (a full queue).",
+           "(unsigned, forged or malformed), failed (not published: Redis out of reach), "
+           "dropped (a full queue) and capped (an ejection not carried out: max_ejected of "
+           "the nodes were out already).",
            "langcluster.shared.messages", "{message}"),
         _m("shared_redis_errors", "counter", "service",
            "Times SharedState lost Redis or a command to it failed.",
@@ -294,6 +295,7 @@ def _shared(stats: dict[str, Any], service: str) -> Iterator[Reading]:
     yield _r("shared_messages", stats["refused"], service, "refused")
     yield _r("shared_messages", stats["publish_failures"], service, "failed")
     yield _r("shared_messages", stats["dropped"], service, "dropped")
+    yield _r("shared_messages", stats["ejections_capped"], service, "capped")
     yield _r("shared_redis_errors", stats["redis_errors"], service)
     yield _r("shared_health_leases", stats["health_leases"], service)
 

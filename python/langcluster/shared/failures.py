@@ -68,7 +68,7 @@ async def count_failure(state: SharedState, node_id: str, failed: bool) -> None:
         await client.delete(key)
         assert state._cluster is not None
         manager = state._cluster.failover
-        if node_id in manager.balancer:
+        if node_id in manager.balancer and state._may_eject(node_id):
             state._stats.add("ejections_counted")
             open_s = float(manager.breaker_config.as_dict()["open_timeout_s"])
             manager.breaker(node_id).open_for(open_s)  # and the event tells the others

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from langcluster._checks import count, flag, seconds, text
+from langcluster._checks import count, flag, fraction, seconds, text
 from langcluster._core import PrefixAware
 from langcluster._counters import Counters
 from langcluster.failover.events import FailoverEvent
@@ -72,6 +72,11 @@ class SharedState:
       ejection's time is over, only the holder's breaker admits trials (the
       ejecting process first); the others wait for its verdict, or for the
       permit when it expires (its holder died).
+    - ``max_ejected``: the share of the nodes that other processes' word
+      (their breakers, the service-wide failure count) may hold out of
+      this process's rotation at once; past it their ejections are counted
+      (``ejections_capped``) and not applied, so one process that blames
+      every node (its own loop stalled) cannot empty the others' rotation.
     - ``share_prefixes``: when the cluster's balancer is ``PrefixAware``,
       every router publishes what it routed each ``prefix_flush_s`` and
       merges what the others routed (``shared.prefixes``); a router that
@@ -93,6 +98,7 @@ class SharedState:
         share_prefixes: bool = True,
         prefix_flush_s: float = 0.02,
         prefix_history_s: float = 60.0,
+        max_ejected: float = 0.5,
     ) -> None:
         if isinstance(redis, str):
             text("redis", redis)
@@ -112,6 +118,7 @@ class SharedState:
         seconds("trial_s", trial_s)
         seconds("prefix_flush_s", prefix_flush_s)
         seconds("prefix_history_s", prefix_history_s, zero=True)
+        fraction("max_ejected", max_ejected)
         if consecutive_failures is not None:
             count("consecutive_failures", consecutive_failures)
         self.redis = redis
@@ -124,6 +131,7 @@ class SharedState:
         self.share_prefixes = flag("share_prefixes", share_prefixes)
         self.prefix_flush_s = prefix_flush_s
         self.prefix_history_s = prefix_history_s
+        self.max_ejected = max_ejected
         self._key = signing_key
         self._origin = os.urandom(8)
         self._cluster: SharedParts | None = None
@@ -141,8 +149,8 @@ class SharedState:
         self.connected = False
         self._stats = Counters(
             "published", "received", "applied", "refused", "publish_failures", "redis_errors",
-            "dropped", "trials_won", "ejections_counted", "health_leases", "routes_published",
-            "routes_merged",
+            "dropped", "trials_won", "ejections_counted", "ejections_capped", "health_leases",
+            "routes_published", "routes_merged",
         )  # fmt: skip
 
     # -------------------------------------------------------------- names
@@ -392,10 +400,27 @@ class SharedState:
         wins the node's trial permit (the sender holds it a ``trial_s``
         longer, to run its own trials first): trials are one process's at
         a time, cluster-wide."""
-        if wait_s <= 0:
+        if wait_s <= 0 or not self._may_eject(node_id):
             return
         self._hold(node_id, _HELD_S)
         self._schedule(node_id, wait_s)
+
+    def _may_eject(self, node_id: str) -> bool:
+        """Whether another process's word may take ``node_id`` out here: not
+        when it would hold more than ``max_ejected`` of the nodes out of
+        this process's rotation (at least one may always go), as Envoy's
+        ``max_ejection_percent``. A process whose own loop stalled sees
+        every node fail at once; its word must not take the service's
+        whole fleet out everywhere."""
+        assert self._cluster is not None
+        manager = self._cluster.failover
+        out = set(manager.taken_out())
+        if node_id in out:
+            return True
+        if len(out) + 1 <= max(1.0, self.max_ejected * len(manager.balancer)):
+            return True
+        self._stats.add("ejections_capped")
+        return False
 
     def _hold(self, node_id: str, seconds: float) -> None:
         assert self._cluster is not None

@@ -144,6 +144,7 @@ class SimulatedServer:
         self.requests = 0  # completions and embeddings
         self.health_checks = 0
         self.health_times: deque[float] = deque(maxlen=10_000)  # monotonic, in this process
+        self.health_queries: deque[str] = deque(maxlen=10_000)  # the query of each, in order
         self.rejected = 0  # 429s
         self.prompt_tokens = 0
         self.cached_tokens = 0
@@ -225,7 +226,10 @@ class SimulatedServer:
                     elif name.strip().lower() == "connection" and "close" in value.lower():
                         keep_alive = False
                 body = await reader.readexactly(length) if length else b""
-                status, headers, payload = await self._answer(method, path.partition("?")[0], body)
+                target, _, query = path.partition("?")
+                if target == "/health":
+                    self.health_queries.append(query)
+                status, headers, payload = await self._answer(method, target, body)
                 try:
                     await self._write(writer, status, headers, payload, keep_alive)
                 finally:
