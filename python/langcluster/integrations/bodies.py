@@ -77,17 +77,24 @@ class SyncBody(httpx.SyncByteStream):
             self._end(None)
 
 
-class AsyncLeave(httpx.AsyncByteStream):
-    """An answer's body that lets the next request in when it ends."""
+class _LeaveOnce:
+    """Calls ``leave`` once, however many ways the body ends."""
 
-    def __init__(self, inner: httpx.AsyncByteStream, leave: Callable[[], None]):
-        self._inner = inner
+    def __init__(self, leave: Callable[[], None]):
         self._leave: Callable[[], None] | None = leave
 
     def _left(self) -> None:
         leave, self._leave = self._leave, None
         if leave is not None:
             leave()
+
+
+class AsyncLeave(_LeaveOnce, httpx.AsyncByteStream):
+    """An answer's body that lets the next request in when it ends."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, leave: Callable[[], None]):
+        super().__init__(leave)
+        self._inner = inner
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -104,15 +111,10 @@ class AsyncLeave(httpx.AsyncByteStream):
             self._left()
 
 
-class SyncLeave(httpx.SyncByteStream):
+class SyncLeave(_LeaveOnce, httpx.SyncByteStream):
     def __init__(self, inner: httpx.SyncByteStream, leave: Callable[[], None]):
+        super().__init__(leave)
         self._inner = inner
-        self._leave: Callable[[], None] | None = leave
-
-    def _left(self) -> None:
-        leave, self._leave = self._leave, None
-        if leave is not None:
-            leave()
 
     def __iter__(self) -> Iterator[bytes]:
         try:

@@ -657,15 +657,15 @@ impl<T: Send + Sync> PrefixAware<T> {
         // because a hot prefix's holder answers from its cache, faster than
         // its count suggests: at 1 x, the shared-prefix workload's TTFT p99
         // went from 0.023 to 0.114 s.
-        let queued = |p: usize| load_per_weight(snap, live[p]);
+        let queued: Loads = live.iter().map(|&m| load_per_weight(snap, m)).collect();
         let floor = (0..live.len())
             .filter(|&p| allowed(p))
-            .map(queued)
+            .map(|p| queued[p])
             .fold(f64::INFINITY, f64::min);
         let starving =
             (floor * self.config.balance_rel).max(floor + STARVING_ABS * self.config.balance_abs);
         let permitted = allowed;
-        let allowed = |pos: usize| permitted(pos) && queued(pos) <= starving;
+        let allowed = |pos: usize| permitted(pos) && queued[pos] <= starving;
         let mut depth: Depths = live.iter().map(|_| 0).collect();
         let mut locked = self.index.lock(hashes[0]);
         locked
