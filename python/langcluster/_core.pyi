@@ -17,6 +17,7 @@ __all__ = [
     "CallTimer",
     "CircuitBreaker",
     "ConsistentHash",
+    "Counters",
     "Guarded",
     "Histogram",
     "Lease",
@@ -31,6 +32,7 @@ __all__ = [
     "__version__",
     "breaker_settings",
     "check_node",
+    "read_prompt_fast",
     "wrap_cached",
 ]
 
@@ -40,6 +42,20 @@ _F = TypeVar("_F", bound=Callable[[BreakerState, BreakerState], object])
 
 def check_node(id: str, weight: float) -> None:
     """Checks a node's id and weight as every balancer does."""
+
+def read_prompt_fast(field: str, body: bytes) -> tuple[str, int] | None:
+    """The prompt of an OpenAI-style body (``field``: ``messages``,
+    ``prompt`` or ``input``) and where its history ends, in characters; None
+    for a shape left to the Python reader."""
+
+@final
+class Counters:
+    """Named counters, each bump one atomic add."""
+
+    def __new__(cls, *names: str) -> Self: ...
+    def add(self, name: str, n: int = 1) -> None: ...
+    def get(self, name: str) -> int: ...
+    def snapshot(self) -> dict[str, int]: ...
 
 def breaker_settings(**settings: Any) -> dict[str, Any]:
     """A breaker's settings, checked and completed with the defaults."""

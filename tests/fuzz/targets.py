@@ -41,7 +41,7 @@ from tests.fuzz.inputs import (
     fields,
     keywords,
 )
-from tests.fuzz.wire import journals, kv_batches, transport
+from tests.fuzz.wire import journals, kv_batches, prompts, transport
 
 # ----------------------------------------------------------------- targets
 
@@ -415,6 +415,7 @@ TARGETS: dict[str, Callable[[], None]] = {
     "config_files": config_files,
     "metrics": metrics,
     "transport": transport,
+    "prompts": prompts,
     "journals": journals,
     "kv_batches": kv_batches,
 }

@@ -68,6 +68,61 @@ def transport(options: dict[str, Any], path: str, body: bytes, session: str | No
             assert balancer.pick(key) in nodes
 
 
+TEXT_PART = st.builds(
+    lambda t, extra: {"type": "text", "text": t, **extra},
+    TEXT,
+    st.dictionaries(st.sampled_from(["cache_control", "x"]), JSONISH, max_size=1),
+)
+OTHER_PART = st.fixed_dictionaries(
+    {"type": st.sampled_from(["image_url", "text", 5]), "image_url": JSONISH}
+)
+PART = st.one_of(TEXT, TEXT_PART, OTHER_PART)
+MESSAGE = st.one_of(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "role": st.one_of(st.sampled_from(["system", "user", "assistant"]), TEXT, JSONISH),
+            "content": st.one_of(TEXT, st.none(), st.lists(PART, max_size=3), PART, JSONISH),
+            "name": TEXT,
+        },
+    ),
+    TEXT,
+    JSONISH,
+)
+PLAIN = st.recursive(
+    st.one_of(TEXT, st.integers(), NUMBERS), lambda inner: st.lists(inner, max_size=4)
+)
+
+
+@given(
+    messages=st.lists(MESSAGE, max_size=5),
+    plain=PLAIN,
+    field=st.sampled_from(["messages", "prompt", "input"]),
+    ascii_only=st.booleans(),
+    extra=st.dictionaries(TEXT, JSONISH, max_size=2),
+)
+def prompts(
+    messages: list[Any], plain: Any, field: str, ascii_only: bool, extra: dict[str, Any]
+) -> None:
+    """The prompt read in Rust is the prompt read in Python, whenever the
+    Rust reader reads one (the rest it leaves to Python)."""
+    from langcluster._core import read_prompt_fast
+    from langcluster.integrations.openai_body import read_slowly
+
+    value = messages if field == "messages" else plain
+    try:
+        body = json.dumps({**extra, field: value}, ensure_ascii=ascii_only).encode(
+            "utf-8", "surrogatepass"
+        )
+    except (TypeError, ValueError, OverflowError):
+        return
+    fast = read_prompt_fast(field, body)
+    slow = read_slowly(field, body)
+    if fast is not None:
+        assert slow is not None, body
+        assert (fast[0], fast[0][: fast[1]]) == (slow.whole, slow.head), body
+
+
 def _journal() -> bytes:
     """A journal of a few picks, for the mutations of ``journals``."""
     router = lc.PrefixAware(GOOD_NODES, seed=1)

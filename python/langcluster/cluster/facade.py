@@ -378,11 +378,12 @@ class Cluster:
         """The blocking twin of ``call``."""
         if self._state is not _State.RUNNING:
             raise self._not_running()
-        self._flight.enter(None)
+        flight = self._flight
+        flight.enter_sync()
         try:
             return drive(call_flow(self, fn, key, cache_key, ttl))  # type: ignore[no-any-return]
         finally:
-            self._flight.leave(None)
+            flight.leave_sync()
 
     def observe(self, observer: Observer) -> Callable[[], None]:
         """Tells ``observer`` (a ``langcluster.metrics.Observer``) of every

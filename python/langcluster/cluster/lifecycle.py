@@ -19,10 +19,14 @@ import asyncio
 import concurrent.futures
 import contextlib
 import enum
+import functools
 import threading
+import time
 import warnings
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from langcluster._counters import Counters
 
 if TYPE_CHECKING:
     from langcluster.health import HealthMonitor
@@ -96,38 +100,58 @@ class State(str, enum.Enum):
 
 
 class InFlight:
-    """The calls under way: a count, and for async calls their tasks (a
-    task may make nested calls, so it is counted)."""
+    """The calls under way: for async calls a count and their tasks (a task
+    may make nested calls, so it is counted), under a lock; for blocking
+    calls an atomic count (``enter_sync``/``leave_sync``, no lock on the
+    call path), which ``wait_idle`` polls."""
+
+    POLL_S = 0.005  # how often wait_idle looks at the blocking calls' count
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()  # taken as a C lock on the call path
+        self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._count = 0
         self._waiters = 0  # close() waiting: only then is there anyone to notify
         self._tasks: dict[asyncio.Task[Any], int] = {}
+        self._sync = Counters("calls")
+        self.enter_sync = functools.partial(self._sync.add, "calls", 1)
+        self.leave_sync = functools.partial(self._sync.add, "calls", -1)
 
     def enter(self, task: asyncio.Task[Any] | None) -> None:
+        """An async call of ``task`` begins (None: a coroutine run outside
+        any task, counted as a blocking call)."""
+        if task is None:
+            self.enter_sync()
+            return
         with self._lock:
             self._count += 1
-            if task is not None:
-                self._tasks[task] = self._tasks.get(task, 0) + 1
+            self._tasks[task] = self._tasks.get(task, 0) + 1
 
     def leave(self, task: asyncio.Task[Any] | None) -> None:
+        if task is None:
+            self.leave_sync()
+            return
         with self._lock:
             self._count -= 1
-            if task is not None:
-                left = self._tasks.pop(task) - 1
-                if left:
-                    self._tasks[task] = left
+            left = self._tasks.pop(task) - 1
+            if left:
+                self._tasks[task] = left
             if not self._count and self._waiters:
                 self._idle.notify_all()
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Whether every call ended within ``timeout_s`` (blocking)."""
+        deadline = time.monotonic() + timeout_s
         with self._idle:
             self._waiters += 1
             try:
-                return self._idle.wait_for(lambda: not self._count, timeout_s)
+                while True:
+                    left = deadline - time.monotonic()
+                    if not self._sync.get("calls"):
+                        return self._idle.wait_for(lambda: not self._count, max(0.0, left))
+                    if left <= 0:
+                        return False
+                    self._idle.wait(min(left, self.POLL_S))
             finally:
                 self._waiters -= 1
 

@@ -13,10 +13,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["PromptText", "chat_text", "read_prompt"]
+from langcluster._core import read_prompt_fast
+
+__all__ = ["PromptText", "chat_text", "read_prompt", "read_slowly"]
 
 # The OpenAI paths whose bodies carry a prompt, and the field that holds it.
 _FIELDS = (("/chat/completions", "messages"), ("/completions", "prompt"), ("/embeddings", "input"))
+_FIELD_OF: dict[str, str | None] = {}  # each path's field, as found
+_UNSEEN = ""
 
 
 def _part_text(part: Any) -> str:
@@ -63,12 +67,15 @@ class PromptText:
     that continues the same history); ``head`` is ``whole`` when there is no
     history. Each is rendered when first asked for."""
 
-    __slots__ = ("_head", "_messages", "_whole")
+    __slots__ = ("_cut", "_head", "_messages", "_whole")
 
-    def __init__(self, whole: str | None, messages: list[Any] | None = None) -> None:
+    def __init__(
+        self, whole: str | None, messages: list[Any] | None = None, cut: int | None = None
+    ) -> None:
         self._whole = whole
-        self._head: str | None = whole
+        self._head: str | None = whole if cut is None else None
         self._messages = messages
+        self._cut = cut  # where ``head`` ends in ``whole``, when known
 
     @property
     def whole(self) -> str:
@@ -78,6 +85,8 @@ class PromptText:
 
     @property
     def head(self) -> str:
+        if self._head is None and self._cut is not None and self._whole is not None:
+            self._head = self._whole[: self._cut]
         if self._head is None:
             messages = self._messages or []
             self._head = _render(messages[:-1]) if len(messages) > 1 else self.whole
@@ -95,9 +104,23 @@ def read_prompt(path: str, body: bytes) -> PromptText | None:
     """The prompt of an OpenAI-style request to ``path``, or None when the
     path is not one of chat completions, completions or embeddings, or the
     body is not a JSON object holding the prompt field. Never raises."""
-    field = next((f for suffix, f in _FIELDS if path.endswith(suffix)), None)
+    field = _FIELD_OF.get(path, _UNSEEN)
+    if field is _UNSEEN:
+        field = next((f for suffix, f in _FIELDS if path.endswith(suffix)), None)
+        if len(_FIELD_OF) < 256:  # the paths a service calls are few
+            _FIELD_OF[path] = field
     if field is None:
         return None
+    # The shapes clients send are read in Rust without building the body;
+    # the rest (image parts, odd types, bodies that are not JSON) here.
+    fast = read_prompt_fast(field, body) if isinstance(body, bytes) else None
+    if fast is not None:
+        return PromptText(fast[0], cut=fast[1])
+    return read_slowly(field, body)
+
+
+def read_slowly(field: str, body: bytes) -> PromptText | None:
+    """``read_prompt`` in Python, for every shape of body (the rules)."""
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth

@@ -8,8 +8,10 @@ pub mod balancer;
 pub mod breaker;
 pub mod cache;
 pub mod clock;
+pub mod counters;
 pub mod error;
 pub mod hash;
 pub mod metrics;
+pub mod prompt;
 
 pub use error::Error;
