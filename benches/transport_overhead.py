@@ -10,9 +10,12 @@ one writes without a library), and ``AsyncClusterTransport`` over two
 three-node clusters whose nodes all point at that server (round robin: no
 body is read for a key; PrefixAware: every body is read and routed by its
 prompt); then the same for the blocking clients. Each request is timed
-alone; the figure is the median request, and its ratio to httpx's own.
+alone; the figure is the median request, and its ratio to the library's
+own transport ("own"). The same is done with httpx2's clients (the OpenAI
+SDK 3.x's default), against httpx2's own transport, when it is installed.
 
-    python benches/transport_overhead.py [--rounds 7] [--requests 400] [--json]
+    python benches/transport_overhead.py [--rounds 7] [--requests 400]
+        [--library httpx|httpx2|both] [--json]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -61,17 +65,17 @@ def cluster(port: int, balancer: str) -> lc.Cluster:
     return lc.Cluster(service="bench", nodes=nodes, balancer=balancer)
 
 
-NAMES = ("httpx", "hand-rolled", "round_robin", "prefix_aware")
+NAMES = ("own", "hand-rolled", "round_robin", "prefix_aware")
 
 
 class HandRolled(httpx.AsyncBaseTransport, httpx.BaseTransport):
     """What one writes by hand in pure Python: the next address in turn put
     in the URL, no failover, no key, no accounting."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, lib: ModuleType = httpx) -> None:
         self.ports = itertools.cycle([port] * 3)
-        self.inner = httpx.HTTPTransport()
-        self.ainner = httpx.AsyncHTTPTransport()
+        self.inner = lib.HTTPTransport()
+        self.ainner = lib.AsyncHTTPTransport()
 
     def aim(self, request: httpx.Request) -> httpx.Request:
         request.url = request.url.copy_with(host="127.0.0.1", port=next(self.ports))
@@ -91,17 +95,21 @@ class HandRolled(httpx.AsyncBaseTransport, httpx.BaseTransport):
         await self.ainner.aclose()
 
 
-async def async_round(port: int, n: int) -> dict[str, list[float]]:
+async def async_round(port: int, n: int, lib: ModuleType) -> dict[str, list[float]]:
     """Each request timed alone; the three clients take turns, request by
     request, so that a slow moment of the machine falls on all of them."""
-    times: dict[str, list[float]] = {f"async {name}": [] for name in NAMES}
+    tag = f"{lib.__name__} "
+    times: dict[str, list[float]] = {f"async {tag}{name}": [] for name in NAMES}
     async with cluster(port, "round_robin") as rr, cluster(port, "prefix_aware") as prefix:
         clients = {
-            "async httpx": (httpx.AsyncClient(), f"http://127.0.0.1:{port}"),
-            "async hand-rolled": (httpx.AsyncClient(transport=HandRolled(port)), URL),
-            "async round_robin": (httpx.AsyncClient(transport=lc.AsyncClusterTransport(rr)), URL),
-            "async prefix_aware": (
-                httpx.AsyncClient(transport=lc.AsyncClusterTransport(prefix)),
+            f"async {tag}own": (lib.AsyncClient(), f"http://127.0.0.1:{port}"),
+            f"async {tag}hand-rolled": (lib.AsyncClient(transport=HandRolled(port, lib)), URL),
+            f"async {tag}round_robin": (
+                lib.AsyncClient(transport=lc.AsyncClusterTransport(rr)),
+                URL,
+            ),
+            f"async {tag}prefix_aware": (
+                lib.AsyncClient(transport=lc.AsyncClusterTransport(prefix)),
                 URL,
             ),
         }
@@ -116,14 +124,15 @@ async def async_round(port: int, n: int) -> dict[str, list[float]]:
     return times
 
 
-def sync_round(port: int, n: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {f"sync {name}": [] for name in NAMES}
+def sync_round(port: int, n: int, lib: ModuleType) -> dict[str, list[float]]:
+    tag = f"{lib.__name__} "
+    times: dict[str, list[float]] = {f"sync {tag}{name}": [] for name in NAMES}
     with cluster(port, "round_robin") as rr, cluster(port, "prefix_aware") as prefix:
         clients = {
-            "sync httpx": (httpx.Client(), f"http://127.0.0.1:{port}"),
-            "sync hand-rolled": (httpx.Client(transport=HandRolled(port)), URL),
-            "sync round_robin": (httpx.Client(transport=lc.ClusterTransport(rr)), URL),
-            "sync prefix_aware": (httpx.Client(transport=lc.ClusterTransport(prefix)), URL),
+            f"sync {tag}own": (lib.Client(), f"http://127.0.0.1:{port}"),
+            f"sync {tag}hand-rolled": (lib.Client(transport=HandRolled(port, lib)), URL),
+            f"sync {tag}round_robin": (lib.Client(transport=lc.ClusterTransport(rr)), URL),
+            f"sync {tag}prefix_aware": (lib.Client(transport=lc.ClusterTransport(prefix)), URL),
         }
         for i in range(20 + n):
             for name, (client, base) in clients.items():
@@ -140,8 +149,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--library", choices=("httpx", "httpx2", "both"), default="both")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    libs = [httpx] if args.library != "httpx2" else []
+    if args.library != "httpx":
+        try:
+            import httpx2
+        except ImportError:
+            if args.library == "httpx2":
+                parser.error("--library httpx2: httpx2 is not installed (pip install openai)")
+        else:
+            libs.append(httpx2)
     server = subprocess.Popen(
         [sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True
     )  # fmt: skip
@@ -149,10 +168,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         assert server.stdout is not None
         port = int(server.stdout.readline())
         samples: dict[str, list[float]] = {}
-        rounds: list[Callable[[], dict[str, list[float]]]] = [
-            lambda: asyncio.run(async_round(port, args.requests)),
-            lambda: sync_round(port, args.requests),
-        ]
+        rounds: list[Callable[[], dict[str, list[float]]]] = []
+        for lib in libs:
+            rounds.append(lambda lib=lib: asyncio.run(async_round(port, args.requests, lib)))
+            rounds.append(lambda lib=lib: sync_round(port, args.requests, lib))
         for _ in range(args.rounds):
             for run in rounds:
                 for name, seconds in run().items():
@@ -163,14 +182,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     medians = {name: statistics.median(values) for name, values in samples.items()}
     result = {}
     for name, median in medians.items():
-        base = medians[f"{name.split()[0]} httpx"]
-        result[name] = {"us_per_request": median * 1e6, "vs_httpx": median / base}
+        base = medians[name.rsplit(" ", 1)[0] + " own"]
+        result[name] = {"us_per_request": median * 1e6, "vs_own": median / base}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{'client':<22} {'µs/request':>11} {'vs httpx':>9}")
+        print(f"{'client':<29} {'µs/request':>11} {'vs own':>9}")
         for name, row in result.items():
-            print(f"{name:<22} {row['us_per_request']:>11.1f} {row['vs_httpx']:>8.3f}x")
+            print(f"{name:<29} {row['us_per_request']:>11.1f} {row['vs_own']:>8.3f}x")
     return result
 
 

@@ -7,7 +7,7 @@ or ``TypeError``, with a message that starts with the argument's name.
 
 from __future__ import annotations
 
-import httpx
+from langcluster._http import TransportErrorBase
 
 __all__ = [
     "CacheError",
@@ -41,11 +41,12 @@ class NodeBusy(LangClusterError):
         self.retry_after_s = retry_after_s
 
 
-class Overloaded(LangClusterError, httpx.TransportError):
+class Overloaded(LangClusterError, TransportErrorBase):  # type: ignore[misc]
     """A cluster transport refused a request at once: as many are in flight
     and waiting as it lets through (or none made room within the request's
-    pool timeout). An httpx transport error too, so the clients that catch
-    those (the OpenAI SDK: ``APIConnectionError``) see it as one."""
+    pool timeout). An httpx transport error too (and an httpx2 one when
+    httpx2 is installed), so the clients that catch those (the OpenAI SDK:
+    ``APIConnectionError``) see it as one."""
 
 
 class CircuitOpenError(LangClusterError):

@@ -1,6 +1,7 @@
 """The real clients users hold, through the transports, against three
 simulated OpenAI servers: the ``openai`` package (async and blocking,
-streamed and not) and LangChain's ``ChatOpenAI``."""
+streamed and not, on the SDK's default client, httpx2's in the SDK 3.x, and
+on an httpx one) and LangChain's ``ChatOpenAI``."""
 
 from __future__ import annotations
 
@@ -33,22 +34,34 @@ async def fleet() -> AsyncIterator[list[SimulatedServer]]:
         await server.kill()
 
 
-def async_openai(cluster: lc.Cluster) -> openai.AsyncOpenAI:
+# The SDK's own default clients (httpx2's since the SDK 3.x), and httpx's.
+ASYNC_CLIENTS = {"sdk": openai.DefaultAsyncHttpxClient, "httpx": httpx.AsyncClient}
+CLIENTS = {"sdk": openai.DefaultHttpxClient, "httpx": httpx.Client}
+BOTH = pytest.mark.parametrize("library", ["sdk", "httpx"])
+
+
+def async_openai(cluster: lc.Cluster, library: str = "httpx") -> openai.AsyncOpenAI:
+    http = ASYNC_CLIENTS[library](transport=lc.AsyncClusterTransport(cluster))
     return openai.AsyncOpenAI(
-        base_url="http://chat/v1", api_key="-", max_retries=0,
-        http_client=httpx.AsyncClient(transport=lc.AsyncClusterTransport(cluster)),
-    )  # fmt: skip
+        base_url="http://chat/v1",
+        api_key="-",
+        max_retries=0,
+        http_client=http,  # type: ignore[arg-type]
+    )
 
 
 def messages(system: str, question: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": system}, {"role": "user", "content": question}]
 
 
+@BOTH
 @pytest.mark.asyncio
-async def test_every_answer_of_the_async_client_parses(fleet: list[SimulatedServer]) -> None:
+async def test_every_answer_of_the_async_client_parses(
+    fleet: list[SimulatedServer], library: str
+) -> None:
     nodes = [s.node() for s in fleet]
     async with lc.Cluster(service="chat", nodes=nodes, balancer="prefix_aware") as cluster:
-        client = async_openai(cluster)
+        client = async_openai(cluster, library)
         answer = await client.chat.completions.create(
             model="m",
             messages=messages(SYSTEMS[0], "hello"),  # type: ignore[arg-type]
@@ -78,15 +91,18 @@ async def test_every_answer_of_the_async_client_parses(fleet: list[SimulatedServ
         await client.close()
 
 
+@BOTH
 @pytest.mark.asyncio
-async def test_no_call_fails_when_a_server_dies_mid_run(fleet: list[SimulatedServer]) -> None:
+async def test_no_call_fails_when_a_server_dies_mid_run(
+    fleet: list[SimulatedServer], library: str
+) -> None:
     # Retries after refused connections are free; the calls in flight on the
     # server when it dies (up to a third of 90 here) are charged to the
     # retry budget, whose defaults pay for them all.
     cluster = lc.Cluster(service="chat", nodes=[s.node() for s in fleet], balancer="round_robin")
     victim = fleet[0]
     async with cluster:
-        client = async_openai(cluster)
+        client = async_openai(cluster, library)
 
         async def ask(i: int) -> str | None:
             answer = await client.chat.completions.create(
@@ -150,13 +166,19 @@ def thread_fleet() -> Iterator[ServersInThread]:
         yield fleet
 
 
-def test_every_answer_of_the_blocking_client_parses(thread_fleet: ServersInThread) -> None:
+@BOTH
+def test_every_answer_of_the_blocking_client_parses(
+    thread_fleet: ServersInThread, library: str
+) -> None:
     nodes = [s.node() for s in thread_fleet.servers]
     with lc.Cluster(service="chat", nodes=nodes, balancer="prefix_aware") as cluster:
+        http = CLIENTS[library](transport=lc.ClusterTransport(cluster))
         client = openai.OpenAI(
-            base_url="http://chat/v1", api_key="-", max_retries=0,
-            http_client=httpx.Client(transport=lc.ClusterTransport(cluster)),
-        )  # fmt: skip
+            base_url="http://chat/v1",
+            api_key="-",
+            max_retries=0,
+            http_client=http,  # type: ignore[arg-type]
+        )
         answers = [
             client.chat.completions.create(
                 model="m",
@@ -183,11 +205,14 @@ def test_every_answer_of_the_blocking_client_parses(thread_fleet: ServersInThrea
         client.close()
 
 
-def test_langchain_chat_openai_through_both_transports(thread_fleet: ServersInThread) -> None:
+@BOTH
+def test_langchain_chat_openai_through_both_transports(
+    thread_fleet: ServersInThread, library: str
+) -> None:
     nodes = [s.node() for s in thread_fleet.servers]
     with lc.Cluster(service="chat", nodes=nodes, balancer="prefix_aware") as cluster:
-        blocking = httpx.Client(transport=lc.ClusterTransport(cluster))
-        non_blocking = httpx.AsyncClient(transport=lc.AsyncClusterTransport(cluster))
+        blocking = CLIENTS[library](transport=lc.ClusterTransport(cluster))
+        non_blocking = ASYNC_CLIENTS[library](transport=lc.AsyncClusterTransport(cluster))
         model = ChatOpenAI(
             model="m", base_url="http://chat/v1", api_key="-", max_retries=0,  # type: ignore[arg-type]
             http_client=blocking, http_async_client=non_blocking,

@@ -449,8 +449,10 @@ def test_the_overhead_benchmark_runs() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(done.stdout)
-    clients = ("httpx", "hand-rolled", "round_robin", "prefix_aware")
-    assert set(rows) == {f"{face} {client}" for face in ("async", "sync") for client in clients}
+    clients = ("own", "hand-rolled", "round_robin", "prefix_aware")
+    libs = ("httpx", "httpx2")  # the OpenAI SDK's, installed with the test extras
+    expected = {f"{face} {lib} {c}" for face in ("async", "sync") for lib in libs for c in clients}
+    assert set(rows) == expected
     assert all(row["us_per_request"] > 0 for row in rows.values())
 
 

@@ -11,9 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import httpx
-
 from langcluster._checks import fraction, seconds
+from langcluster._http import LIBRARIES
 from langcluster.errors import CircuitOpenError, NoAvailableNode, NodeBusy
 from langcluster.failover.events import FailoverEventKind as Kind
 from langcluster.types import Key
@@ -60,8 +59,7 @@ class Backoff:
 # the retry budget.
 UNSENT: tuple[type[BaseException], ...] = (
     ConnectionRefusedError,
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
+    *(error for lib in LIBRARIES for error in (lib.ConnectError, lib.ConnectTimeout)),
 )
 
 

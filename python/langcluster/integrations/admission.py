@@ -24,12 +24,14 @@ import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any, TypeVar
+from types import ModuleType
+from typing import Any
 
 import httpx
 
 from langcluster._checks import count
 from langcluster._counters import Counters
+from langcluster._http import LIBRARIES, library, limits_of
 from langcluster.errors import Overloaded
 
 __all__ = [
@@ -41,12 +43,11 @@ __all__ = [
     "wait_limit_s",
 ]
 
-T = TypeVar("T")
 
-
-def wait_limit_s(request: httpx.Request) -> float | None:
+def wait_limit_s(request: Any) -> float | None:
     """How long ``request`` may wait to be let through: its pool timeout
-    (httpx's time to wait for a connection), None for no limit."""
+    (httpx's time to wait for a connection), None for no limit; of an
+    httpx or an httpx2 request."""
     timeout = request.extensions.get("timeout")
     if isinstance(timeout, dict):
         pool = timeout.get("pool")
@@ -175,35 +176,42 @@ class SyncAdmission(_Admission):
             return super().stats(self._waiting)
 
 
-def given_transport(given: Any, kind: type[T], limits: httpx.Limits | None) -> T | None:
-    """The transport that sends, when the caller gives one (checked); None
-    for a pool per node."""
-    if limits is not None and not isinstance(limits, httpx.Limits):
-        raise TypeError(f"limits: must be an httpx.Limits, got {type(limits).__name__}")
+def given_transport(given: Any, kind: str, limits: Any) -> tuple[Any, frozenset[ModuleType]]:
+    """The transport that sends, when the caller gives one (checked), and
+    the libraries whose clients it can serve; None for a pool per node.
+    ``kind`` is the base class's name: ``AsyncBaseTransport`` or
+    ``BaseTransport``."""
+    limits_of(limits)
     if given is None:
-        return None
-    if not isinstance(given, kind):
-        raise TypeError(f"transport: must be an httpx.{kind.__name__}, got {type(given).__name__}")
+        return None, frozenset()
+    libraries = frozenset(lib for lib in LIBRARIES if isinstance(given, getattr(lib, kind)))
+    if not libraries:
+        raise TypeError(f"transport: must be an httpx.{kind}, got {type(given).__name__}")
     if limits is not None:
         raise ValueError("limits: only without transport (a transport given has its own pool)")
-    return given
+    return given, libraries
 
 
-def pool_limits(given: httpx.Limits | None, per_node: int) -> httpx.Limits:
-    """Each node's pool: ``given``, or as many connections as a node may
-    have requests in flight, all kept alive."""
-    return given or httpx.Limits(max_connections=per_node, max_keepalive_connections=per_node)
+def pool_limits(given: Any, per_node: int) -> dict[str, Any]:
+    """Each node's pool: the settings of ``given`` (an ``httpx.Limits`` or
+    an ``httpx2`` one), or as many connections as a node may have requests
+    in flight, all kept alive."""
+    return limits_of(given) or {
+        "max_connections": per_node, "max_keepalive_connections": per_node,
+        "keepalive_expiry": 5.0,
+    }  # fmt: skip
 
 
 class NodePools:
-    """One connection pool per node address (scheme, host, port), made when
-    first needed by ``make(limits)``. Pools of addresses no node has any
-    more are handed to ``retire`` (which closes them) as new ones come."""
+    """One connection pool per node address (scheme, host, port) and
+    client library, made when first needed by ``make(library, limits)``.
+    Pools of addresses no node has any more are handed to ``retire`` (which
+    closes them) as new ones come."""
 
     def __init__(
         self,
-        make: Callable[[httpx.Limits], Any],
-        limits: httpx.Limits,
+        make: Callable[[ModuleType, dict[str, Any]], Any],
+        limits: dict[str, Any],
         addresses: Callable[[], set[tuple[str, int | None]]],
         retire: Callable[[Any], None],
     ) -> None:
@@ -211,17 +219,18 @@ class NodePools:
         self.limits = limits
         self._addresses = addresses
         self._retire = retire
-        self.pools: dict[tuple[str, str, int | None], Any] = {}
+        self.pools: dict[tuple[ModuleType, str, str, int | None], Any] = {}
 
     def for_url(self, url: httpx.URL) -> Any:
-        key = (url.scheme, url.host, url.port)
+        lib = library(url)
+        key = (lib, url.scheme, url.host, url.port)
         pool = self.pools.get(key)
         if pool is None:
             live = self._addresses()
             if len(self.pools) > 2 * len(live) + 8:
-                for old in [k for k in self.pools if (k[1], k[2]) not in live]:
+                for old in [k for k in self.pools if (k[2], k[3]) not in live]:
                     self._retire(self.pools.pop(old))
-            pool = self.pools[key] = self._make(self.limits)
+            pool = self.pools[key] = self._make(lib, self.limits)
         return pool
 
     def take_all(self) -> list[Any]:

@@ -1,7 +1,7 @@
 """The bodies of the answers the cluster transports hand over: each
 reports how it ended (to the node's in-flight count and its breaker), its
 first chunk (a stream's time to first token), and lets the next request in
-when it ends."""
+when it ends (``leave``, set once the answer is handed over)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 
-__all__ = ["AsyncBody", "AsyncLeave", "SyncBody", "SyncLeave", "streamed"]
+from langcluster._http import AsyncStreamBase, SyncStreamBase
+
+__all__ = ["AsyncBody", "SyncBody", "streamed"]
 
 
 def streamed(response: httpx.Response) -> bool:
@@ -19,16 +21,37 @@ def streamed(response: httpx.Response) -> bool:
     return kind.startswith("text/event-stream")
 
 
-class AsyncBody(httpx.AsyncByteStream):
+class _Ends:
+    """What both bodies do when they end: ``end(error)`` for the node, then
+    ``leave()`` once, however many ways the body ends."""
+
+    def __init__(
+        self,
+        end: Callable[[BaseException | None], None],
+        first: Callable[[], None] | None,
+    ) -> None:
+        self._end = end
+        self._first = first
+        self.leave: Callable[[], None] | None = None
+
+    def _ended(self, error: BaseException | None) -> None:
+        try:
+            self._end(error)
+        finally:
+            leave, self.leave = self.leave, None
+            if leave is not None:
+                leave()
+
+
+class AsyncBody(_Ends, AsyncStreamBase):
     def __init__(
         self,
         inner: httpx.AsyncByteStream,
         end: Callable[[BaseException | None], None],
         first: Callable[[], None] | None = None,
     ):
+        super().__init__(end, first)
         self._inner = inner
-        self._end = end
-        self._first = first
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -38,26 +61,25 @@ class AsyncBody(httpx.AsyncByteStream):
                     first()
                 yield chunk
         except BaseException as error:
-            self._end(error)
+            self._ended(error)
             raise
 
     async def aclose(self) -> None:
         try:
             await self._inner.aclose()
         finally:
-            self._end(None)
+            self._ended(None)
 
 
-class SyncBody(httpx.SyncByteStream):
+class SyncBody(_Ends, SyncStreamBase):
     def __init__(
         self,
         inner: httpx.SyncByteStream,
         end: Callable[[BaseException | None], None],
         first: Callable[[], None] | None = None,
     ):
+        super().__init__(end, first)
         self._inner = inner
-        self._end = end
-        self._first = first
 
     def __iter__(self) -> Iterator[bytes]:
         try:
@@ -67,64 +89,11 @@ class SyncBody(httpx.SyncByteStream):
                     first()
                 yield chunk
         except BaseException as error:
-            self._end(error)
+            self._ended(error)
             raise
 
     def close(self) -> None:
         try:
             self._inner.close()
         finally:
-            self._end(None)
-
-
-class _LeaveOnce:
-    """Calls ``leave`` once, however many ways the body ends."""
-
-    def __init__(self, leave: Callable[[], None]):
-        self._leave: Callable[[], None] | None = leave
-
-    def _left(self) -> None:
-        leave, self._leave = self._leave, None
-        if leave is not None:
-            leave()
-
-
-class AsyncLeave(_LeaveOnce, httpx.AsyncByteStream):
-    """An answer's body that lets the next request in when it ends."""
-
-    def __init__(self, inner: httpx.AsyncByteStream, leave: Callable[[], None]):
-        super().__init__(leave)
-        self._inner = inner
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._inner:
-                yield chunk
-        except BaseException:
-            self._left()
-            raise
-
-    async def aclose(self) -> None:
-        try:
-            await self._inner.aclose()
-        finally:
-            self._left()
-
-
-class SyncLeave(_LeaveOnce, httpx.SyncByteStream):
-    def __init__(self, inner: httpx.SyncByteStream, leave: Callable[[], None]):
-        super().__init__(leave)
-        self._inner = inner
-
-    def __iter__(self) -> Iterator[bytes]:
-        try:
-            yield from self._inner
-        except BaseException:
-            self._left()
-            raise
-
-    def close(self) -> None:
-        try:
-            self._inner.close()
-        finally:
-            self._left()
+            self._ended(None)

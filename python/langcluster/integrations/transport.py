@@ -22,6 +22,7 @@ import httpx
 
 from langcluster._checks import seconds, text
 from langcluster._core import ConsistentHash, PrefixAware
+from langcluster._http import AsyncTransportBase, TransportBase, library
 from langcluster.errors import NoAvailableNode, NodeBusy
 from langcluster.integrations.admission import (
     AsyncAdmission,
@@ -31,11 +32,13 @@ from langcluster.integrations.admission import (
     pool_limits,
     wait_limit_s,
 )
-from langcluster.integrations.bodies import AsyncBody, AsyncLeave, SyncBody, SyncLeave, streamed
+from langcluster.integrations.bodies import AsyncBody, SyncBody, streamed
 from langcluster.integrations.openai_body import read_prompt
 from langcluster.types import Key
 
 if TYPE_CHECKING:
+    import httpx2
+
     from langcluster.cluster import Cluster
 
 __all__ = ["AsyncClusterTransport", "ClusterTransport"]
@@ -94,6 +97,30 @@ def _statuses(value: Iterable[int]) -> frozenset[int]:
     return statuses
 
 
+def _with_host(headers: Any, host: bytes) -> Any:
+    """A copy of ``headers`` whose ``Host`` is ``host``. httpx's own copy
+    and set cost 2.5 µs a request (they check every name and value again);
+    where its list of (name, lowered name, value) is there, as in httpx and
+    httpx2, the copy is made of that list, the rest kept as they were."""
+    items = getattr(headers, "_list", None)
+    if type(items) is not list or not hasattr(headers, "_encoding"):
+        copy = headers.copy()
+        copy["host"] = host.decode("ascii")
+        return copy
+    fresh = []
+    named = False
+    for item in items:
+        if item[1] == b"host":
+            item, named = (item[0], b"host", host), True
+        fresh.append(item)
+    if not named:
+        fresh.insert(0, (b"Host", b"host", host))
+    out = object.__new__(type(headers))
+    out._list = fresh
+    out._encoding = headers._encoding
+    return out
+
+
 class _Router:
     """What both transports share: checked settings, the routing key of a
     request, the request sent to a node, and the judgement of its answer."""
@@ -124,7 +151,7 @@ class _Router:
         self.session_header = session_header
         self.max_retry_after_s = float(max_retry_after_s)
         self._spread = itertools.count()  # keys for a hashing balancer when a request has none
-        self._urls: dict[tuple[str, str, str, int | None], tuple[httpx.URL, str]] = {}
+        self._urls: dict[tuple[str, str, str, int | None], tuple[httpx.URL, bytes]] = {}
 
     def nodes_available(self) -> int:
         return int(self.cluster.balancer.available_count)
@@ -171,17 +198,17 @@ class _Router:
             if len(self._urls) >= 1024:
                 self._urls.clear()
             target = url.copy_with(scheme=scheme, host=node.address, port=node.port)
-            found = self._urls[key] = (target, target.netloc.decode("ascii"))
-        headers = request.headers.copy()
-        headers["host"] = found[1]
-        if not hasattr(request, "__dict__"):  # an httpx whose requests have slots
-            return httpx.Request(
+            found = self._urls[key] = (target, target.netloc)
+        headers = _with_host(request.headers, found[1])
+        kind = type(request)  # an httpx or an httpx2 request
+        if not hasattr(request, "__dict__"):  # a version whose requests have slots
+            return kind(
                 request.method, found[0], headers=headers, content=body,
                 extensions=request.extensions,
             )  # fmt: skip
         # A copy that shares the body (read already, so it can be sent again)
         # costs a fifth of a new Request, which parses and checks it all anew.
-        out = httpx.Request.__new__(httpx.Request)
+        out = kind.__new__(kind)
         out.__dict__.update(request.__dict__)
         out.url = found[0]
         out.headers = headers
@@ -196,12 +223,13 @@ class _Router:
                 return _Busy(response, min(wait, self.max_retry_after_s))
         return _Refused(response, node)
 
-    def first_chunk(self, node: Any, started: float) -> Callable[[], None] | None:
-        """What to call when the first chunk of ``node``'s answer arrives:
-        its time to first token goes to a balancer that keeps it
-        (``PrefixAware``); None for one that does not."""
+    def first_chunk(self, node: Any, started: float, response: Any) -> Callable[[], None] | None:
+        """What to call when the first chunk of ``node``'s answer (a
+        stream) arrives: its time to first token goes to a balancer that
+        keeps it (``PrefixAware``); None for one that does not, or an answer
+        that is no stream."""
         observe = getattr(self.cluster.failover.balancer, "observe_ttft", None)
-        if observe is None:
+        if observe is None or not streamed(response):
             return None
 
         def first() -> None:
@@ -246,14 +274,38 @@ class _Router:
         return None
 
 
-class AsyncClusterTransport(httpx.AsyncBaseTransport):
+def _hand_over(response: Any, leave: Callable[[], None]) -> None:
+    """The answer goes to the caller: its body lets the next request in
+    when it ends; an answer read already (a refusal handed over when no
+    node did better) has nothing in flight."""
+    stream = response.stream
+    if isinstance(stream, AsyncBody | SyncBody) and not response.is_closed:
+        stream.leave = leave
+    else:
+        leave()
+
+
+def _mismatch(request: Any, given: Any) -> TypeError:
+    return TypeError(
+        f"transport: a {type(given).__name__} cannot send a {library(request).__name__} "
+        "client's requests; give one of that library"
+    )
+
+
+class AsyncClusterTransport(AsyncTransportBase):
     """An httpx transport that sends each request to a node ``cluster``
     picks, through its failover:
 
         client = openai.AsyncOpenAI(
             base_url="http://chat/v1", api_key="-", max_retries=0,
-            http_client=httpx.AsyncClient(transport=AsyncClusterTransport(cluster)),
+            http_client=openai.DefaultAsyncHttpxClient(
+                transport=AsyncClusterTransport(cluster)
+            ),
         )
+
+    It serves the clients of httpx and of httpx2 (the fork the OpenAI SDK
+    3.x builds its default clients on, ``openai.DefaultAsyncHttpxClient``)
+    alike: each request is sent with the library of its client.
 
     - The node's address and port (and ``metadata["scheme"]``, if set)
       replace the URL's; path, query, headers and body are kept, and the
@@ -294,21 +346,21 @@ class AsyncClusterTransport(httpx.AsyncBaseTransport):
         *,
         key: Literal["auto"] | KeyFunction | None = "auto",
         retry_statuses: Iterable[int] = (429, 500, 502, 503, 504),
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: httpx.AsyncBaseTransport | httpx2.AsyncBaseTransport | None = None,
         session_header: str | None = "x-session-id",
         max_retry_after_s: float = 60.0,
         max_in_flight_per_node: int = 128,
         max_queued: int = 1024,
-        limits: httpx.Limits | None = None,
+        limits: httpx.Limits | httpx2.Limits | None = None,
     ) -> None:
         self._router = router = _Router(
             cluster, key, retry_statuses, session_header, max_retry_after_s
         )
-        self._transport = given_transport(transport, httpx.AsyncBaseTransport, limits)
+        self._transport, self._given_for = given_transport(transport, "AsyncBaseTransport", limits)
         self._admission = AsyncAdmission(max_in_flight_per_node, max_queued, router.nodes_available)
         self._retiring: set[asyncio.Task[None]] = set()
         self._pools = NodePools(
-            lambda limits: httpx.AsyncHTTPTransport(limits=limits),
+            lambda lib, limits: lib.AsyncHTTPTransport(limits=lib.Limits(**limits)),
             pool_limits(limits, max_in_flight_per_node), router.addresses, self._retire,
         )  # fmt: skip
 
@@ -328,7 +380,11 @@ class AsyncClusterTransport(httpx.AsyncBaseTransport):
         ``refused_timeout``."""
         return self._admission.stats()
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def handle_async_request(self, request: httpx.Request | httpx2.Request) -> Any:
+        """Sends ``request`` (of an httpx or an httpx2 client) to a node;
+        the answer is of the client's library."""
+        if self._given_for and library(request) not in self._given_for:
+            raise _mismatch(request, self._transport)
         body = await request.aread()
         admission = self._admission
         await admission.enter(wait_limit_s(request))
@@ -337,18 +393,15 @@ class AsyncClusterTransport(httpx.AsyncBaseTransport):
         except BaseException:
             admission.leave()
             raise
-        if response.is_closed:  # read already (a refusal handed over): nothing in flight
-            admission.leave()
-        else:
-            response.stream = AsyncLeave(response.stream, admission.leave)  # type: ignore[arg-type]
+        _hand_over(response, admission.leave)
         return response
 
-    async def _send(self, request: httpx.Request, body: bytes) -> httpx.Response:
+    async def _send(self, request: Any, body: bytes) -> Any:
         router = self._router
         given = self._transport
         pools = self._pools
 
-        async def attempt(node: Any) -> httpx.Response:
+        async def attempt(node: Any) -> Any:
             started = time.perf_counter()
             out = router.outgoing(request, node, body)
             sender = given if given is not None else pools.for_url(out.url)
@@ -358,9 +411,9 @@ class AsyncClusterTransport(httpx.AsyncBaseTransport):
                     await response.aread()
                     raise router.refusal(response, node)
                 response.stream = AsyncBody(
-                    response.stream,  # type: ignore[arg-type]
+                    response.stream,
                     router.settle(node, started),
-                    router.first_chunk(node, started) if streamed(response) else None,
+                    router.first_chunk(node, started, response),
                 )
             except BaseException:
                 await response.aclose()
@@ -384,10 +437,10 @@ class AsyncClusterTransport(httpx.AsyncBaseTransport):
             await asyncio.gather(*self._retiring, return_exceptions=True)
 
 
-class ClusterTransport(httpx.BaseTransport):
+class ClusterTransport(TransportBase):
     """The blocking twin of ``AsyncClusterTransport``, for ``httpx.Client``
     (``openai.OpenAI``, LangChain's ``http_client``); ``transport`` is an
-    ``httpx.BaseTransport``. Threads past ``max_queued`` are refused; those
+    ``httpx.BaseTransport`` (or an httpx2 one). Threads past ``max_queued`` are refused; those
     waiting are let through as room comes."""
 
     def __init__(
@@ -396,20 +449,20 @@ class ClusterTransport(httpx.BaseTransport):
         *,
         key: Literal["auto"] | KeyFunction | None = "auto",
         retry_statuses: Iterable[int] = (429, 500, 502, 503, 504),
-        transport: httpx.BaseTransport | None = None,
+        transport: httpx.BaseTransport | httpx2.BaseTransport | None = None,
         session_header: str | None = "x-session-id",
         max_retry_after_s: float = 60.0,
         max_in_flight_per_node: int = 128,
         max_queued: int = 1024,
-        limits: httpx.Limits | None = None,
+        limits: httpx.Limits | httpx2.Limits | None = None,
     ) -> None:
         self._router = router = _Router(
             cluster, key, retry_statuses, session_header, max_retry_after_s
         )
-        self._transport = given_transport(transport, httpx.BaseTransport, limits)
+        self._transport, self._given_for = given_transport(transport, "BaseTransport", limits)
         self._admission = SyncAdmission(max_in_flight_per_node, max_queued, router.nodes_available)
         self._pools = NodePools(
-            lambda limits: httpx.HTTPTransport(limits=limits),
+            lambda lib, limits: lib.HTTPTransport(limits=lib.Limits(**limits)),
             pool_limits(limits, max_in_flight_per_node),
             router.addresses,
             lambda pool: pool.close(),
@@ -424,7 +477,10 @@ class ClusterTransport(httpx.BaseTransport):
         """As ``AsyncClusterTransport.stats``."""
         return self._admission.stats()
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
+    def handle_request(self, request: httpx.Request | httpx2.Request) -> Any:
+        """As ``AsyncClusterTransport.handle_async_request``."""
+        if self._given_for and library(request) not in self._given_for:
+            raise _mismatch(request, self._transport)
         body = request.read()
         admission = self._admission
         admission.enter(wait_limit_s(request))
@@ -433,10 +489,7 @@ class ClusterTransport(httpx.BaseTransport):
         except BaseException:
             admission.leave()
             raise
-        if response.is_closed:  # read already (a refusal handed over): nothing in flight
-            admission.leave()
-        else:
-            response.stream = SyncLeave(response.stream, admission.leave)  # type: ignore[arg-type]
+        _hand_over(response, admission.leave)
         return response
 
     def _pool(self, url: httpx.URL) -> httpx.BaseTransport:
@@ -444,11 +497,11 @@ class ClusterTransport(httpx.BaseTransport):
             pool: httpx.BaseTransport = self._pools.for_url(url)
             return pool
 
-    def _send(self, request: httpx.Request, body: bytes) -> httpx.Response:
+    def _send(self, request: Any, body: bytes) -> Any:
         router = self._router
         given = self._transport
 
-        def attempt(node: Any) -> httpx.Response:
+        def attempt(node: Any) -> Any:
             started = time.perf_counter()
             out = router.outgoing(request, node, body)
             sender = given if given is not None else self._pool(out.url)
@@ -460,7 +513,7 @@ class ClusterTransport(httpx.BaseTransport):
                 response.stream = SyncBody(
                     response.stream,  # type: ignore[arg-type]
                     router.settle(node, started),
-                    router.first_chunk(node, started) if streamed(response) else None,
+                    router.first_chunk(node, started, response),
                 )
             except BaseException:
                 response.close()

@@ -1,0 +1,95 @@
+"""The two HTTP client libraries the cluster transports serve: httpx, and
+httpx2 (the fork of httpx that the OpenAI SDK 3.x builds its default
+clients on) when it is installed.
+
+Their classes are alike but distinct: an httpx2 client checks that a body is
+an ``httpx2.AsyncByteStream``, and a caller catching ``httpx2.TransportError``
+does not catch an httpx one. So each base the transports, their bodies and
+``Overloaded`` derive from is both libraries' class at once, and the
+connection pools and requests made for a request are of the library its
+client uses (``library``)."""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+__all__ = [
+    "LIMITS",
+    "AsyncStreamBase",
+    "AsyncTransportBase",
+    "SyncStreamBase",
+    "TransportBase",
+    "TransportErrorBase",
+    "library",
+    "limits_of",
+]
+
+if TYPE_CHECKING:
+    import httpx2
+
+    # The two libraries' signatures name their own request and response.
+    class AsyncTransportBase(httpx.AsyncBaseTransport, httpx2.AsyncBaseTransport):  # type: ignore[misc]
+        pass
+
+    class TransportBase(httpx.BaseTransport, httpx2.BaseTransport):  # type: ignore[misc]
+        pass
+
+    class AsyncStreamBase(httpx.AsyncByteStream, httpx2.AsyncByteStream):
+        pass
+
+    class SyncStreamBase(httpx.SyncByteStream, httpx2.SyncByteStream):
+        pass
+
+    class TransportErrorBase(httpx.TransportError, httpx2.TransportError):  # type: ignore[misc]
+        pass
+
+    LIBRARIES: tuple[ModuleType, ...]
+else:
+    try:
+        import httpx2
+    except ImportError:  # the OpenAI SDK before 3.x, or no SDK at all
+        httpx2 = None
+    LIBRARIES = (httpx,) if httpx2 is None else (httpx, httpx2)
+
+    def _both(name: str) -> type:
+        own = getattr(httpx, name)
+        if httpx2 is None:
+            return own
+        return type(name, (own, getattr(httpx2, name)), {"__module__": __name__})
+
+    AsyncTransportBase = _both("AsyncBaseTransport")
+    TransportBase = _both("BaseTransport")
+    AsyncStreamBase = _both("AsyncByteStream")
+    SyncStreamBase = _both("SyncByteStream")
+    TransportErrorBase = _both("TransportError")
+
+# The settings of a pool, by name, as both libraries' ``Limits`` take them.
+LIMITS = ("max_connections", "max_keepalive_connections", "keepalive_expiry")
+
+_BY_TYPE: dict[type, ModuleType] = {}
+
+
+def library(value: Any) -> ModuleType:
+    """The library (httpx or httpx2) whose request, URL or response
+    ``value`` is; httpx for anything else."""
+    kind = type(value)
+    found = _BY_TYPE.get(kind)
+    if found is None:
+        name = getattr(kind, "__module__", "").partition(".")[0]
+        found = next((lib for lib in LIBRARIES if lib.__name__ == name), httpx)
+        if len(_BY_TYPE) < 64:
+            _BY_TYPE[kind] = found
+    return found
+
+
+def limits_of(limits: Any) -> dict[str, Any] | None:
+    """The settings of an ``httpx.Limits`` or ``httpx2.Limits`` (None for
+    None), checked."""
+    if limits is None:
+        return None
+    if not any(isinstance(limits, lib.Limits) for lib in LIBRARIES):
+        raise TypeError(f"limits: must be an httpx.Limits, got {type(limits).__name__}")
+    return {name: getattr(limits, name) for name in LIMITS}
