@@ -214,7 +214,9 @@ async def one(name: str, args: argparse.Namespace) -> dict[str, Any] | None:
                 cluster = lc.Cluster(service="chat", nodes=nodes, balancer="prefix_aware",
                                      balancer_options=options, kv_events=exact)  # fmt: skip
                 await cluster.astart()
-                http = httpx.AsyncClient(transport=lc.AsyncClusterTransport(cluster, key="auto"))
+                # The SDK's own client (httpx2's in the SDK 3.x), as the peers' clients.
+                transport = lc.AsyncClusterTransport(cluster, key="auto")
+                http = openai.DefaultAsyncHttpxClient(transport=transport)
                 clusters.append(cluster)
                 clients.append(openai.AsyncOpenAI(base_url="http://chat/v1", api_key="-",
                                                   max_retries=0, http_client=http))  # fmt: skip

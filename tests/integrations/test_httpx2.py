@@ -107,3 +107,15 @@ def test_the_request_sent_names_the_node_and_keeps_every_other_header(lib: Any) 
             return Opaque(self)
 
     assert _with_host(Opaque(a="1"), b"h:1") == {"a": "1", "host": "h:1"}
+
+
+@pytest.mark.parametrize("lib", [httpx, httpx2], ids=["httpx", "httpx2"])
+def test_a_header_read_directly_reads_as_the_library_reads_it(lib: Any) -> None:
+    from langcluster._http import header
+
+    raw = [("X-Session-Id", b"a"), ("x-session-id", b"b"), ("Content-Type", b"text/plain"),
+           ("x-latin", "\xe9".encode("latin-1"))]  # fmt: skip
+    headers = lib.Headers(raw)
+    for name in ("x-session-id", "content-type", "x-latin", "absent"):
+        assert header(headers, name) == headers.get(name), name
+    assert header({"x-session-id": "kept some other way"}, "x-session-id") == "kept some other way"

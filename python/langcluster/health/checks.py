@@ -110,6 +110,8 @@ class HttpCheck(HealthCheck):
     def _client(self) -> Any:
         import httpx
 
+        from langcluster._http import tls
+
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
@@ -117,6 +119,7 @@ class HttpCheck(HealthCheck):
                 del self._clients[old]
             client = httpx.AsyncClient(
                 timeout=self.timeout_s,
+                verify=tls(httpx),  # the certificates, loaded once for every checker
                 headers=self.headers,
                 limits=httpx.Limits(max_keepalive_connections=100, max_connections=1000),
             )

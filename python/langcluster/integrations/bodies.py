@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 
-from langcluster._http import AsyncStreamBase, SyncStreamBase
+from langcluster._http import AsyncStreamBase, SyncStreamBase, header
 
 __all__ = ["AsyncBody", "SyncBody", "streamed"]
 
@@ -17,8 +17,8 @@ __all__ = ["AsyncBody", "SyncBody", "streamed"]
 def streamed(response: httpx.Response) -> bool:
     """Whether an answer is an event stream, whose first chunk is its first
     token (a JSON answer's first chunk comes at its end)."""
-    kind: str = response.headers.get("content-type", "")
-    return kind.startswith("text/event-stream")
+    kind = header(response.headers, "content-type")
+    return kind is not None and kind.startswith("text/event-stream")
 
 
 class _Ends:

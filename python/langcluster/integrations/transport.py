@@ -22,7 +22,8 @@ import httpx
 
 from langcluster._checks import seconds, text
 from langcluster._core import ConsistentHash, PrefixAware
-from langcluster._http import AsyncTransportBase, TransportBase, library
+from langcluster._http import AsyncTransportBase, TransportBase, library, tls
+from langcluster._http import header as _header
 from langcluster.errors import NoAvailableNode, NodeBusy
 from langcluster.integrations.admission import (
     AsyncAdmission,
@@ -148,7 +149,7 @@ class _Router:
         self.cluster = cluster
         self.key = key
         self.retry_statuses = _statuses(retry_statuses)
-        self.session_header = session_header
+        self.session_header = None if session_header is None else session_header.lower()
         self.max_retry_after_s = float(max_retry_after_s)
         self._spread = itertools.count()  # keys for a hashing balancer when a request has none
         self._urls: dict[tuple[str, str, str, int | None], tuple[httpx.URL, bytes]] = {}
@@ -170,7 +171,7 @@ class _Router:
             key = self.key(request)
         elif isinstance(self.key, str) and (prefix or hashing):
             header = self.session_header
-            session = request.headers.get(header) if header is not None else None
+            session = _header(request.headers, header) if header is not None else None
             prompt = read_prompt(request.url.path, body)
             if session and isinstance(balancer, PrefixAware):
                 # A first block of its own per session: its turns stay together.
@@ -360,7 +361,9 @@ class AsyncClusterTransport(AsyncTransportBase):
         self._admission = AsyncAdmission(max_in_flight_per_node, max_queued, router.nodes_available)
         self._retiring: set[asyncio.Task[None]] = set()
         self._pools = NodePools(
-            lambda lib, limits: lib.AsyncHTTPTransport(limits=lib.Limits(**limits)),
+            lambda lib, limits: lib.AsyncHTTPTransport(
+                limits=lib.Limits(**limits), verify=tls(lib)
+            ),
             pool_limits(limits, max_in_flight_per_node), router.addresses, self._retire,
         )  # fmt: skip
 
@@ -462,7 +465,7 @@ class ClusterTransport(TransportBase):
         self._transport, self._given_for = given_transport(transport, "BaseTransport", limits)
         self._admission = SyncAdmission(max_in_flight_per_node, max_queued, router.nodes_available)
         self._pools = NodePools(
-            lambda lib, limits: lib.HTTPTransport(limits=lib.Limits(**limits)),
+            lambda lib, limits: lib.HTTPTransport(limits=lib.Limits(**limits), verify=tls(lib)),
             pool_limits(limits, max_in_flight_per_node),
             router.addresses,
             lambda pool: pool.close(),

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from langcluster._checks import seconds
+from langcluster._http import tls
 from langcluster.kv.capacity import balancer_blocks, kv_tokens
 from langcluster.kv.subscriber import KvEventSubscriber
 
@@ -100,7 +101,7 @@ class KvEvents:
         self._probed &= set(present)
 
     async def _probe(self, node: Node) -> None:
-        async with httpx.AsyncClient(timeout=self.probe_timeout_s) as client:
+        async with httpx.AsyncClient(timeout=self.probe_timeout_s, verify=tls(httpx)) as client:
             tokens = await kv_tokens(node, client)
         if tokens is None:
             return
