@@ -67,6 +67,22 @@ fn plain_prompt(text: Plain) -> Prompt {
     }
 }
 
+/// The three ways serde hands a string over, each made a `Cow` and given
+/// to `$make`.
+macro_rules! visit_strings {
+    ($make:expr) => {
+        fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok($make(Cow::Borrowed(v)))
+        }
+        fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok($make(Cow::Owned(v)))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok($make(Cow::Owned(v.to_owned())))
+        }
+    };
+}
+
 #[derive(Deserialize)]
 struct Chat<'a> {
     #[serde(borrow, default)]
@@ -153,21 +169,10 @@ impl<'de> Deserialize<'de> for Message<'de> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a message")
             }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Message {
-                    role: Cow::Borrowed(""),
-                    content: Cow::Borrowed(v),
-                })
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Message {
-                    role: Cow::Borrowed(""),
-                    content: Cow::Owned(v),
-                })
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                self.visit_string(v.to_owned())
-            }
+            visit_strings!(|text| Message {
+                role: Cow::Borrowed(""),
+                content: text,
+            });
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut role: Option<Cow<'de, str>> = None;
                 let mut content: Option<Content<'de>> = None;
@@ -202,15 +207,7 @@ impl<'de> Deserialize<'de> for Text<'de> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a string")
             }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Owned(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Owned(v.to_owned())))
-            }
+            visit_strings!(|text| Text(text));
         }
         d.deserialize_str(Str)
     }
@@ -231,15 +228,7 @@ impl<'de> Deserialize<'de> for Content<'de> {
             fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
                 Ok(Content(Cow::Borrowed("")))
             }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Content(Cow::Borrowed(v)))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Content(Cow::Owned(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Content(Cow::Owned(v.to_owned())))
-            }
+            visit_strings!(|text| Content(text));
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
                 Ok(Content(text_part(map)?))
             }
@@ -266,15 +255,7 @@ impl<'de> Deserialize<'de> for Part<'de> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a string or a text part")
             }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Part(Cow::Borrowed(v)))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Part(Cow::Owned(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Part(Cow::Owned(v.to_owned())))
-            }
+            visit_strings!(|text| Part(text));
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
                 Ok(Part(text_part(map)?))
             }
