@@ -13,9 +13,12 @@ prompt); then the same for the blocking clients. Each request is timed
 alone; the figure is the median request, and its ratio to the library's
 own transport ("own"). The same is done with httpx2's clients (the OpenAI
 SDK 3.x's default), against httpx2's own transport, when it is installed.
+With ``--in-process`` there is no server: every transport sends to one in
+the client's process that answers at once, so that what is timed is the
+client's own work alone (blocking clients).
 
     python benches/transport_overhead.py [--rounds 7] [--requests 400]
-        [--library httpx|httpx2|both] [--json]
+        [--library httpx|httpx2|both] [--in-process] [--json]
 """
 
 from __future__ import annotations
@@ -124,6 +127,45 @@ async def async_round(port: int, n: int, lib: ModuleType) -> dict[str, list[floa
     return times
 
 
+def instant(lib: ModuleType) -> Any:
+    """A transport that answers every request at once, in-process."""
+
+    class Instant(lib.BaseTransport):  # type: ignore[name-defined,misc]
+        def handle_request(self, request: Any) -> Any:
+            request.read()
+            headers = {"content-type": "application/json"}
+            return lib.Response(200, headers=headers, content=b'{"ok": true}')
+
+    return Instant()
+
+
+def in_process_round(n: int, lib: ModuleType) -> dict[str, list[float]]:
+    tag = f"{lib.__name__} "
+    times: dict[str, list[float]] = {f"in-process {tag}{name}": [] for name in NAMES}
+    hand = HandRolled(1, lib)
+    hand.inner = instant(lib)
+    with cluster(1, "round_robin") as rr, cluster(1, "prefix_aware") as prefix:
+        clients = {
+            f"in-process {tag}own": lib.Client(transport=instant(lib)),
+            f"in-process {tag}hand-rolled": lib.Client(transport=hand),
+            f"in-process {tag}round_robin": lib.Client(
+                transport=lc.ClusterTransport(rr, transport=instant(lib))
+            ),
+            f"in-process {tag}prefix_aware": lib.Client(
+                transport=lc.ClusterTransport(prefix, transport=instant(lib))
+            ),
+        }
+        for i in range(20 + n):
+            for name, client in clients.items():
+                started = time.perf_counter()
+                client.post(f"{URL}{PATH}", json=body(i)).raise_for_status()
+                if i >= 20:
+                    times[name].append(time.perf_counter() - started)
+        for client in clients.values():
+            client.close()
+    return times
+
+
 def sync_round(port: int, n: int, lib: ModuleType) -> dict[str, list[float]]:
     tag = f"{lib.__name__} "
     times: dict[str, list[float]] = {f"sync {tag}{name}": [] for name in NAMES}
@@ -150,6 +192,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--library", choices=("httpx", "httpx2", "both"), default="both")
+    parser.add_argument("--in-process", action="store_true", help="no server: the client's work")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     libs = [httpx] if args.library != "httpx2" else []
@@ -170,6 +213,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         samples: dict[str, list[float]] = {}
         rounds: list[Callable[[], dict[str, list[float]]]] = []
         for lib in libs:
+            if args.in_process:
+                rounds.append(lambda lib=lib: in_process_round(args.requests, lib))
+                continue
             rounds.append(lambda lib=lib: asyncio.run(async_round(port, args.requests, lib)))
             rounds.append(lambda lib=lib: sync_round(port, args.requests, lib))
         for _ in range(args.rounds):

@@ -6,6 +6,8 @@ answers, and ``limits=`` of either library is taken."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from typing import Any
 
 import httpx
@@ -119,3 +121,31 @@ def test_a_header_read_directly_reads_as_the_library_reads_it(lib: Any) -> None:
     for name in ("x-session-id", "content-type", "x-latin", "absent"):
         assert header(headers, name) == headers.get(name), name
     assert header({"x-session-id": "kept some other way"}, "x-session-id") == "kept some other way"
+
+
+def test_without_httpx2_the_transports_are_httpx_ones() -> None:
+    # An SDK before 3.x, or none: httpx2 cannot be imported.
+    script = """
+import sys
+sys.modules["httpx2"] = None
+import httpx
+import langcluster as lc
+from langcluster._http import LIBRARIES
+from langcluster.failover.retry import UNSENT
+assert LIBRARIES == (httpx,)
+assert lc.AsyncClusterTransport.__mro__[1] is httpx.AsyncBaseTransport
+assert issubclass(lc.Overloaded, httpx.TransportError)
+assert UNSENT == (ConnectionRefusedError, httpx.ConnectError, httpx.ConnectTimeout)
+with lc.Cluster(service="t", nodes=[lc.Node("a", "127.0.0.1", 1)]) as cluster:
+    with httpx.Client(transport=lc.ClusterTransport(cluster, max_queued=0)) as client:
+        try:
+            client.get("http://t/x")
+        except lc.NoAvailableNode as error:  # its one node refused the connection
+            if isinstance(error.__cause__, httpx.ConnectError):
+                print("refused as an httpx error")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "refused as an httpx error"

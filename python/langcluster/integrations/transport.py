@@ -313,8 +313,10 @@ class AsyncClusterTransport(AsyncTransportBase):
       ``Host`` header names the node. Each node has a connection pool of its
       own, of ``limits`` (by default as many connections as it may have
       requests in flight, all kept alive); httpx ignores a client's
-      ``limits=`` once it is given a transport, so give them here. A
-      ``transport`` given serves every node with its own pool instead.
+      ``limits=`` once it is given a transport, so give them here. The
+      pools use the library's default TLS settings (one context for all);
+      a ``transport`` given (with TLS settings of your own, say) serves
+      every node with its own pool instead.
     - At most ``max_in_flight_per_node`` requests per available node are in
       flight at once; up to ``max_queued`` more wait their turn (in order,
       each for at most its pool timeout), and the rest are refused at once
