@@ -207,7 +207,7 @@ impl<'de> Deserialize<'de> for Text<'de> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a string")
             }
-            visit_strings!(|text| Text(text));
+            visit_strings!(Text);
         }
         d.deserialize_str(Str)
     }
@@ -228,7 +228,7 @@ impl<'de> Deserialize<'de> for Content<'de> {
             fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
                 Ok(Content(Cow::Borrowed("")))
             }
-            visit_strings!(|text| Content(text));
+            visit_strings!(Content);
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
                 Ok(Content(text_part(map)?))
             }
@@ -255,7 +255,7 @@ impl<'de> Deserialize<'de> for Part<'de> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a string or a text part")
             }
-            visit_strings!(|text| Part(text));
+            visit_strings!(Part);
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
                 Ok(Part(text_part(map)?))
             }
