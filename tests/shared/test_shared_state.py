@@ -72,13 +72,17 @@ def test_any_bytes_decode_to_a_message_or_none(data: bytes, key: bytes | None) -
 
 
 def worker(
-    fleet: list[SimulatedServer], url: str, clock: ManualClock | None = None, **options: Any
+    fleet: list[SimulatedServer],
+    url: str,
+    clock: ManualClock | None = None,
+    breaker: lc.BreakerConfig = BREAKER,
+    **options: Any,
 ) -> lc.Cluster:
     """A cluster as one worker process has it; ``clock`` drives its breakers."""
     shared = lc.SharedState(url, namespace="test", signing_key=KEY, **options)
     return lc.Cluster(
         service="chat", nodes=[s.node() for s in fleet], balancer="round_robin",
-        breaker=BREAKER, failover=lc.FailoverConfig(clock=clock), shared_state=shared,
+        breaker=breaker, failover=lc.FailoverConfig(clock=clock), shared_state=shared,
     )  # fmt: skip
 
 
@@ -189,7 +193,12 @@ async def test_without_redis_every_call_goes_on_and_the_ejection_is_told_on_retu
     fleet: list[SimulatedServer], redis_restartable: Any
 ) -> None:
     url = redis_url(redis_restartable)
-    a, b = worker(fleet, url, timeout_s=0.2), worker(fleet, url, timeout_s=0.2)
+    # The ejection must still be in force when Redis is back, however long a
+    # busy machine takes to restart it and the worker to reconnect (up to 2 s
+    # apart): it lasts 30 s, not the 0.4 s of the other tests' breakers.
+    held = lc.BreakerConfig(window_size=4, minimum_calls=2, open_timeout_s=30.0)
+    a = worker(fleet, url, breaker=held, timeout_s=0.2)
+    b = worker(fleet, url, breaker=held, timeout_s=0.2)
     async with a, b:
         await connected(a, b)
         redis_restartable.kill()
