@@ -249,6 +249,9 @@ def test_shared_state_and_the_shared_prefix_index_are_exported(redis_server: Any
         for g in range(3):
             one.balancer.pick(f"group {g}. " * 40)  # type: ignore[attr-defined]
         assert wait_until(lambda: two.stats()["shared"]["routes_merged"] == 3)
+        # One counts a publish once Redis has answered it, which can be after
+        # two has received and merged it.
+        assert wait_until(lambda: one.stats()["shared"]["routes_published"] >= 1)
         samples = scrape(lc.metrics.PrometheusCollector(two))
         sent = scrape(lc.metrics.PrometheusCollector(one))
         shared, prefix = two.stats()["shared"], two.balancer.prefix_stats()  # type: ignore[attr-defined]
