@@ -49,8 +49,9 @@ def work(
     health_interval_s: float | None = None,
 ) -> None:
     """Runs in a spawned process; puts its origin on ``ready`` once running,
-    ``("closed", time)`` when node s0's breaker closes after it was out, and
-    its report at the end. With ``health_interval_s`` it checks the servers'
+    ``("opened", time)`` when node s0's breaker first leaves closed,
+    ``("closed", time)`` when it closes after it was out, and its report at
+    the end. With ``health_interval_s`` it checks the servers'
     health (shared when there is Redis) and makes no calls."""
     shared = (
         lc.SharedState(redis_url, namespace="workers", signing_key=b"k", trial_s=0.5)
@@ -89,6 +90,8 @@ def work(
                 failed += 1
             state = cluster.failover.breaker("s0").state
             if state != "closed":
+                if not was_out:
+                    ready.put(("opened", time.time()))
                 was_out = True
             elif was_out and closed_at is None:
                 closed_at = time.time()
