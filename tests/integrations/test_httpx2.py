@@ -93,7 +93,7 @@ def test_a_connection_httpx2_could_not_make_is_a_free_retry() -> None:
 
 @pytest.mark.parametrize("lib", [httpx, httpx2], ids=["httpx", "httpx2"])
 def test_the_request_sent_names_the_node_and_keeps_every_other_header(lib: Any) -> None:
-    from langcluster.integrations.transport import _with_host
+    from langcluster._http import with_host as _with_host
 
     request = lib.Request("POST", "http://chat/v1/x", headers={"X-Tag": "v", "accept": "a"})
     out = _with_host(request.headers, b"127.0.0.1:9000")

@@ -6,12 +6,13 @@ when it ends (``leave``, set once the answer is handed over)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import httpx
 
 from langcluster._http import AsyncStreamBase, SyncStreamBase, header
 
-__all__ = ["AsyncBody", "SyncBody", "streamed"]
+__all__ = ["AsyncBody", "SyncBody", "hand_over", "streamed"]
 
 
 def streamed(response: httpx.Response) -> bool:
@@ -97,3 +98,14 @@ class SyncBody(_Ends, SyncStreamBase):
             self._inner.close()
         finally:
             self._ended(None)
+
+
+def hand_over(response: Any, leave: Callable[[], None]) -> None:
+    """The answer goes to the caller: its body lets the next request in
+    when it ends; an answer read already (a refusal handed over when no
+    node did better) has nothing in flight."""
+    stream = response.stream
+    if isinstance(stream, AsyncBody | SyncBody) and not response.is_closed:
+        stream.leave = leave
+    else:
+        leave()

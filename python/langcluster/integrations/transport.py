@@ -22,7 +22,7 @@ import httpx
 
 from langcluster._checks import seconds, text
 from langcluster._core import ConsistentHash, PrefixAware
-from langcluster._http import AsyncTransportBase, TransportBase, library, tls
+from langcluster._http import AsyncTransportBase, TransportBase, library, mismatch, tls, with_host
 from langcluster._http import header as _header
 from langcluster.errors import NoAvailableNode, NodeBusy
 from langcluster.integrations.admission import (
@@ -33,7 +33,7 @@ from langcluster.integrations.admission import (
     pool_limits,
     wait_limit_s,
 )
-from langcluster.integrations.bodies import AsyncBody, SyncBody, streamed
+from langcluster.integrations.bodies import AsyncBody, SyncBody, hand_over, streamed
 from langcluster.integrations.openai_body import read_prompt
 from langcluster.types import Key
 
@@ -96,30 +96,6 @@ def _statuses(value: Iterable[int]) -> frozenset[int]:
         if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
             raise ValueError(f"retry_statuses: {status!r} is not an HTTP status (100 to 599)")
     return statuses
-
-
-def _with_host(headers: Any, host: bytes) -> Any:
-    """A copy of ``headers`` whose ``Host`` is ``host``. httpx's own copy
-    and set cost 2.5 µs a request (they check every name and value again);
-    where its list of (name, lowered name, value) is there, as in httpx and
-    httpx2, the copy is made of that list, the rest kept as they were."""
-    items = getattr(headers, "_list", None)
-    if type(items) is not list or not hasattr(headers, "_encoding"):
-        copy = headers.copy()
-        copy["host"] = host.decode("ascii")
-        return copy
-    fresh = []
-    named = False
-    for item in items:
-        if item[1] == b"host":
-            item, named = (item[0], b"host", host), True
-        fresh.append(item)
-    if not named:
-        fresh.insert(0, (b"Host", b"host", host))
-    out = object.__new__(type(headers))
-    out._list = fresh
-    out._encoding = headers._encoding
-    return out
 
 
 class _Router:
@@ -200,7 +176,7 @@ class _Router:
                 self._urls.clear()
             target = url.copy_with(scheme=scheme, host=node.address, port=node.port)
             found = self._urls[key] = (target, target.netloc)
-        headers = _with_host(request.headers, found[1])
+        headers = with_host(request.headers, found[1])
         kind = type(request)  # an httpx or an httpx2 request
         if not hasattr(request, "__dict__"):  # a version whose requests have slots
             return kind(
@@ -273,24 +249,6 @@ class _Router:
                 return None
             error = error.__cause__  # type: ignore[assignment]
         return None
-
-
-def _hand_over(response: Any, leave: Callable[[], None]) -> None:
-    """The answer goes to the caller: its body lets the next request in
-    when it ends; an answer read already (a refusal handed over when no
-    node did better) has nothing in flight."""
-    stream = response.stream
-    if isinstance(stream, AsyncBody | SyncBody) and not response.is_closed:
-        stream.leave = leave
-    else:
-        leave()
-
-
-def _mismatch(request: Any, given: Any) -> TypeError:
-    return TypeError(
-        f"transport: a {type(given).__name__} cannot send a {library(request).__name__} "
-        "client's requests; give one of that library"
-    )
 
 
 class AsyncClusterTransport(AsyncTransportBase):
@@ -389,7 +347,7 @@ class AsyncClusterTransport(AsyncTransportBase):
         """Sends ``request`` (of an httpx or an httpx2 client) to a node;
         the answer is of the client's library."""
         if self._given_for and library(request) not in self._given_for:
-            raise _mismatch(request, self._transport)
+            raise mismatch(request, self._transport)
         body = await request.aread()
         admission = self._admission
         await admission.enter(wait_limit_s(request))
@@ -398,7 +356,7 @@ class AsyncClusterTransport(AsyncTransportBase):
         except BaseException:
             admission.leave()
             raise
-        _hand_over(response, admission.leave)
+        hand_over(response, admission.leave)
         return response
 
     async def _send(self, request: Any, body: bytes) -> Any:
@@ -485,7 +443,7 @@ class ClusterTransport(TransportBase):
     def handle_request(self, request: httpx.Request | httpx2.Request) -> Any:
         """As ``AsyncClusterTransport.handle_async_request``."""
         if self._given_for and library(request) not in self._given_for:
-            raise _mismatch(request, self._transport)
+            raise mismatch(request, self._transport)
         body = request.read()
         admission = self._admission
         admission.enter(wait_limit_s(request))
@@ -494,7 +452,7 @@ class ClusterTransport(TransportBase):
         except BaseException:
             admission.leave()
             raise
-        _hand_over(response, admission.leave)
+        hand_over(response, admission.leave)
         return response
 
     def _pool(self, url: httpx.URL) -> httpx.BaseTransport:
